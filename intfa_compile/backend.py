@@ -1,0 +1,84 @@
+"""The ``intfa`` torch.compile backend: Inductor with the INT8 attention rewrite in its post-grad passes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch._inductor.compile_fx import compile_fx
+
+from . import config
+
+log = logging.getLogger("intfa_compile")
+
+
+def _inductor_patches(settings: dict[str, Any], mode: str | None) -> dict[str, Any]:
+    from torch._inductor import config as inductor_config
+    from torch._inductor import list_mode_options
+
+    from intfa_compile.passes.post_grad import ChainedPass, IntfaPostGradPass
+
+    patches: dict[str, Any] = {}
+    if mode not in (None, "default"):
+        patches.update(list_mode_options(mode))
+    ours = IntfaPostGradPass(settings)
+    theirs = inductor_config.post_grad_custom_post_pass
+    patches["post_grad_custom_post_pass"] = ours if theirs is None else ChainedPass(theirs, ours)
+    return patches
+
+
+def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: dict[str, Any],
+             mode: str | None) -> Callable[..., Any]:
+    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(settings, mode))
+
+
+def _input_signature(args: Sequence[Any]) -> tuple:
+    return tuple(
+        (tuple(a.shape), tuple(a.stride()), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args
+    )
+
+
+class _SettingsAwareCompiled:
+    """A compiled graph that notices a later change of ``intfa_compile.config`` and recompiles for it.
+
+    The graph compiled by the backend call serves as long as the settings are those it was built
+    under. After a change, the graph is compiled again for the new settings, specialized to the
+    shapes of the call that saw the change (a later call of other shapes compiles again).
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, options: dict[str, Any] | None, mode: str | None,
+                 settings: dict[str, Any], compiled: Callable[..., Any]) -> None:
+        self._gm, self._options, self._mode = gm, options, mode
+        self._settings, self._compiled = settings, compiled
+        self._generation = config.generation()
+        self._recompiled: dict[tuple, Callable[..., Any]] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        if config.generation() == self._generation:
+            return self._compiled(*args)
+        settings = config.resolve(self._options)
+        if settings == self._settings:
+            self._generation = config.generation()
+            return self._compiled(*args)
+        key = (tuple(sorted(settings.items())), _input_signature(args))
+        compiled = self._recompiled.get(key)
+        if compiled is None:
+            log.info("intfa: config changed since this graph was compiled; recompiling under %s", settings)
+            compiled = _compile(self._gm, list(args), settings, self._mode)
+            self._recompiled[key] = compiled
+        return compiled(*args)
+
+
+def intfa_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *, mode: str | None = None,
+                  options: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """Compile ``gm`` with Inductor, running attention as INT8 (``torch.compile(m, backend="intfa")``).
+
+    ``options`` takes the keys of ``intfa_compile.config`` and overrides them for this model;
+    an unknown key raises ``ValueError`` naming the valid ones.
+    """
+    options = dict(options) if options else None
+    settings = config.resolve(options)
+    compiled = _compile(gm, example_inputs, settings, mode)
+    return _SettingsAwareCompiled(gm, options, mode, settings, compiled)

@@ -1,0 +1,146 @@
+"""Toggles of the INT8 attention rewrite, in the manner of ``torch/_inductor/config.py``.
+
+Each toggle is a typed module global with a docstring. Change one for the whole process
+(``intfa_compile.config.quantize_pv = False``), for a scope (``with config.patch(quantize_pv=False):``)
+or for one compiled model (``torch.compile(m, backend="intfa", options={"quantize_pv": False})``).
+
+The backend reads the values when it compiles a graph; every value is part of the compiled graph's
+cache key, so Inductor's FX graph cache never serves a graph built under other settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value is None else int(value)
+
+
+enabled: bool = _env_bool("INTFA_ENABLED", True)
+"""Rewrite attention to INT8 at all. False compiles exactly what Inductor alone would compile."""
+
+quantize_pv: bool = True
+"""Quantize the softmax block P and V to INT8 as well (full INT8). False is the paper's "half-INT8":
+Q and K in INT8, P and V kept in 16-bit, so P·V runs as a 16-bit GEMM with fp32 accumulation."""
+
+p_scale: Literal["fixed", "row_block"] = "fixed"
+"""Scale of the INT8 softmax block P. "fixed" is the paper's 1/127 (P lies in [0, 1] after the running
+max is subtracted). "row_block" scales each row of each KV block by its own maximum, which keeps
+resolution for rows whose maximum was set by an earlier block."""
+
+qk_granularity: Literal["per_token"] = "per_token"
+"""Granularity of the Q and K scales. "per_token": one scale per token and head, which factors out of
+Q·Kᵀ (INT-FlashAttention's choice)."""
+
+v_granularity: Literal["per_channel"] = "per_channel"
+"""Granularity of the V scales. "per_channel": one scale per head-dim channel, which factors out of P·V
+because that sum runs over tokens."""
+
+min_seq_len: int = _env_int("INTFA_MIN_SEQ_LEN", 0)
+"""Attention whose key sequence is shorter than this is left alone: quantization overhead dominates."""
+
+fallback: Literal["original", "error"] = "original"
+"""What to do with attention the rewrite cannot handle. "original" keeps it as it was and logs why;
+"error" raises ``UnsupportedAttentionError``."""
+
+
+def _toggle_types() -> dict[str, Any]:
+    module = sys.modules[__name__]
+    return {name: hint for name, hint in typing.get_type_hints(module).items() if not name.startswith("_")}
+
+
+@functools.cache
+def keys() -> tuple[str, ...]:
+    """Names of every toggle, in definition order."""
+    return tuple(_toggle_types())
+
+
+def _check_value(name: str, value: Any) -> None:
+    hint = _toggle_types()[name]
+    if typing.get_origin(hint) is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ValueError(f"intfa config {name!r} must be one of {allowed}, got {value!r}")
+    elif hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"intfa config {name!r} must be a bool, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"intfa config {name!r} must be a non-negative int, got {value!r}")
+
+
+def validate(changes: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the valid keys if ``changes`` has an unknown key or a bad value."""
+    unknown = sorted(set(changes) - set(keys()))
+    if unknown:
+        raise ValueError(f"unknown intfa option(s) {unknown}; valid options are {list(keys())}")
+    for name, value in changes.items():
+        _check_value(name, value)
+
+
+def generation() -> int:
+    """A counter that moves whenever a toggle is assigned, so compiled code can notice cheaply."""
+    return _generation
+
+
+def snapshot() -> dict[str, Any]:
+    """The current value of every toggle."""
+    module = sys.modules[__name__]
+    return {name: getattr(module, name) for name in keys()}
+
+
+def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings one compilation runs under: the current values with ``overrides`` applied."""
+    settings = snapshot()
+    if overrides:
+        validate(overrides)
+        settings.update(overrides)
+    return settings
+
+
+@contextlib.contextmanager
+def patch(changes: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[None]:
+    """Set toggles for the duration of a ``with`` block (or a decorated function), then restore them."""
+    updates = {**(changes or {}), **kwargs}
+    validate(updates)
+    module = sys.modules[__name__]
+    saved = {name: getattr(module, name) for name in updates}
+    for name, value in updates.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+_generation: int = 0
+
+
+class _ConfigModule(types.ModuleType):
+    """Validates every assignment to a toggle and bumps the generation counter."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in keys():
+            _check_value(name, value)
+            super().__setattr__("_generation", self._generation + 1)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _ConfigModule

@@ -1,0 +1,164 @@
+"""The ``intfa::int8_attention`` operator: INT-FlashAttention's forward pass as one PyTorch op.
+
+On CUDA it runs the Triton kernel in ``intfa_compile.kernels``; on every other device it runs
+``int8_flash_attention_cpu``, which computes what the kernel computes. ``int8_sdpa`` is the
+convenience entry that quantizes 16/32-bit Q, K, V and calls the op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .cpu_attention import int8_flash_attention_cpu
+from .numerics import P_SCALE_MODES
+from .quantize import quantize_per_channel, quantize_per_token
+
+_FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def mask_broadcasts_to(mask_shape: Sequence[int], scores_shape: Sequence[int]) -> bool:
+    """Whether a mask of ``mask_shape`` expands to exactly ``scores_shape`` (B, Hq, Nq, Nk)."""
+    if len(mask_shape) > len(scores_shape):
+        return False
+    return all(m in (1, s) for m, s in zip(reversed(mask_shape), reversed(scores_shape), strict=False))
+
+
+def _check(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_scale: Tensor,
+    k_scale: Tensor,
+    v_scale: Tensor | None,
+    attn_mask: Tensor | None,
+    p_scale: str,
+    out_dtype: torch.dtype,
+) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("int8_attention expects 4-D (B, H, N, D) q, k, v")
+    if q.dtype != torch.int8 or k.dtype != torch.int8:
+        raise TypeError(f"q and k must be int8, got {q.dtype} and {k.dtype}")
+    batch, heads_q, n_q, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[3] != head_dim or v.shape != k.shape:
+        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if heads_q % k.shape[1] != 0:
+        raise ValueError(f"query heads {heads_q} must be a multiple of KV heads {k.shape[1]}")
+    if q_scale.shape != q.shape[:3] or k_scale.shape != k.shape[:3]:
+        raise ValueError("q_scale and k_scale must be per token: (B, H, N)")
+    if (v.dtype == torch.int8) != (v_scale is not None):
+        raise ValueError("an int8 v needs its per-channel v_scale; a 16/32-bit v (half-INT8) takes none")
+    if v_scale is not None and v_scale.shape != (*v.shape[:2], head_dim):
+        raise ValueError("v_scale must be per channel: (B, Hk, D)")
+    if v.dtype != torch.int8 and v.dtype not in _FLOAT_OUT:
+        raise TypeError(f"v must be int8, float16, bfloat16 or float32, got {v.dtype}")
+    if p_scale not in P_SCALE_MODES:
+        raise ValueError(f"p_scale must be one of {P_SCALE_MODES}, got {p_scale!r}")
+    if out_dtype not in _FLOAT_OUT:
+        raise TypeError(f"out_dtype must be one of {_FLOAT_OUT}, got {out_dtype}")
+    if attn_mask is not None and not mask_broadcasts_to(attn_mask.shape, (batch, heads_q, n_q, k.shape[2])):
+        raise ValueError(f"attn_mask {tuple(attn_mask.shape)} does not broadcast to the scores")
+
+
+def _empty_out(q: Tensor, out_dtype: torch.dtype) -> Tensor:
+    # Same strides as q, so a (B, N, H, D)-major query gives a (B, N, H, D)-major output, as SDPA does.
+    return torch.empty_like(q, dtype=out_dtype)
+
+
+@torch.library.custom_op("intfa::int8_attention", mutates_args=())
+def int8_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_scale: Tensor,
+    k_scale: Tensor,
+    v_scale: Tensor | None,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    sm_scale: float,
+    p_scale: str,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs (INT-FlashAttention, Chen et al. 2024).
+
+    q (B, Hq, Nq, D) and k (B, Hk, Nk, D) are INT8 with per-token fp32 scales (B, H, N); Hq is a
+    multiple of Hk (GQA). v is INT8 with per-channel scales (B, Hk, D) (full INT8: P is quantized to
+    INT8 too), or 16/32-bit with ``v_scale=None`` (half-INT8). ``attn_mask`` is boolean (True = keep)
+    or additive, broadcastable to (B, Hq, Nq, Nk). ``is_causal`` is SDPA's: key j is seen by query
+    i iff j <= i. ``p_scale`` is "fixed" (1/127) or "row_block". Returns ``out_dtype``, strided like q.
+    """
+    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype)
+    out = _empty_out(q, out_dtype)
+    return int8_flash_attention_cpu(
+        q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out
+    )
+
+
+@int8_attention.register_kernel("cuda")
+def _int8_attention_cuda(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_scale: Tensor,
+    k_scale: Tensor,
+    v_scale: Tensor | None,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    sm_scale: float,
+    p_scale: str,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
+
+    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype)
+    out = _empty_out(q, out_dtype)
+    return int8_flash_attention_triton(
+        q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out
+    )
+
+
+@int8_attention.register_fake
+def _int8_attention_fake(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_scale: Tensor,
+    k_scale: Tensor,
+    v_scale: Tensor | None,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    sm_scale: float,
+    p_scale: str,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    return _empty_out(q, out_dtype)
+
+
+def int8_sdpa(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    quantize_pv: bool = True,
+    p_scale: str = "fixed",
+) -> Tensor:
+    """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
+
+    Quantizes Q and K per token and (when ``quantize_pv``) V per channel, then calls
+    ``intfa::int8_attention``. This is what the compiler pass inserts in place of SDPA.
+    """
+    sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
+    q_int8, q_scale = quantize_per_token(query)
+    k_int8, k_scale = quantize_per_token(key)
+    if quantize_pv:
+        v_in, v_scale = quantize_per_channel(value)
+    else:
+        v_in, v_scale = value, None
+    return torch.ops.intfa.int8_attention(
+        q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
+        query.dtype,
+    )

@@ -1,0 +1,85 @@
+"""Shared pieces of the tests: input makers and the error bounds of the method."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from intfa_compile.numerics import INT8_MAX
+from intfa_compile.quantize import quantize_per_channel, quantize_per_token
+from intfa_compile.reference import reference_attention
+
+FP32_SLACK = 2.0**-14
+"""Relative fp32 error allowed on P and on the output on top of the quantization bound: the kernel
+rounds the scaled scores, exp2, the row sums and the rescalings in fp32 (unit roundoff 2**-24); with at
+most a few hundred such roundings per element and |S·log2 e| < 64 in these tests the relative error
+of any P entry stays below 2**-14."""
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Half the distance from 1 to the next number of ``dtype``."""
+    return torch.finfo(dtype).eps / 2
+
+
+def quantized_inputs(q: Tensor, k: Tensor, v: Tensor, quantize_pv: bool) -> dict[str, Tensor | None]:
+    """The op's INT8 inputs for q, k, v, and their dequantized values (what the op really sees)."""
+    q8, qs = quantize_per_token(q)
+    k8, ks = quantize_per_token(k)
+    inputs: dict[str, Tensor | None] = {"q": q8, "k": k8, "q_scale": qs, "k_scale": ks}
+    if quantize_pv:
+        v8, vs = quantize_per_channel(v)
+        inputs.update(v=v8, v_scale=vs)
+        v_seen = v8.double() * vs.double().unsqueeze(-2)
+    else:
+        inputs.update(v=v, v_scale=None)
+        v_seen = v.double()
+    inputs["dequantized"] = (q8.double() * qs.double().unsqueeze(-1), k8.double() * ks.double().unsqueeze(-1),
+                             v_seen)
+    return inputs
+
+
+def p_quantization_bound(q_hat: Tensor, k_hat: Tensor, v_hat: Tensor, attn_mask: Tensor | None,
+                         is_causal: bool, scale: float | None, p_step: float) -> Tensor:
+    """Per-element bound on |op − fp64 attention of the dequantized inputs|, (B, Hq, Nq, D).
+
+    Relative to the final row maximum, the kernel adds, for each key j, P_ij·V_jc where P_ij is the
+    block's probability rescaled by exp(m_block − m_final) ≤ 1. Quantizing P with step ``p_step``
+    (1/127 fixed, ≤ 1/127 per row block) errs by at most p_step/2 per entry, plus the fp32 error of P
+    (FP32_SLACK); dividing by l_i = Σ_j exp(S_ij − m_final) ≥ 1 gives
+        |ΔO_ic| ≤ (p_step/2 + FP32_SLACK) · Σ_j |V_jc| / l_i + FP32_SLACK · max|O_i|.
+    For half-INT8, P is rounded to V's dtype instead: p_step/2 becomes u·P_ij (u its unit roundoff),
+    which ``half_int8_bound`` states.
+    """
+    ref = reference_attention(q_hat, k_hat, v_hat, attn_mask, is_causal, scale)
+    group = q_hat.shape[1] // k_hat.shape[1]
+    seen = (ref.probs > 0).double()  # keys each row sees
+    abs_v = v_hat.abs().repeat_interleave(group, dim=1)
+    spread = (seen @ abs_v) / torch.where(ref.row_sum > 0, ref.row_sum, 1.0)
+    return (p_step / 2 + FP32_SLACK) * spread + FP32_SLACK * ref.out.abs().amax(-1, keepdim=True)
+
+
+def half_int8_bound(q_hat: Tensor, k_hat: Tensor, v_hat: Tensor, attn_mask: Tensor | None, is_causal: bool,
+                    scale: float | None, v_dtype: torch.dtype) -> Tensor:
+    """Per-element bound for half-INT8: P rounded to V's dtype.
+
+    Rounding errs by at most u·P for a normal number and by half the subnormal spacing below that, so
+        |ΔO_ic| ≤ (u + slack)·Σ_j P_ij|V_jc| + (subnormal_step/2 + slack)·Σ_j |V_jc| / l_i.
+    """
+    ref = reference_attention(q_hat, k_hat, v_hat, attn_mask, is_causal, scale)
+    group = q_hat.shape[1] // k_hat.shape[1]
+    abs_v = v_hat.abs().repeat_interleave(group, dim=1)
+    weighted = ref.probs @ abs_v
+    seen = (ref.probs > 0).double()
+    spread = (seen @ abs_v) / torch.where(ref.row_sum > 0, ref.row_sum, 1.0)
+    finfo = torch.finfo(v_dtype)
+    subnormal_half_step = finfo.smallest_normal * finfo.eps / 2
+    return ((unit_roundoff(v_dtype) + FP32_SLACK) * weighted + (subnormal_half_step + FP32_SLACK / 2**10) * spread
+            + FP32_SLACK * ref.out.abs().amax(-1, keepdim=True))
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    """Cosine similarity of two tensors, flattened, in fp64."""
+    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+
+P_STEP = 1.0 / INT8_MAX

@@ -1,0 +1,239 @@
+"""The ``intfa`` backend end to end on small modules: what it rewrites, what it leaves, and its toggles."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from intfa_compile.passes.sdpa_to_int8 import UnsupportedAttentionError
+from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
+
+import intfa_compile
+from intfa_compile import config
+from intfa_compile.reference import reference_attention
+from tests.helpers import cosine
+
+OP_NAME = "torch.ops.intfa.int8_attention.default"
+
+
+class SelfAttention(torch.nn.Module):
+    """Fused QKV projection and SDPA, laid out as (B, N, H, D) like most models."""
+
+    def __init__(self, dim: int = 256, heads: int = 4, is_causal: bool = True, dropout_p: float = 0.0):
+        super().__init__()
+        self.heads, self.is_causal, self.dropout_p = heads, is_causal, dropout_p
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, n, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.is_causal,
+                                             dropout_p=self.dropout_p if self.training else 0.0)
+        return out.transpose(1, 2).reshape(batch, n, dim)
+
+
+def _compile_and_run(model, *args, **options):
+    compiled = torch.compile(model, backend="intfa", options=options or None)
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled, *args)
+    return out, "\n".join(code)
+
+
+@pytest.fixture
+def model_and_input():
+    torch.manual_seed(0)
+    return SelfAttention().eval(), torch.randn(2, 384, 256)
+
+
+def test_causal_sdpa_runs_int8_with_cosine_0999_at_384_d64(model_and_input):
+    model, x = model_and_input
+    with torch.no_grad():
+        eager = model(x)
+    out, code = _compile_and_run(model, x)
+    assert OP_NAME in code
+    assert counters["intfa"]["int8_sites"] == 1
+    assert cosine(out, eager) >= 0.999
+    assert not torch.equal(out, eager)  # quantization really happened
+
+
+def test_profiler_shows_the_intfa_op(model_and_input):
+    model, x = model_and_input
+    compiled = torch.compile(model, backend="intfa")
+    with torch.no_grad():
+        compiled(x)
+        with torch.profiler.profile() as prof:
+            compiled(x)
+    names = [event.key for event in prof.key_averages()]
+    assert "intfa::int8_attention" in names
+
+
+def test_quantization_fuses_into_one_kernel(model_and_input):
+    """Q/K per-token and V per-channel quantization: Inductor emits them as one fused C++ kernel."""
+    model, x = model_and_input
+    _, code = _compile_and_run(model, x)
+    kernels = re.findall(r"^(cpp_fused_\w+) = async_compile", code, flags=re.MULTILINE)
+    assert len(kernels) == 1, kernels
+    assert "abs_amax" in kernels[0] and "round" in kernels[0]
+
+
+def test_masked_sdpa_with_padding_mask(model_and_input):
+    model, x = model_and_input
+    model.is_causal = False
+    keep = torch.ones(2, 1, 1, 384, dtype=torch.bool)
+    keep[1, ..., 300:] = False
+    with torch.no_grad():
+        eager = model(x, keep)
+    out, code = _compile_and_run(model, x, keep)
+    assert OP_NAME in code
+    assert cosine(out, eager) >= 0.999
+
+
+def test_output_matches_the_op_on_the_same_inputs(model_and_input):
+    """The compiled graph computes exactly the op on the projections (no other change to the model)."""
+    model, x = model_and_input
+    out, _ = _compile_and_run(model, x)
+    with torch.no_grad():
+        q, k, v = model.qkv(x).view(2, 384, 3, 4, 64).permute(2, 0, 3, 1, 4)
+        direct = intfa_compile.int8_sdpa(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 384, 256)
+        ref = reference_attention(q, k, v, None, True).out.transpose(1, 2).reshape(2, 384, 256)
+    assert (out - direct).abs().max().item() <= 1e-5 * ref.abs().max().item() + (1 / 127) * v.abs().max().item()
+    assert cosine(out, ref) >= 0.999
+
+
+def test_training_graph_is_left_alone_and_logged(model_and_input, caplog):
+    model, x = model_and_input
+    model.train()
+    compiled = torch.compile(model, backend="intfa")
+    with caplog.at_level(logging.WARNING, logger="intfa_compile"):
+        out = compiled(x)
+    out.sum().backward()
+    assert counters["intfa"]["int8_sites"] == 0
+    assert counters["intfa"]["left_alone"] == 1
+    assert any("inference-only" in record.getMessage() for record in caplog.records)
+    assert torch.allclose(out, model(x), atol=1e-5)
+
+
+def test_fallback_error_raises_for_unsupported_attention(model_and_input):
+    model, x = model_and_input
+    model.train()
+    compiled = torch.compile(model, backend="intfa", options={"fallback": "error"})
+    with pytest.raises(Exception, match="inference-only") as info:
+        compiled(x)
+    assert isinstance(info.value, UnsupportedAttentionError) or "UnsupportedAttentionError" in str(info.value)
+
+
+def test_unknown_option_raises_naming_the_valid_ones(model_and_input):
+    model, x = model_and_input
+    with pytest.raises(Exception, match="valid options are") as info:
+        torch.compile(model, backend="intfa", options={"quantise_pv": False})(x)
+    assert "quantize_pv" in str(info.value)
+
+
+def test_enabled_false_compiles_what_inductor_alone_compiles(model_and_input):
+    model, x = model_and_input
+    out, code = _compile_and_run(model, x, enabled=False)
+    assert OP_NAME not in code
+    torch._dynamo.reset()
+    with torch.no_grad():
+        inductor = torch.compile(model, backend="inductor")(x)
+    assert torch.equal(out, inductor)
+
+
+def test_quantize_pv_false_runs_half_int8(model_and_input):
+    model, x = model_and_input
+    full, _ = _compile_and_run(model, x)
+    torch._dynamo.reset()
+    half, code = _compile_and_run(model, x, quantize_pv=False)
+    assert counters["intfa"]["half_int8_sites"] == 1
+    assert "None, None, True" in code  # v_scale=None, no mask, causal: V stays 16/32-bit
+    assert not torch.equal(full, half)
+
+
+def test_p_scale_row_block_changes_the_result(model_and_input):
+    model, x = model_and_input
+    fixed, _ = _compile_and_run(model, x)
+    torch._dynamo.reset()
+    row_block, code = _compile_and_run(model, x, p_scale="row_block")
+    assert "'row_block'" in code
+    assert not torch.equal(fixed, row_block)
+    with torch.no_grad():
+        eager = model(x)
+    assert cosine(row_block, eager) >= 0.999
+
+
+def test_min_seq_len_leaves_short_attention_alone(model_and_input, caplog):
+    model, x = model_and_input
+    with caplog.at_level(logging.INFO, logger="intfa_compile"):
+        _, code = _compile_and_run(model, x, min_seq_len=385)
+    assert OP_NAME not in code
+    assert any("below min_seq_len=385" in record.getMessage() for record in caplog.records)
+    torch._dynamo.reset()
+    _, code = _compile_and_run(model, x, min_seq_len=384)
+    assert OP_NAME in code
+
+
+@pytest.mark.parametrize("key, bad", [("qk_granularity", "per_tensor"), ("v_granularity", "per_token"),
+                                      ("p_scale", "dynamic"), ("min_seq_len", -1), ("fallback", "ignore"),
+                                      ("enabled", 1)])
+def test_bad_option_values_raise(key, bad):
+    with pytest.raises(ValueError, match=key):
+        config.validate({key: bad})
+
+
+def test_changed_config_recompiles_the_compiled_model(model_and_input):
+    model, x = model_and_input
+    compiled = torch.compile(model, backend="intfa")
+    with torch.no_grad():
+        fixed = compiled(x)
+        with config.patch(p_scale="row_block"):
+            row_block = compiled(x)
+        fixed_again = compiled(x)
+    torch._dynamo.reset()
+    expected_row_block, _ = _compile_and_run(model, x, p_scale="row_block")
+    assert torch.equal(row_block, expected_row_block)
+    assert torch.equal(fixed, fixed_again)
+    assert not torch.equal(fixed, row_block)
+
+
+def test_options_override_global_config(model_and_input):
+    model, x = model_and_input
+    with config.patch(enabled=False):
+        _, code = _compile_and_run(model, x, enabled=True)
+    assert OP_NAME in code
+
+
+def test_config_patch_restores_and_validates():
+    before = config.snapshot()
+    with config.patch(quantize_pv=False, min_seq_len=7):
+        assert config.quantize_pv is False and config.min_seq_len == 7
+    assert config.snapshot() == before
+    with pytest.raises(ValueError):
+        config.p_scale = "nope"
+    assert config.snapshot() == before
+
+
+def test_backend_found_by_name_in_a_fresh_process():
+    """The entry point alone must register 'intfa': the script never imports intfa_compile."""
+    script = textwrap.dedent("""
+        import sys, torch, torch.nn.functional as F
+        def attend(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        q, k, v = torch.randn(3, 1, 2, 64, 32)
+        assert "intfa_compile" not in sys.modules
+        with torch.no_grad():
+            out = torch.compile(attend, backend="intfa")(q, k, v)
+        from torch._dynamo.utils import counters
+        cos = F.cosine_similarity(out.flatten(), attend(q, k, v).flatten(), dim=0).item()
+        print("sites", counters["intfa"]["int8_sites"], "close", cos >= 0.999)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "TORCHINDUCTOR_FX_GRAPH_CACHE": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sites 1 close True" in result.stdout

@@ -1,0 +1,41 @@
+"""Inductor's FX graph cache, on, across processes: a graph built under other settings is never served."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.nn.functional as F
+    from torch._dynamo.utils import counters
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 2, 96, 32)
+    with torch.no_grad():
+        out = torch.compile(attend, backend="intfa", options={"p_scale": sys.argv[1]})(q, k, v)
+    print("hits", counters["inductor"]["fxgraph_cache_hit"], "misses", counters["inductor"]["fxgraph_cache_miss"])
+    print("checksum", repr(out.double().sum().item()))
+""")
+
+
+def _run(cache_dir: str, p_scale: str) -> tuple[str, str]:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+           "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, p_scale], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    return lines["hits"], lines["checksum"]
+
+
+def test_other_settings_miss_the_cache_and_same_settings_hit(tmp_path):
+    first_hits, fixed = _run(str(tmp_path), "fixed")
+    other_hits, row_block = _run(str(tmp_path), "row_block")
+    again_hits, fixed_again = _run(str(tmp_path), "fixed")
+    assert first_hits.startswith("0 ") and other_hits.startswith("0 ")
+    assert not again_hits.startswith("0 "), "the same settings should be served from the cache"
+    assert row_block != fixed
+    assert fixed_again == fixed

@@ -1,0 +1,128 @@
+"""The Triton kernel against the op's CPU implementation and against fp64 attention.
+
+Without a GPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set in conftest), so
+shapes are small. With a GPU the same tests run the compiled kernel on CUDA.
+
+What must agree, and how closely:
+- the INT32 Q·Kᵀ products and the fp32 logits built from them: exactly (same integer GEMM, same
+  fp32 multiplications in the same order);
+- the outputs: the kernel and the CPU implementation differ only where exp2 or a row sum rounds
+  differently (a few fp32 ulps, FP32_SLACK relative); such a difference can move one entry of P by
+  one INT8 level, which changes an output by at most max_j |V_jc| · (1/127) / l_i. The test allows
+  one such step per element on top of the fp32 slack;
+- both stay within the P-quantization bound of fp64 attention on the dequantized inputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from intfa_compile.kernels.int8_flash_attention import _scores, int8_flash_attention_triton
+
+from intfa_compile.cpu_attention import int8_flash_attention_cpu
+from intfa_compile.numerics import LOG2E
+from intfa_compile.reference import reference_attention
+from tests.helpers import FP32_SLACK, P_STEP, half_int8_bound, p_quantization_bound, quantized_inputs
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@triton.jit
+def _scores_tile_kernel(Q, K, QS, KS, QK_OUT, S_OUT, M: tl.constexpr, N: tl.constexpr, D: tl.constexpr):
+    rows, cols, dims = tl.arange(0, M), tl.arange(0, N), tl.arange(0, D)
+    q = tl.load(Q + rows[:, None] * D + dims[None, :])
+    k = tl.load(K + cols[None, :] * D + dims[:, None])
+    qk, s = _scores(q, k, tl.load(QS + rows), tl.load(KS + cols))
+    tl.store(QK_OUT + rows[:, None] * N + cols[None, :], qk)
+    tl.store(S_OUT + rows[:, None] * N + cols[None, :], s)
+
+
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_int32_scores_and_logits_match_the_cpu_implementation_exactly(head_dim):
+    gen = torch.Generator().manual_seed(head_dim)
+    q = torch.randint(-127, 128, (32, head_dim), generator=gen, dtype=torch.int8)
+    k = torch.randint(-127, 128, (64, head_dim), generator=gen, dtype=torch.int8)
+    q[0] = 127
+    k[0] = 127  # the largest possible partial sums
+    qs = torch.rand(32, generator=gen) * (head_dim**-0.5 * LOG2E)
+    ks = torch.rand(64, generator=gen)
+    qk = torch.empty(32, 64, dtype=torch.int32, device=DEVICE)
+    s = torch.empty(32, 64, device=DEVICE)
+    _scores_tile_kernel[(1,)](q.to(DEVICE), k.to(DEVICE), qs.to(DEVICE), ks.to(DEVICE), qk, s, 32, 64, head_dim)
+    cpu_qk = q.float() @ k.float().T  # what int8_flash_attention_cpu computes
+    assert torch.equal(qk.cpu().long(), q.long() @ k.long().T)
+    assert torch.equal(qk.cpu().float(), cpu_qk)
+    assert torch.equal(s.cpu(), cpu_qk * qs[:, None] * ks[None, :])
+
+
+def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32):
+    args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
+    sm_scale = scale if scale is not None else inputs["q"].shape[-1] ** -0.5
+    shape = inputs["q"].shape
+    cpu = int8_flash_attention_cpu(*args, mask, is_causal, sm_scale, p_scale, torch.empty(shape, dtype=out_dtype))
+    gpu_args = [a.to(DEVICE) if a is not None else None for a in args]
+    gpu_mask = mask.to(DEVICE) if mask is not None else None
+    out = torch.empty(shape, dtype=out_dtype, device=DEVICE)
+    kernel = int8_flash_attention_triton(*gpu_args, gpu_mask, is_causal, sm_scale, p_scale, out)
+    return kernel.cpu(), cpu
+
+
+def _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref, extra=0.0):
+    one_p_step = P_STEP * v_hat.abs().amax(dim=-2, keepdim=True).repeat_interleave(
+        kernel.shape[1] // v_hat.shape[1], dim=1) / torch.where(ref.row_sum > 0, ref.row_sum, 1.0)
+    allowed = one_p_step + FP32_SLACK * cpu.double().abs().amax(-1, keepdim=True) + extra
+    assert ((kernel.double() - cpu.double()).abs() <= allowed).all()
+
+
+@pytest.mark.parametrize("n_q,n_k", [(1, 1), (17, 130), (130, 17), (100, 100)])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("p_scale", ["fixed", "row_block"])
+def test_full_int8_kernel(n_q, n_k, head_dim, is_causal, p_scale):
+    gen = torch.Generator().manual_seed(n_q + n_k * 7 + head_dim)
+    q, k, v = (torch.randn(1, 2, n, head_dim, generator=gen) for n in (n_q, n_k, n_k))
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, None, is_causal, None, p_scale)
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, None, is_causal)
+    _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
+    bound = p_quantization_bound(q_hat, k_hat, v_hat, None, is_causal, None, P_STEP)
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("v_dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_half_int8_kernel(v_dtype):
+    gen = torch.Generator().manual_seed(11)
+    q, k = (torch.randn(1, 2, 80, 64, generator=gen) for _ in range(2))
+    v = torch.randn(1, 2, 80, 64, generator=gen).to(v_dtype)
+    inputs = quantized_inputs(q, k, v, quantize_pv=False)
+    kernel, cpu = _both(inputs, None, True, None, "fixed")
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    bound = half_int8_bound(q_hat, k_hat, v_hat, None, True, None, v_dtype)
+    ref = reference_attention(q_hat, k_hat, v_hat, None, True)
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+    assert ((cpu.double() - ref.out).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+def test_gqa_masks_and_strided_layout(mask_kind):
+    gen = torch.Generator().manual_seed(5)
+    # (B, N, H, D) storage seen as (B, H, N, D), as attention inputs usually arrive.
+    q = torch.randn(2, 40, 4, 32, generator=gen).transpose(1, 2)
+    k, v = (torch.randn(2, 90, 2, 32, generator=gen).transpose(1, 2) for _ in range(2))
+    if mask_kind == "bool":
+        mask = torch.rand(2, 1, 40, 90, generator=gen) > 0.4
+        mask[..., 0] = True
+    else:
+        mask = torch.randn(1, 4, 1, 90, generator=gen)
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, mask, False, 0.2, "fixed", out_dtype=torch.float16)
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, mask, False, 0.2)
+    half_out_rounding = torch.finfo(torch.float16).eps / 2 * ref.out.abs()
+    # Both round their fp32 result to fp16 once: one fp16 rounding step apart at most.
+    _assert_kernel_matches_cpu(kernel.float(), cpu.float(), v_hat, ref, extra=2 * half_out_rounding)
+    bound = p_quantization_bound(q_hat, k_hat, v_hat, mask, False, 0.2, P_STEP) + half_out_rounding
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
