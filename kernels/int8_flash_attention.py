@@ -51,7 +51,7 @@ def _attention_block(
     k_base, v_base, ks_base, mask_base,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
     N_K, HEAD_DIM,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr, P_ROW_BLOCK: tl.constexpr,
+    CAUSAL_MASK: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr, P_ROW_BLOCK: tl.constexpr,
     UPCAST_16BIT_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One KV block of the online softmax: update the accumulator, row sums and running maxima."""
@@ -71,7 +71,7 @@ def _attention_block(
         else:
             bias = tl.load(mask_ptrs, mask=n_ok[None, :], other=0.0).to(tl.float32)
             s = s + bias * _LOG2E
-    if IS_CAUSAL:
+    if CAUSAL_MASK:
         s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
     s = tl.where(n_ok[None, :], s, float("-inf"))
 
@@ -107,6 +107,35 @@ def _attention_block(
     return acc, l_i, m_new
 
 
+def _configs() -> list[triton.Config]:
+    """Tile shapes worth trying on Ampere and Hopper; one fixed tile under the interpreter.
+
+    BLOCK_N is not tuned: the key block size is part of the result (see ``numerics.KV_BLOCK_SIZE``).
+    """
+    if _INTERPRETED:
+        return [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": block_m}, num_warps=warps, num_stages=stages)
+        for block_m in (64, 128)
+        for warps in (4, 8)
+        for stages in (2, 3, 4)
+        if not (block_m == 64 and warps == 8)
+    ]
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    # A 256-wide head needs BLOCK_M ≤ 64 and few stages to fit the tiles in shared memory.
+    if kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0)) >= 256:
+        narrow = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.num_stages <= 2]
+        return narrow or configs[:1]
+    return configs
+
+
+@triton.autotune(
+    configs=_configs(),
+    key=["N_Q", "N_K", "HEAD_DIM", "GROUP", "IS_CAUSAL", "MASK_KIND", "QUANT_PV"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)
 @triton.jit
 def _int8_attention_fwd(
     Q, K, V, QS, KS, VS, MASK, OUT,
@@ -144,17 +173,29 @@ def _int8_attention_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    hi = N_K
+    # Causal (top-left): blocks wholly at or below the tile's first row need no mask; blocks that cross
+    # the diagonal are masked; blocks past the tile's last row are skipped.
     if IS_CAUSAL:
-        # Keys past this tile's last row are masked for every row in it: skip their blocks.
+        diagonal_lo = tl.minimum((pid_m * BLOCK_M) // BLOCK_N * BLOCK_N, N_K)
         hi = tl.minimum(N_K, (pid_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
+    else:
+        diagonal_lo = N_K
+        hi = N_K
+    for start_n in range(0, diagonal_lo, BLOCK_N):
         acc, l_i, m_i = _attention_block(
             acc, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM,
-            IS_CAUSAL, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
+            False, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
+        )
+    for start_n in range(diagonal_lo, hi, BLOCK_N):
+        acc, l_i, m_i = _attention_block(
+            acc, l_i, m_i, q, qs, offs_m, start_n,
+            k_base, v_base, ks_base, mask_base,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
+            N_K, HEAD_DIM,
+            True, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
         )
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -166,7 +207,8 @@ def _int8_attention_fwd(
 
 
 def _block_d(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
+    # INT8 tensor-core GEMMs take a reduction dimension of at least 32.
+    return max(32, triton.next_power_of_2(head_dim))
 
 
 def int8_flash_attention_triton(
@@ -181,7 +223,6 @@ def int8_flash_attention_triton(
     sm_scale: float,
     p_scale: str,
     out: Tensor,
-    block_m: int = 64,
 ) -> Tensor:
     """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked)."""
     batch, heads_q, n_q, head_dim = q.shape
@@ -194,7 +235,9 @@ def int8_flash_attention_triton(
         mask = attn_mask.expand(batch, heads_q, n_q, n_k)  # broadcast by stride 0, no copy
         mask_kind = _MASK_BOOL if mask.dtype == torch.bool else _MASK_ADDITIVE
         mask_strides = mask.stride()
-    grid = (triton.cdiv(n_q, block_m), batch * heads_q)
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads_q)
+
     _int8_attention_fwd[grid](
         q, k, v, q_scale, k_scale, vs, mask, out,
         *q.stride(), *k.stride(), *v.stride(),
@@ -203,7 +246,6 @@ def int8_flash_attention_triton(
         heads_q, heads_q // heads_k, n_q, n_k, head_dim, sm_scale * LOG2E,
         IS_CAUSAL=is_causal, MASK_KIND=mask_kind, QUANT_PV=quant_pv, P_ROW_BLOCK=p_scale == "row_block",
         UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16,
-        BLOCK_M=block_m, BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=_block_d(head_dim),
-        num_warps=4, num_stages=2,
+        BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=_block_d(head_dim),
     )
     return out

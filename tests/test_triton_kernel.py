@@ -77,7 +77,7 @@ def _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref, extra=0.0):
 
 
 @pytest.mark.parametrize("n_q,n_k", [(1, 1), (17, 130), (130, 17), (100, 100)])
-@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 80, 96, 128, 256])
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("p_scale", ["fixed", "row_block"])
 def test_full_int8_kernel(n_q, n_k, head_dim, is_causal, p_scale):
@@ -126,3 +126,32 @@ def test_gqa_masks_and_strided_layout(mask_kind):
     _assert_kernel_matches_cpu(kernel.float(), cpu.float(), v_hat, ref, extra=2 * half_out_rounding)
     bound = p_quantization_bound(q_hat, k_hat, v_hat, mask, False, 0.2, P_STEP) + half_out_rounding
     assert ((kernel.double() - ref.out).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_mqa_output_dtypes(out_dtype):
+    gen = torch.Generator().manual_seed(13)
+    q = torch.randn(1, 4, 70, 64, generator=gen)
+    k, v = (torch.randn(1, 1, 70, 64, generator=gen) for _ in range(2))
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, None, True, None, "fixed", out_dtype=out_dtype)
+    assert kernel.dtype == out_dtype
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, None, True)
+    out_rounding = torch.finfo(out_dtype).eps / 2 * ref.out.abs()
+    _assert_kernel_matches_cpu(kernel.float(), cpu.float(), v_hat, ref, extra=2 * out_rounding)
+    bound = p_quantization_bound(q_hat, k_hat, v_hat, None, True, None, P_STEP) + out_rounding
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+
+
+def test_fully_masked_rows_give_zeros_as_sdpa():
+    gen = torch.Generator().manual_seed(17)
+    q, k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(3))
+    keep = torch.rand(1, 1, 40, 40, generator=gen) > 0.5
+    keep[..., 5, :] = False
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, keep, False, None, "fixed")
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    assert not kernel.isnan().any()
+    assert torch.equal(kernel[..., 5, :], expected[..., 5, :])
+    assert (kernel[..., 5, :] == 0).all()

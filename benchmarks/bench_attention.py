@@ -1,0 +1,333 @@
+"""Forward attention, side by side: speed (TOPS) and accuracy against fp64, for every available provider.
+
+Providers: PyTorch SDPA in 16-bit with each backend (flash, efficient, cuDNN), intfa full-INT8 and
+half-INT8 (quantization time included, and excluded as "-prequant"), and SageAttention 1.0.6 when
+importable. Timing uses ``triton.testing.do_bench`` (CUDA events, warm-up, median) over several
+input sets so the L2 cache does not flatter; accuracy is cosine, relative L2 and mean relative
+error (mean|out − ref| / mean|ref|) against fp64 attention on the first two heads.
+
+    python benchmarks/bench_attention.py                 # GPU: full sweep, writes benchmarks/results/
+    python benchmarks/bench_attention.py --smoke --out /tmp/x   # CPU: tiny shapes, Triton interpreter
+
+Writes ``<out>/<device>-<date>.md`` (table, device, versions, command) and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the kernel's import
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+
+from intfa_compile.ops import int8_sdpa  # noqa: E402
+from intfa_compile.quantize import quantize_per_channel, quantize_per_token  # noqa: E402
+from intfa_compile.reference import reference_attention  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ACCURACY_HEADS = 2
+
+
+@dataclass(frozen=True)
+class Case:
+    """One attention shape."""
+
+    batch: int
+    heads: int
+    n: int
+    head_dim: int
+    causal: bool
+    dtype: torch.dtype
+
+    @property
+    def ops(self) -> float:
+        """Multiply-adds ×2 of both GEMMs: 4·B·H·N²·d, halved when causal."""
+        total = 4.0 * self.batch * self.heads * self.n * self.n * self.head_dim
+        return total / 2 if self.causal else total
+
+    @property
+    def input_bytes(self) -> int:
+        return 3 * self.batch * self.heads * self.n * self.head_dim * torch.finfo(self.dtype).bits // 8
+
+
+@dataclass
+class Row:
+    """One provider's numbers on one case."""
+
+    provider: str
+    ms: float | None = None
+    tops: float | None = None
+    cosine: float | None = None
+    rel_l2: float | None = None
+    mre: float | None = None
+    note: str = ""
+    speedup: float | None = field(default=None)
+
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _sdpa_backend(backend_name: str, causal: bool) -> Attention | None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name, None)
+    if backend is None:
+        return None
+
+    def attend(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return attend
+
+
+def _intfa(quantize_pv: bool, causal: bool) -> Attention:
+    def attend(q, k, v):
+        return int8_sdpa(q, k, v, is_causal=causal, quantize_pv=quantize_pv)
+
+    return attend
+
+
+def _intfa_prequantized(quantize_pv: bool, causal: bool) -> tuple[Callable, Attention]:
+    """(prepare, attend): prepare quantizes once, outside the timed region."""
+
+    def prepare(q, k, v):
+        q8, qs = quantize_per_token(q)
+        k8, ks = quantize_per_token(k)
+        v_in, vs = quantize_per_channel(v) if quantize_pv else (v, None)
+        return (q8, k8, v_in, qs, ks, vs, q.shape[-1] ** -0.5, q.dtype)
+
+    def attend(q8, k8, v_in, qs, ks, vs, sm_scale, dtype):
+        return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale, "fixed", dtype)
+
+    return prepare, attend
+
+
+def _triton_interpreted(causal: bool) -> tuple[Callable, Attention]:
+    """The Triton kernel itself on CPU tensors (interpreter): keeps the GPU path exercised in --smoke."""
+    from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
+
+    prepare, _ = _intfa_prequantized(True, causal)
+
+    def attend(q8, k8, v8, qs, ks, vs, sm_scale, dtype):
+        out = torch.empty_like(q8, dtype=dtype)
+        return int8_flash_attention_triton(q8, k8, v8, qs, ks, vs, None, causal, sm_scale, "fixed", out)
+
+    return prepare, attend
+
+
+def _sageattention(causal: bool) -> Attention | None:
+    try:
+        from sageattention import sageattn
+    except ImportError:
+        return None
+
+    def attend(q, k, v):
+        return sageattn(q, k, v, tensor_layout="HND", is_causal=causal)
+
+    return attend
+
+
+def providers(case: Case, device: str) -> dict[str, tuple[Callable | None, Attention | None]]:
+    """name → (prepare or None, attend or None when unavailable here)."""
+    table: dict[str, tuple[Callable | None, Attention | None]] = {}
+    if device == "cuda":
+        for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
+            table[f"sdpa-{name.split('_')[0].lower()}"] = (None, _sdpa_backend(name, case.causal))
+    else:
+        table["sdpa-cpu"] = (None, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=case.causal))
+    table["intfa-full"] = (None, _intfa(True, case.causal))
+    table["intfa-full-prequant"] = _intfa_prequantized(True, case.causal)
+    table["intfa-half"] = (None, _intfa(False, case.causal))
+    table["intfa-half-prequant"] = _intfa_prequantized(False, case.causal)
+    if device == "cpu":
+        table["intfa-full-triton-interpreter"] = _triton_interpreted(case.causal)
+    if device == "cuda":
+        table["sageattention-1.0.6"] = (None, _sageattention(case.causal))
+    return table
+
+
+def _time_ms(fn: Callable[[], object], device: str, smoke: bool) -> float:
+    if device == "cuda":
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()  # warm-up
+    times = []
+    for _ in range(1 if smoke else 5):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _input_sets(case: Case, device: str) -> list[tuple[torch.Tensor, ...]]:
+    """Enough independent input sets that rotating among them overflows the L2 cache twice."""
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size if device == "cuda" else 0
+    count = max(1, min(4, math.ceil(2 * l2 / case.input_bytes)))
+    shape = (case.batch, case.heads, case.n, case.head_dim)
+    return [tuple(torch.randn(shape, device=device, dtype=case.dtype) for _ in range(3)) for _ in range(count)]
+
+
+def _accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
+    out, ref = out.double().flatten(), ref.flatten()
+    diff = out - ref
+    cosine = F.cosine_similarity(out, ref, dim=0).item()
+    return cosine, (diff.norm() / ref.norm()).item(), (diff.abs().mean() / ref.abs().mean()).item()
+
+
+def _reference(q, k, v, causal: bool) -> torch.Tensor:
+    """fp64 attention of batch 0, the first heads; query rows in chunks to bound memory."""
+    q, k, v = (t[:1, :ACCURACY_HEADS] for t in (q, k, v))
+    chunks = []
+    n = q.shape[2]
+    step = max(1, 2**26 // (n * ACCURACY_HEADS))
+    for start in range(0, n, step):
+        rows = q[:, :, start:start + step]
+        mask = None
+        if causal:  # rows start.. see keys ≤ their own index
+            mask = torch.arange(n, device=q.device)[None, :] <= torch.arange(start, start + rows.shape[2],
+                                                                             device=q.device)[:, None]
+        chunks.append(reference_attention(rows, k, v, mask, False).out)
+    return torch.cat(chunks, dim=2)
+
+
+def run_case(case: Case, device: str, smoke: bool) -> list[Row]:
+    sets = _input_sets(case, device)
+    q, k, v = sets[0]
+    ref = _reference(q, k, v, case.causal)
+    rows = []
+    for name, (prepare, attend) in providers(case, device).items():
+        if attend is None:
+            rows.append(Row(name, note="not available here"))
+            continue
+        try:
+            prepared = [prepare(*s) if prepare else s for s in sets]
+            out = attend(*prepared[0])
+            cosine, rel_l2, mre = _accuracy(out[:1, :ACCURACY_HEADS], ref)
+            cycle = iter(range(10**9))
+            ms = _time_ms(lambda: attend(*prepared[next(cycle) % len(prepared)]), device, smoke)
+        except Exception as err:  # a backend that refuses this shape is reported, not fatal
+            rows.append(Row(name, note=f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"))
+            continue
+        rows.append(Row(name, ms=ms, tops=case.ops / (ms * 1e-3) / 1e12, cosine=cosine, rel_l2=rel_l2, mre=mre))
+    baseline = [r.ms for r in rows if r.provider.startswith("sdpa") and r.ms is not None]
+    for row in rows:
+        if baseline and row.ms is not None:
+            row.speedup = min(baseline) / row.ms
+    return rows
+
+
+def _cases(args: argparse.Namespace) -> list[Case]:
+    dtype = getattr(torch, args.dtype)
+    if args.smoke:
+        return [Case(1, 2, n, 64, causal, dtype) for n in (64, 130) for causal in (False, True)]
+    cases = []
+    for head_dim in args.head_dims:
+        for n in args.lengths:
+            batch = max(1, args.tokens // (args.heads * n))
+            for causal in (False, True):
+                cases.append(Case(batch, args.heads, n, head_dim, causal, dtype))
+    return cases
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _markdown(results: list[tuple[Case, list[Row]]], header: list[str]) -> str:
+    lines = [*header, ""]
+    lines.append("| B×H | N | d | causal | provider | ms | TOPS | speedup vs best SDPA | cosine | rel L2 | MRE | note |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for case, rows in results:
+        for r in rows:
+            lines.append(
+                f"| {case.batch}×{case.heads} | {case.n} | {case.head_dim} | {case.causal} | {r.provider} | "
+                f"{_fmt(r.ms, '.3f')} | {_fmt(r.tops, '.3g')} | {_fmt(r.speedup, '.2f')} | {_fmt(r.cosine, '.6f')} | "
+                f"{_fmt(r.rel_l2, '.2e')} | {_fmt(r.mre, '.2e')} | {r.note} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results: list[tuple[Case, list[Row]]], path: Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: matplotlib is not installed"
+    panels = sorted({(c.head_dim, c.causal) for c, _ in results})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (head_dim, causal) in zip(axes[0], panels, strict=True):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for case, rows in results:
+            if (case.head_dim, case.causal) != (head_dim, causal):
+                continue
+            for r in rows:
+                if r.tops is not None:
+                    series.setdefault(r.provider, []).append((case.n, r.tops))
+        for name, points in sorted(series.items()):
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"d={head_dim}, causal={causal}")
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel("TOPS")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"plot: {path}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, Triton interpreter")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results file and plot")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=2**20, help="B·H·N per case, so each case fills the GPU")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{platform.machine()}"
+    today = datetime.date.today().isoformat()
+    results = []
+    for case in _cases(args):
+        results.append((case, run_case(case, device, args.smoke)))
+        print(f"done N={case.n} d={case.head_dim} causal={case.causal}", flush=True)
+    header = [
+        f"# Attention forward benchmark — {device_name}, {today}",
+        "",
+        f"- device: {device_name}; torch {torch.__version__}; triton {triton.__version__}; "
+        f"python {platform.python_version()}; dtype {args.dtype}",
+        f"- command: `python {' '.join(sys.argv)}`",
+        "- TOPS = 4·B·H·N²·d / time (halved when causal); accuracy on batch 0, first "
+        f"{ACCURACY_HEADS} heads, against fp64 attention of the same 16-bit inputs",
+    ]
+    table = _markdown(results, header)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{device_name.replace(' ', '_').replace('/', '_')}-{today}" + ("-smoke" if args.smoke else "")
+    (args.out / f"{stem}.md").write_text(table)
+    print(table)
+    print(_plot(results, args.out / f"{stem}.png"))
+    print(f"results: {args.out / (stem + '.md')}")
+
+
+if __name__ == "__main__":
+    main()

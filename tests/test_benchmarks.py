@@ -1,0 +1,26 @@
+"""The benchmark scripts run end to end on CPU (--smoke), so they cannot rot between GPU sessions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+
+
+def test_bench_attention_smoke_writes_table_and_plot(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = list(tmp_path.glob("*.md"))
+    assert len(tables) == 1
+    text = tables[0].read_text()
+    assert "torch " in text and "triton " in text
+    for provider in ("sdpa-cpu", "intfa-full", "intfa-half", "intfa-full-prequant", "intfa-full-triton-interpreter"):
+        assert f"| {provider} |" in text
+    assert "failed" not in text
+    rows = [line.split("|") for line in text.splitlines() if "| intfa-full |" in line]
+    cosines = [float(cells[9]) for cells in rows]
+    assert cosines and min(cosines) >= 0.999
+    assert list(tmp_path.glob("*.png"))
