@@ -10,6 +10,7 @@ import torch
 from torch._inductor.compile_fx import compile_fx
 
 from . import config
+from .sites import module_paths_of
 
 log = logging.getLogger("intfa_compile")
 
@@ -18,20 +19,24 @@ def _inductor_patches(settings: dict[str, Any], mode: str | None) -> dict[str, A
     from torch._inductor import config as inductor_config
     from torch._inductor import list_mode_options
 
-    from intfa_compile.passes.post_grad import ChainedPass, IntfaPostGradPass
+    from intfa_compile.passes.custom_passes import ChainedPass, IntfaJointPass, IntfaPostGradPass
 
     patches: dict[str, Any] = {}
     if mode not in (None, "default"):
         patches.update(list_mode_options(mode))
-    ours = IntfaPostGradPass(settings)
-    theirs = inductor_config.post_grad_custom_post_pass
-    patches["post_grad_custom_post_pass"] = ours if theirs is None else ChainedPass(theirs, ours)
+    for slot, ours in (("joint_custom_post_pass", IntfaJointPass(settings)),
+                       ("post_grad_custom_post_pass", IntfaPostGradPass(settings))):
+        theirs = getattr(inductor_config, slot)
+        patches[slot] = ours if theirs is None else ChainedPass(theirs, ours)
     return patches
 
 
 def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: dict[str, Any],
              mode: str | None) -> Callable[..., Any]:
-    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(settings, mode))
+    from intfa_compile.passes.rewrite import compiling
+
+    with module_paths_of(gm), compiling():
+        return compile_fx(gm, example_inputs, config_patches=_inductor_patches(settings, mode))
 
 
 def _input_signature(args: Sequence[Any]) -> tuple:

@@ -1,0 +1,121 @@
+"""What happened to each attention site: one record per site, logged and collected for ``explain``.
+
+The passes run deep inside Inductor, where the model's module structure is gone; the backend hands
+them, through ``module_paths``, the module path of every node of the graph Dynamo traced, and the
+passes follow a node's provenance (``meta["from_node"]``) back to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger("intfa_compile")
+
+INT8, HALF_INT8, LEFT_ALONE = "INT8", "half-INT8", "left alone"
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    """One attention site and its outcome."""
+
+    module: str
+    """Module path of the attention in the model (e.g. ``encoder.layer.0.attention.self``)."""
+    source: str
+    """The user's source line that computes it (``file.py:LINE function``)."""
+    form: str
+    """How it was written: ``sdpa`` (which aten form) or the hand-written pattern that matched."""
+    shapes: str
+    """q, k (and v) shapes, B×H×N×D."""
+    mask: str
+    """``none``, ``bool`` or ``additive`` with its shape."""
+    causal: bool
+    gqa: str
+    """``Hq/Hk`` when query heads share KV heads, else empty."""
+    outcome: str
+    """``INT8``, ``half-INT8`` or ``left alone``."""
+    reason: str
+    """Why it was left alone (empty otherwise)."""
+
+
+_records: contextvars.ContextVar[list[SiteRecord] | None] = contextvars.ContextVar("intfa_records", default=None)
+_module_paths: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("intfa_module_paths",
+                                                                                     default=None)
+
+
+def record(site: SiteRecord, warn: bool = False) -> None:
+    """Log one line for ``site`` (a warning if ``warn``) and add it to the ``collect_sites`` collection."""
+    if site.outcome == LEFT_ALONE:
+        (log.warning if warn else log.info)("intfa: attention at %s [%s] left alone: %s", site.module, site.source,
+                                            site.reason)
+    else:
+        log.info("intfa: attention at %s [%s] runs %s (%s, mask %s, causal %s)", site.module, site.source,
+                 site.outcome, site.shapes, site.mask, site.causal)
+    records = _records.get()
+    if records is not None:
+        records.append(site)
+
+
+@contextlib.contextmanager
+def collect_sites() -> Iterator[list[SiteRecord]]:
+    """Collect the records of every site compiled inside the ``with`` block."""
+    records: list[SiteRecord] = []
+    token = _records.set(records)
+    try:
+        yield records
+    finally:
+        _records.reset(token)
+
+
+def _clean_module_path(dynamo_path: str) -> str:
+    # Dynamo names modules from the frame's locals: "L['self'].encoder.layer[0]", "L['args'][0].layers[1]".
+    path = re.sub(r"^L\['[^']*'\](\[\d+\])?\.?", "", dynamo_path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "")
+    return path.strip(".") or "<model>"
+
+
+@contextlib.contextmanager
+def module_paths_of(gm: torch.fx.GraphModule) -> Iterator[None]:
+    """Make the module path of each node of Dynamo's graph ``gm`` known to the passes."""
+    paths = {}
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            paths[node.name] = _clean_module_path(list(stack.values())[-1][0])
+    token = _module_paths.set(paths)
+    try:
+        yield
+    finally:
+        _module_paths.reset(token)
+
+
+def _root_source_name(node: torch.fx.Node) -> str | None:
+    sources = node.meta.get("from_node")
+    name = None
+    while sources:
+        source = sources[-1] if isinstance(sources, list) else sources
+        name = source.name
+        sources = source.from_node
+    return name
+
+
+def module_path(node: torch.fx.Node) -> str:
+    """Module path of the model code that produced ``node``, or ``<unknown>``."""
+    name = _root_source_name(node)
+    return (_module_paths.get() or {}).get(name or node.name, "<unknown>")
+
+
+def source_line(node: torch.fx.Node) -> str:
+    """The innermost user frame of ``node``'s stack trace as ``file.py:LINE function``."""
+    frames = [line.strip() for line in node.meta.get("stack_trace", "").splitlines()
+              if line.strip().startswith("File ")]
+    if not frames:
+        return node.name
+    path, line, func = frames[-1][len("File "):].split(", ", 2)
+    return f"{path.strip(chr(34)).rsplit('/', 1)[-1]}:{line.split()[-1]} {func.removeprefix('in ')}"

@@ -1,0 +1,77 @@
+"""One attention computation found in a graph, described the same way whatever form it was written in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from intfa_compile.sites import SiteRecord, module_path, source_line
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """softmax(Q·Kᵀ·scale + mask)·V at one place in a graph.
+
+    ``key`` and ``value`` are the un-repeated KV heads when the model repeats them for GQA; a boolean
+    ``attn_mask`` is True where a key is kept (SDPA's convention).
+    """
+
+    anchor: torch.fx.Node
+    """The node whose value is the attention output: the one a rewrite replaces."""
+    form: str
+    query: torch.fx.Node
+    key: torch.fx.Node
+    value: torch.fx.Node
+    attn_mask: torch.fx.Node | None
+    is_causal: bool
+    scale: float | None
+    dropout_p: float = 0.0
+    used_for_backward: bool = False
+    """Other outputs of the attention (logsumexp, RNG state) are used: a training graph."""
+    batch_of_one: bool = False
+    """q, k, v are 3-D (B·H, N, D) and run as 4-D with a batch of one."""
+
+    def _val(self, node: torch.fx.Node | None) -> torch.Tensor | None:
+        value = node.meta.get("val") if node is not None else None
+        if not isinstance(value, torch.Tensor):
+            return None
+        return value.unsqueeze(0) if self.batch_of_one and value.dim() == 3 else value
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Fake values of q, k, v (None where the graph carries none)."""
+        return self._val(self.query), self._val(self.key), self._val(self.value)
+
+    @property
+    def mask_tensor(self) -> torch.Tensor | None:
+        return self._val(self.attn_mask)
+
+    def record(self, outcome: str, reason: str = "") -> SiteRecord:
+        """This site's line in the explain table."""
+        q, k, v = self.tensors
+
+        def dims(t: torch.Tensor | None) -> str:
+            return "?" if t is None else "×".join(str(s) for s in t.shape)
+
+        mask = self.mask_tensor
+        if self.attn_mask is None:
+            mask_text = "none"
+        elif mask is None:
+            mask_text = "?"
+        else:
+            mask_text = f"{'bool' if mask.dtype == torch.bool else 'additive'} {dims(mask)}"
+        gqa = ""
+        if q is not None and k is not None and q.dim() == k.dim() and q.dim() >= 3 and q.shape[-3] != k.shape[-3]:
+            gqa = f"{q.shape[-3]}/{k.shape[-3]}"
+        return SiteRecord(
+            module=module_path(self.anchor),
+            source=source_line(self.anchor),
+            form=self.form,
+            shapes=f"q {dims(q)}, kv {dims(k)}",
+            mask=mask_text,
+            causal=self.is_causal,
+            gqa=gqa,
+            outcome=outcome,
+            reason=reason,
+        )

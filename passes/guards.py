@@ -1,0 +1,60 @@
+"""When the INT8 kernel may not take an attention site: the one list of reasons every rewrite consults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from intfa_compile.ops import mask_broadcasts_to
+
+from .attention_site import AttentionSite
+
+MAX_HEAD_DIM = 256
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def unsupported_reason(site: AttentionSite) -> str | None:
+    """Why the INT8 kernel cannot compute ``site``, or None if it can."""
+    if site.used_for_backward:
+        return "its logsumexp or RNG state is used (a training graph); INT8 attention is inference-only"
+    if site.dropout_p != 0.0:
+        return f"dropout_p={site.dropout_p}; the INT8 kernel has no dropout"
+    q, k, v = site.tensors
+    if q is None or k is None or v is None:
+        return "no shape information on q, k or v"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return f"q, k, v are {q.dim()}-D; the INT8 kernel takes (B, H, N, D)"
+    if q.dtype not in FLOAT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"dtypes {q.dtype}, {k.dtype}, {v.dtype}; the INT8 kernel takes one of fp16, bf16, fp32"
+    head_dim, v_head_dim = q.shape[-1], v.shape[-1]
+    if head_dim != v_head_dim:
+        return f"value head dim {v_head_dim} differs from query head dim {head_dim}"
+    if not isinstance(head_dim, int) or head_dim > MAX_HEAD_DIM:
+        return f"head dim {head_dim} is above the INT8 kernel's {MAX_HEAD_DIM}"
+    heads_q, heads_k = q.shape[1], k.shape[1]
+    if heads_q % heads_k != 0:
+        return f"{heads_q} query heads are not a multiple of {heads_k} KV heads"
+    if k.shape != v.shape:
+        return f"key {tuple(k.shape)} and value {tuple(v.shape)} shapes differ"
+    if site.attn_mask is not None:
+        mask = site.mask_tensor
+        if mask is None:
+            return "the mask has no shape information"
+        if mask.dtype != torch.bool and mask.dtype not in FLOAT_DTYPES:
+            return f"mask dtype {mask.dtype} is neither bool nor floating"
+        if not mask_broadcasts_to(mask.shape, (q.shape[0], heads_q, q.shape[2], k.shape[2])):
+            return f"mask shape {tuple(mask.shape)} does not broadcast to the scores"
+    return None
+
+
+def config_skip_reason(site: AttentionSite, settings: dict[str, Any]) -> str | None:
+    """Why ``settings`` choose to leave ``site`` alone although the kernel could take it, or None."""
+    n_k = site.tensors[1].shape[2]
+    min_len = settings["min_seq_len"]
+    if min_len:
+        if not isinstance(n_k, int):
+            return f"key length {n_k} is symbolic and min_seq_len={min_len} is set"
+        if n_k < min_len:
+            return f"key length {n_k} is below min_seq_len={min_len}"
+    return None

@@ -1,0 +1,102 @@
+"""Find attention that is still written by hand after every rewrite, and say why it was not taken.
+
+A softmax over the last dimension whose result feeds the left side of a batched matrix product is
+attention; if no stage reported it (as rewritten or as left alone), no pattern matched it, and the
+explain table should still show it, with the most likely reason.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._dynamo.utils import counters
+
+from intfa_compile.sites import LEFT_ALONE, SiteRecord, module_path, record, source_line
+
+from .rewrite import already_reported
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+# Ops that pass the attention weights on unchanged (casts, reshapes, copies).
+_TRANSPARENT = {
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.expand.default,
+    aten.clone.default, aten._to_copy.default, prims.convert_element_type.default,
+}
+_MATMULS = {aten.bmm.default, aten.mm.default}
+
+
+def _is_softmax(node: torch.fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    if node.target in (aten._softmax.default, aten.softmax.int):
+        return True
+    # Inductor's decomposition: exp(x - amax(x)) / sum(exp(x - amax(x)))
+    if node.target is not aten.div.Tensor or len(node.args) != 2:
+        return False
+    exp, total = node.args
+    return (isinstance(exp, torch.fx.Node) and exp.target is aten.exp.default
+            and isinstance(total, torch.fx.Node) and total.target is aten.sum.dim_IntList and total.args[0] is exp)
+
+
+def _follow_to_matmul(probs: torch.fx.Node) -> tuple[torch.fx.Node | None, str]:
+    """The matmul that consumes the attention weights as its left operand, and what stood between."""
+    node, between = probs, ""
+    for _ in range(8):
+        if len(node.users) != 1:
+            return None, between
+        (user,) = node.users
+        if user.target in _MATMULS:
+            return (user, between) if user.args[0] is node else (None, between)
+        if user.target not in _TRANSPARENT:
+            between = str(user.target).split(".")[-2] if "." in str(user.target) else str(user.target)
+        node = user
+    return None, between
+
+
+def _shape(node: torch.fx.Node) -> str:
+    value = node.meta.get("val")
+    return "×".join(str(s) for s in value.shape) if isinstance(value, torch.Tensor) else "?"
+
+
+def report_unrewritten_attention(graph: torch.fx.Graph) -> None:
+    """Record, once each, the hand-written attention sites that no rewrite reported."""
+    for node in graph.nodes:
+        if not _is_softmax(node):
+            continue
+        matmul, between = _follow_to_matmul(node)
+        if matmul is None and len(node.users) > 1:
+            # Weights used twice: find the P·V product among the users to anchor the report.
+            for user in node.users:
+                candidate, _ = _follow_to_matmul_single(user)
+                if candidate is not None:
+                    matmul = candidate
+                    break
+            reason = "its attention weights are also used elsewhere (returned by the model or saved for backward)"
+        elif between:
+            reason = f"'{between}' stands between the softmax and P·V (dropout in training?)"
+        else:
+            reason = "written in a form that none of the INT8 patterns matches"
+        if matmul is None:
+            continue
+        if already_reported(matmul) or any(already_reported(user) for user in matmul.users):
+            continue
+        counters["intfa"]["left_alone"] += 1
+        record(SiteRecord(
+            module=module_path(matmul),
+            source=source_line(matmul),
+            form="hand-written (unmatched)",
+            shapes=f"weights {_shape(node)}, values {_shape(matmul.args[1])}",
+            mask="?",
+            causal=False,
+            gqa="",
+            outcome=LEFT_ALONE,
+            reason=reason,
+        ), warn=True)
+
+
+def _follow_to_matmul_single(node: torch.fx.Node) -> tuple[torch.fx.Node | None, str]:
+    if node.target in _MATMULS:
+        return node, ""
+    if node.target in _TRANSPARENT:
+        return _follow_to_matmul(node)
+    return None, ""

@@ -1,0 +1,114 @@
+"""The decision and the replacement shared by every attention rewrite, under the settings of one compile."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch._dynamo.utils import counters
+
+from intfa_compile.ops import int8_sdpa
+from intfa_compile.sites import HALF_INT8, INT8, LEFT_ALONE, record
+
+from .attention_site import AttentionSite
+from .guards import config_skip_reason, unsupported_reason
+
+
+class UnsupportedAttentionError(RuntimeError):
+    """Raised for an attention site the INT8 rewrite cannot handle when ``fallback="error"``."""
+
+
+_settings: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("intfa_settings", default=None)
+# Decisions already taken in this pass run, by anchor node: several patterns may look at one site.
+_decided: contextvars.ContextVar[dict[torch.fx.Node, bool] | None] = contextvars.ContextVar("intfa_decided",
+                                                                                           default=None)
+# Names of the nodes whose sites were decided in any stage of this compile, so none is reported twice.
+_decided_names: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("intfa_decided_names", default=None)
+
+
+@contextlib.contextmanager
+def compiling() -> Iterator[None]:
+    """One compile of one graph: its stages share the record of sites already reported."""
+    token = _decided_names.set(set())
+    try:
+        yield
+    finally:
+        _decided_names.reset(token)
+
+
+def already_reported(node: torch.fx.Node) -> bool:
+    """Whether a stage of this compile has reported the site anchored at a node of this name."""
+    return node.name in (_decided_names.get() or ())
+
+
+def _remember(site: AttentionSite, rewritten: bool) -> None:
+    decided = _decided.get()
+    if decided is not None:
+        decided[site.anchor] = rewritten
+    names = _decided_names.get()
+    if names is not None:
+        names.add(site.anchor.name)
+
+
+def _earlier_decision(site: AttentionSite) -> bool | None:
+    return (_decided.get() or {}).get(site.anchor)
+
+
+@contextlib.contextmanager
+def rewriting_under(settings: dict[str, Any]) -> Iterator[None]:
+    """Make ``settings`` the ones rewrites consult while a pass runs."""
+    tokens = (_settings.set(settings), _decided.set({}))
+    try:
+        yield
+    finally:
+        _settings.reset(tokens[0])
+        _decided.reset(tokens[1])
+
+
+def current_settings() -> dict[str, Any]:
+    settings = _settings.get()
+    if settings is None:
+        raise RuntimeError("intfa rewrite invoked outside a pass (no settings in force)")
+    return settings
+
+
+def leave_alone(site: AttentionSite, reason: str, unsupported: bool = True) -> bool:
+    """Record that ``site`` keeps its original attention and why; raises under fallback="error" if
+    ``unsupported`` (a limit of the kernel rather than a choice of the settings). Returns False."""
+    earlier = _earlier_decision(site)
+    if earlier is not None:
+        return earlier
+    _remember(site, False)
+    counters["intfa"]["left_alone"] += 1
+    record(site.record(LEFT_ALONE, reason), warn=unsupported)
+    if unsupported and current_settings()["fallback"] == "error":
+        raise UnsupportedAttentionError(f"attention at {site.record(LEFT_ALONE).module}: {reason}")
+    return False
+
+
+def decide(site: AttentionSite) -> bool:
+    """Whether to rewrite ``site`` to INT8; records the outcome either way (and raises under fallback="error")."""
+    earlier = _earlier_decision(site)
+    if earlier is not None:
+        return earlier
+    settings = current_settings()
+    reason = unsupported_reason(site)
+    if reason is not None:
+        return leave_alone(site, reason)
+    reason = config_skip_reason(site, settings)
+    if reason is not None:
+        return leave_alone(site, reason, unsupported=False)
+    _remember(site, True)
+    counters["intfa"]["int8_sites" if settings["quantize_pv"] else "half_int8_sites"] += 1
+    record(site.record(INT8 if settings["quantize_pv"] else HALF_INT8))
+    return True
+
+
+def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
+                   is_causal: bool, scale: float | None) -> torch.Tensor:
+    """What replaces a site: quantization and ``intfa::int8_attention`` under the settings in force."""
+    settings = current_settings()
+    return int8_sdpa(query, key, value, attn_mask, is_causal, scale, settings["quantize_pv"], settings["p_scale"])
