@@ -13,6 +13,11 @@ from .sites import SiteRecord, collect_sites
 _COLUMNS = ("module", "form", "shapes", "mask", "causal", "gqa", "outcome", "reason")
 
 
+def _model_order(site: SiteRecord) -> list:
+    # "layers.10" after "layers.9": numbers in module paths compare as numbers.
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in site.module.split(".")]
+
+
 @dataclass
 class ExplainReport:
     """Every attention site of one compiled call, in graph order."""
@@ -55,6 +60,6 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | None =
     with (collect_sites() as sites, inductor_config.patch(fx_graph_cache=False),
           functorch_config.patch(enable_autograd_cache=False), torch.no_grad()):
         torch.compile(model, backend=backend)(*args, **kwargs)
-    report = ExplainReport(list(sites))
+    report = ExplainReport(sorted(sites, key=_model_order))
     print(report)
     return report

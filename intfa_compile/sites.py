@@ -86,8 +86,8 @@ def module_paths_of(gm: torch.fx.GraphModule) -> Iterator[None]:
     paths = {}
     for node in gm.graph.nodes:
         stack = node.meta.get("nn_module_stack")
-        if stack:
-            paths[node.name] = _clean_module_path(list(stack.values())[-1][0])
+        # A node outside every submodule belongs to the compiled module itself.
+        paths[node.name] = _clean_module_path(list(stack.values())[-1][0]) if stack else "<model>"
     token = _module_paths.set(paths)
     try:
         yield
@@ -105,10 +105,22 @@ def _root_source_name(node: torch.fx.Node) -> str | None:
     return name
 
 
-def module_path(node: torch.fx.Node) -> str:
-    """Module path of the model code that produced ``node``, or ``<unknown>``."""
-    name = _root_source_name(node)
-    return (_module_paths.get() or {}).get(name or node.name, "<unknown>")
+def module_path(node: torch.fx.Node, max_hops: int = 6) -> str:
+    """Module path of the model code that produced ``node``, or ``<unknown>``.
+
+    A node made by a graph rewrite may have lost its provenance; then the nearest input that kept
+    it (within ``max_hops``) speaks for it.
+    """
+    paths = _module_paths.get() or {}
+    frontier, seen = [node], {node}
+    for _ in range(max_hops):
+        for candidate in frontier:
+            name = _root_source_name(candidate)
+            if name in paths:
+                return paths[name]
+        frontier = [n for c in frontier for n in c.all_input_nodes if n not in seen]
+        seen.update(frontier)
+    return paths.get(node.name, "<unknown>")
 
 
 def source_line(node: torch.fx.Node) -> str:

@@ -102,7 +102,9 @@ def search_function(form: Form) -> Callable:
             elif form.mask == "add":
                 scores = scores + attn_mask
             elif form.mask == "masked_fill":
-                scores = scores.masked_fill(attn_mask, float("-inf"))
+                # masked_fill(mask, -inf), written as the joint graph holds it after Inductor's canonicalization
+                minus_inf = torch.full([], float("-inf"), dtype=scores.dtype, device=scores.device)
+                scores = torch.where(attn_mask, minus_inf, scores)
         probs = torch.softmax(scores, dim=-1)
         return torch.bmm(probs, value) if form.batched_3d else torch.matmul(probs, value)
 

@@ -58,9 +58,37 @@ def _shape(node: torch.fx.Node) -> str:
     return "×".join(str(s) for s in value.shape) if isinstance(value, torch.Tensor) else "?"
 
 
+# PyTorch's fused inference fast paths: attention inside one opaque op.
+_FUSED_FAST_PATHS = {
+    name: getattr(aten, name).default
+    for name in ("_transformer_encoder_layer_fwd", "_native_multi_head_attention")
+    if hasattr(aten, name)
+}
+
+
+def _report_fused_fast_path(node: torch.fx.Node, name: str) -> None:
+    counters["intfa"]["left_alone"] += 1
+    record(SiteRecord(
+        module=module_path(node),
+        source=source_line(node),
+        form=f"fused ({name})",
+        shapes=f"input {_shape(node.args[0])}",
+        mask="?",
+        causal=False,
+        gqa="",
+        outcome=LEFT_ALONE,
+        reason=("PyTorch's fused inference fast path hides the attention in one op; call "
+                "torch.backends.mha.set_fastpath_enabled(False) before compiling to run it as SDPA (then INT8)"),
+    ), warn=True)
+
+
 def report_unrewritten_attention(graph: torch.fx.Graph) -> None:
-    """Record, once each, the hand-written attention sites that no rewrite reported."""
+    """Record, once each, the attention sites that no rewrite reported: hand-written attention no
+    pattern matched, and attention inside PyTorch's fused fast-path ops."""
     for node in graph.nodes:
+        for name, op in _FUSED_FAST_PATHS.items():
+            if node.target is op:
+                _report_fused_fast_path(node, name)
         if not _is_softmax(node):
             continue
         matmul, between = _follow_to_matmul(node)
