@@ -1,7 +1,7 @@
 """Hand-written attention, as models write it, matched in Inductor's joint graph and rewritten to INT8.
 
 Each ``Form`` names one way of writing softmax(Q·Kᵀ·scale + mask)·V: where the scale is applied
-(multiplied into the scores, divided out of them, multiplied into Q, or absent), how the mask enters
+(multiplied into the scores, divided out of them, multiplied into or divided out of Q, or absent), how the mask enters
 (added, added after a position bias as T5 does, or ``masked_fill(mask, -inf)``), whether K and V
 are repeated for GQA the way Hugging Face's ``repeat_kv`` does, and whether it is batched over 4-D
 (B, H, N, D) tensors with ``matmul`` or over 3-D (B·H, N, D) tensors with ``bmm``/``baddbmm`` as
@@ -35,7 +35,7 @@ _SCALE_WORKAROUND = {"scale": 0.3183, "inv_scale": 3.1831}
 class Form:
     """One way of writing attention by hand."""
 
-    scale: str  # "mul" | "div" | "query" | "none"
+    scale: str  # "mul" | "div" (on the scores) | "query" | "query_div" (on q) | "none"
     mask: str  # "none" | "add" | "bias_add" | "masked_fill"
     gqa: bool = False
     batched_3d: bool = False
@@ -56,7 +56,7 @@ class Form:
             names.append("attn_mask")
         if self.scale in ("mul", "query"):
             names.append("scale")
-        elif self.scale == "div":
+        elif self.scale in ("div", "query_div"):
             names.append("inv_scale")
         return names
 
@@ -87,7 +87,7 @@ def search_function(form: Form) -> Callable:
         if form.gqa:
             n_rep = query.shape[1] // key.shape[1]
             key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
-        q = query * scale if form.scale == "query" else query
+        q = query * scale if form.scale == "query" else query / inv_scale if form.scale == "query_div" else query
         if form.batched_3d:
             k_t = key.transpose(-2, -1)
             scores = torch.baddbmm(attn_mask, q, k_t) if form.mask == "add" else torch.bmm(q, k_t)
@@ -117,7 +117,7 @@ def replacement_function(form: Form) -> Callable:
     def replacement(query, key, value, attn_mask=None, position_bias=None, scale=None, inv_scale=None):
         if form.scale in ("mul", "query"):
             sm_scale = scale
-        elif form.scale == "div":
+        elif form.scale in ("div", "query_div"):
             sm_scale = 1.0 / inv_scale
         else:
             sm_scale = 1.0
@@ -165,7 +165,7 @@ def _extra_check(form: Form) -> Callable[[Match], bool]:
 
 FORMS: tuple[Form, ...] = (
     *(Form(scale, mask, gqa=gqa) for scale in ("mul", "div") for mask in ("none", "add") for gqa in (False, True)),
-    *(Form(scale, mask) for scale in ("query", "none") for mask in ("none", "add")),
+    *(Form(scale, mask) for scale in ("query", "query_div", "none") for mask in ("none", "add")),
     *(Form(scale, "bias_add") for scale in ("mul", "none")),
     *(Form(scale, "masked_fill") for scale in ("mul", "div")),
     Form("query", "none", batched_3d=True),
@@ -202,7 +202,7 @@ def _example_inputs(form: Form, dtype: torch.dtype, heads_major: bool) -> list:
         inputs.append(tensor(*mask_shape, dtype=torch.bool))
     if form.scale in ("mul", "query"):
         inputs.append(_SCALE_WORKAROUND["scale"])
-    elif form.scale == "div":
+    elif form.scale in ("div", "query_div"):
         inputs.append(_SCALE_WORKAROUND["inv_scale"])
     return inputs
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch._dynamo.utils import counters
+
 import intfa_compile
-from tests.model_zoo import ZOO, TimmStyleAttention, run
+from tests.model_zoo import ZOO, MultiheadAttentionBlock, TimmStyleAttention, run
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[entry.name for entry in ZOO])
@@ -64,3 +66,33 @@ def test_weights_returned_by_the_model_are_reported_not_rewritten():
     (site,) = report.sites
     assert site.outcome == "left alone"
     assert "used elsewhere" in site.reason
+
+
+class QueryDividedAttention(torch.nn.Module):
+    """Scale divided out of q before the product, additive mask, softmax upcast to fp32 and cast back."""
+
+    def forward(self, q, k, v, bias):
+        scores = (q / q.shape[-1] ** 0.5) @ k.transpose(-2, -1) + bias
+        return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+def test_scale_on_q_by_division_with_mask_and_upcast():
+    q, k, v = torch.randn(3, 2, 4, 40, 32)
+    bias = torch.randn(2, 1, 40, 40)
+    report = intfa_compile.explain(QueryDividedAttention(), q, k, v, bias)
+    assert [site.outcome for site in report.sites] == ["INT8"]
+
+
+@pytest.mark.parametrize("model_factory", [TimmStyleAttention, lambda: MultiheadAttentionBlock()],
+                         ids=["hand-written", "sdpa"])
+def test_symbolic_sequence_length_compiles_once(model_factory):
+    model = model_factory().eval()
+    compiled = torch.compile(model, backend="intfa")
+    with torch.no_grad():
+        for n in (64, 100, 130):
+            x = torch.randn(2, n, 64)
+            torch._dynamo.mark_dynamic(x, 1)
+            out = compiled(x)
+            assert F.cosine_similarity(out.flatten(), model(x).flatten(), dim=0).item() >= 0.999
+    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["intfa"]["int8_sites"] == 1
