@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch._dynamo.utils import counters
 
 import intfa_compile
