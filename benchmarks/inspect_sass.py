@@ -23,10 +23,9 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     raise SystemExit("run without TRITON_INTERPRET: this compiles the real kernel for a GPU target")
 
 import triton  # noqa: E402
+from intfa_compile.kernels import int8_flash_attention as kernel_module  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
-
-from intfa_compile.kernels import int8_flash_attention as kernel_module  # noqa: E402
 
 _SASS_OPS = r"\b(IGMMA|HGMMA|QGMMA|IMMA|HMMA|MUFU\.EX2|I2FP?\.F32\.S32|I2F|F2I\.S16\.TRUNC\.NTZ|FFMA)\b"
 
