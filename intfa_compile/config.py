@@ -44,13 +44,23 @@ p_scale: Literal["fixed", "row_block"] = "fixed"
 max is subtracted). "row_block" scales each row of each KV block by its own maximum, which keeps
 resolution for rows whose maximum was set by an earlier block."""
 
-qk_granularity: Literal["per_token"] = "per_token"
-"""Granularity of the Q and K scales. "per_token": one scale per token and head, which factors out of
-Q·Kᵀ (INT-FlashAttention's choice)."""
+qk_granularity: Literal["per_token", "per_block", "per_head"] = "per_token"
+"""Granularity of the Q and K scales; each factors out of Q·Kᵀ. "per_token": one scale per token and
+head (INT-FlashAttention's choice). "per_block": one per block of tokens (128 query rows, 64 keys,
+as SageAttention). "per_head": one per head over the whole sequence (coarsest)."""
 
-v_granularity: Literal["per_channel"] = "per_channel"
+v_granularity: Literal["per_channel", "per_tensor"] = "per_channel"
 """Granularity of the V scales. "per_channel": one scale per head-dim channel, which factors out of P·V
-because that sum runs over tokens."""
+because that sum runs over tokens. "per_tensor": one scale per (batch, head), as the paper's Triton code."""
+
+smooth_k: bool = False
+"""Subtract K's mean over the sequence (per channel) before quantizing it (SageAttention). Softmax is
+invariant to it: it shifts each query's scores by one constant. It helps when K has a large shared
+offset across tokens, which would otherwise eat the INT8 range."""
+
+qk_bits: Literal[8, 4] = 8
+"""Bits of the Q and K integers. 4 quantizes to [-7, 7] (held in INT8 storage; the GEMM still runs in
+INT8): an accuracy ablation only, with no speed path of its own yet."""
 
 min_seq_len: int = _env_int("INTFA_MIN_SEQ_LEN", 0)
 """Attention whose key sequence is shorter than this is left alone: quantization overhead dominates."""

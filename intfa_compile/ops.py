@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .cpu_attention import int8_flash_attention_cpu
 from .numerics import P_SCALE_MODES
-from .quantize import quantize_per_channel, quantize_per_token
+from .quantize import K_BLOCK_TOKENS, Q_BLOCK_TOKENS, quantize_qk, quantize_v, smooth
 
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -145,17 +145,25 @@ def int8_sdpa(
     scale: float | None = None,
     quantize_pv: bool = True,
     p_scale: str = "fixed",
+    *,
+    qk_granularity: str = "per_token",
+    v_granularity: str = "per_channel",
+    smooth_k: bool = False,
+    qk_bits: int = 8,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
-    Quantizes Q and K per token and (when ``quantize_pv``) V per channel, then calls
-    ``intfa::int8_attention``. This is what the compiler pass inserts in place of SDPA.
+    Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and,
+    when ``quantize_pv``, V per channel, then calls ``intfa::int8_attention``. This is what the
+    compiler passes insert in place of attention.
     """
     sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
-    q_int8, q_scale = quantize_per_token(query)
-    k_int8, k_scale = quantize_per_token(key)
+    if smooth_k:
+        key = smooth(key)
+    q_int8, q_scale = quantize_qk(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS)
+    k_int8, k_scale = quantize_qk(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
     if quantize_pv:
-        v_in, v_scale = quantize_per_channel(value)
+        v_in, v_scale = quantize_v(value, v_granularity)
     else:
         v_in, v_scale = value, None
     return torch.ops.intfa.int8_attention(

@@ -12,12 +12,26 @@ from torch import Tensor
 
 from .numerics import INT8_MAX
 
+Q_BLOCK_TOKENS = 128
+"""Query tokens that share one scale under "per_block" granularity (SageAttention's choice)."""
+K_BLOCK_TOKENS = 64
+"""Keys that share one scale under "per_block" granularity."""
 
-def _quantize_along(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+
+def _int_max(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def _quantize_with_amax(xf: Tensor, amax: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    int_max = _int_max(bits)
+    scale = torch.where(amax > 0, amax / int_max, torch.ones_like(amax))
+    xq = torch.round(xf / scale).clamp(-int_max, int_max).to(torch.int8)
+    return xq, scale
+
+
+def _quantize_along(x: Tensor, dim: int, bits: int = 8) -> tuple[Tensor, Tensor]:
     xf = x.float()
-    amax = xf.abs().amax(dim=dim, keepdim=True)
-    scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
-    xq = torch.round(xf / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    xq, scale = _quantize_with_amax(xf, xf.abs().amax(dim=dim, keepdim=True), bits)
     return xq, scale.squeeze(dim)
 
 
@@ -29,3 +43,45 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
 def quantize_per_channel(x: Tensor) -> tuple[Tensor, Tensor]:
     """INT8 values of ``x`` (..., N, D) with one fp32 scale per channel (..., D): max|x| over N / 127."""
     return _quantize_along(x, -2)
+
+
+def _token_amax(xf: Tensor, granularity: str, block: int) -> Tensor:
+    """max|x| shared by the tokens of each scale group, repeated per token: (..., N, 1)."""
+    token_amax = xf.abs().amax(dim=-1, keepdim=True)
+    if granularity == "per_token":
+        return token_amax
+    if granularity == "per_head":
+        return token_amax.amax(dim=-2, keepdim=True).expand_as(token_amax)
+    n = token_amax.shape[-2]
+    padded = torch.nn.functional.pad(token_amax, (0, 0, 0, (-n) % block))
+    blocks = padded.unflatten(-2, (-1, block)).amax(dim=-2, keepdim=True)
+    return blocks.expand(*blocks.shape[:-2], block, 1).flatten(-3, -2)[..., :n, :]
+
+
+def quantize_qk(x: Tensor, granularity: str = "per_token", bits: int = 8, block: int = Q_BLOCK_TOKENS,
+                ) -> tuple[Tensor, Tensor]:
+    """Integer values of Q or K (..., N, D) in INT8 storage and a per-token fp32 scale (..., N).
+
+    Coarser granularities ("per_block" of ``block`` tokens, "per_head") share one scale among
+    tokens but still hand the kernel one scale per token, so the kernel is the same for all of them.
+    ``bits`` = 4 limits the integers to [-7, 7].
+    """
+    xf = x.float()
+    xq, scale = _quantize_with_amax(xf, _token_amax(xf, granularity, block), bits)
+    return xq, scale.squeeze(-1)
+
+
+def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Tensor]:
+    """INT8 values of V (..., N, D) and per-channel fp32 scales (..., D); "per_tensor" shares one scale
+    among all channels of a (batch, head)."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-2, keepdim=True)
+    if granularity == "per_tensor":
+        amax = amax.amax(dim=-1, keepdim=True).expand_as(amax)
+    xq, scale = _quantize_with_amax(xf, amax, 8)
+    return xq, scale.squeeze(-2)
+
+
+def smooth(k: Tensor) -> Tensor:
+    """K minus its mean over the sequence, per channel: the same softmax, a tighter INT8 range."""
+    return k - k.mean(dim=-2, keepdim=True)

@@ -110,5 +110,7 @@ def decide(site: AttentionSite) -> bool:
 def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
                    is_causal: bool, scale: float | None) -> torch.Tensor:
     """What replaces a site: quantization and ``intfa::int8_attention`` under the settings in force."""
-    settings = current_settings()
-    return int8_sdpa(query, key, value, attn_mask, is_causal, scale, settings["quantize_pv"], settings["p_scale"])
+    s = current_settings()
+    return int8_sdpa(query, key, value, attn_mask, is_causal, scale, s["quantize_pv"], s["p_scale"],
+                     qk_granularity=s["qk_granularity"], v_granularity=s["v_granularity"], smooth_k=s["smooth_k"],
+                     qk_bits=s["qk_bits"])

@@ -179,7 +179,7 @@ def test_min_seq_len_leaves_short_attention_alone(model_and_input, caplog):
     assert OP_NAME in code
 
 
-@pytest.mark.parametrize("key, bad", [("qk_granularity", "per_tensor"), ("v_granularity", "per_token"),
+@pytest.mark.parametrize("key, bad", [("qk_granularity", "per_tensor"), ("v_granularity", "per_token"), ("qk_bits", 16), ("smooth_k", 1),
                                       ("p_scale", "dynamic"), ("min_seq_len", -1), ("fallback", "ignore"),
                                       ("enabled", 1)])
 def test_bad_option_values_raise(key, bad):
@@ -266,3 +266,19 @@ def test_sdpa_argument_variants_run_int8(variant):
     assert OP_NAME in "\n".join(code)
     assert counters["intfa"]["int8_sites"] == 1
     assert cosine(out, eager) >= 0.999
+
+
+@pytest.mark.parametrize("option, value", [("qk_granularity", "per_block"), ("qk_granularity", "per_head"),
+                                           ("v_granularity", "per_tensor"), ("smooth_k", True), ("qk_bits", 4)])
+def test_ablation_toggles_change_what_runs(model_and_input, option, value):
+    model, x = model_and_input
+    default, _ = _compile_and_run(model, x)
+    torch._dynamo.reset()
+    toggled, code = _compile_and_run(model, x, **{option: value})
+    assert OP_NAME in code
+    assert not torch.equal(default, toggled)
+    with torch.no_grad():
+        eager = model(x)
+    # INT4 Q/K has a step 127/7 ≈ 18x coarser than INT8, so its score error is ~18x larger; 1 − cosine
+    # grows with the square of the error. 0.9 is a loose floor for that case, 0.999 the INT8 bar.
+    assert cosine(toggled, eager) >= (0.9 if option == "qk_bits" else 0.999)
