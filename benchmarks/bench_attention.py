@@ -35,7 +35,7 @@ import triton  # noqa: E402
 
 from intfa_compile.ops import int8_sdpa  # noqa: E402
 from intfa_compile.quantize import quantize_per_channel, quantize_per_token  # noqa: E402
-from intfa_compile.reference import reference_attention  # noqa: E402
+from intfa_compile.reference import error_metrics, reference_attention  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ACCURACY_HEADS = 2
@@ -180,13 +180,6 @@ def _input_sets(case: Case, device: str) -> list[tuple[torch.Tensor, ...]]:
     return [tuple(torch.randn(shape, device=device, dtype=case.dtype) for _ in range(3)) for _ in range(count)]
 
 
-def _accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
-    out, ref = out.double().flatten(), ref.flatten()
-    diff = out - ref
-    cosine = F.cosine_similarity(out, ref, dim=0).item()
-    return cosine, (diff.norm() / ref.norm()).item(), (diff.abs().mean() / ref.abs().mean()).item()
-
-
 def _reference(q, k, v, causal: bool) -> torch.Tensor:
     """fp64 attention of batch 0, the first heads; query rows in chunks to bound memory."""
     q, k, v = (t[:1, :ACCURACY_HEADS] for t in (q, k, v))
@@ -221,12 +214,13 @@ def run_case(case: Case, device: str, smoke: bool) -> list[Row]:
         try:
             prepared = [prepare(*s) if prepare else s for s in sets]
             out = attend(*prepared[0])
-            cosine, rel_l2, mre = _accuracy(out[:1, :ACCURACY_HEADS], ref)
+            metrics = error_metrics(out[:1, :ACCURACY_HEADS], ref)
             ms = _time_ms(_rotating(attend, prepared), device, smoke)
         except Exception as err:  # a backend that refuses this shape is reported, not fatal
             rows.append(Row(name, note=f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"))
             continue
-        rows.append(Row(name, ms=ms, tops=case.ops / (ms * 1e-3) / 1e12, cosine=cosine, rel_l2=rel_l2, mre=mre))
+        rows.append(Row(name, ms=ms, tops=case.ops / (ms * 1e-3) / 1e12, cosine=metrics.cosine,
+                        rel_l2=metrics.rel_l2, mre=metrics.mre))
     baseline = [r.ms for r in rows if r.provider.startswith("sdpa") and r.ms is not None]
     for row in rows:
         if baseline and row.ms is not None:

@@ -91,8 +91,8 @@ def int8_flash_attention_cpu(
             acc = acc * alpha + (p_q @ vf[:, :, start:end]) * (p_max / float(INT8_MAX))
         m_i = m_new
 
-    # A row that saw no key (fully masked) has l = 0 and acc = 0: it gives zeros.
-    result = acc / torch.where(l_i > 0, l_i, 1.0)
+    # A row that saw no key (fully masked) has l = 0 and acc = 0: it gives zeros. A NaN in l stays.
+    result = acc / torch.where(l_i == 0, 1.0, l_i)
     if full_int8:
         result = result * v_scale.float().unsqueeze(-2)
     out.copy_(result.reshape(batch, heads_q, n_q, head_dim))

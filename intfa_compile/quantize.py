@@ -2,15 +2,14 @@
 
 Per-token scales of Q and K factor out of Q·Kᵀ (the sum runs over head_dim); per-channel scales of V
 factor out of P·V (the sum runs over tokens). A row or channel that is all zero gets scale 1 rather
-than 0, so nothing divides by zero and it quantizes to zeros.
+than 0, so nothing divides by zero and it quantizes to zeros; a NaN or Inf makes its group's scale
+non-finite, so the attention output is poisoned where eager attention's would be.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from .numerics import INT8_MAX
 
 Q_BLOCK_TOKENS = 128
 """Query tokens that share one scale under "per_block" granularity (SageAttention's choice)."""
@@ -24,7 +23,9 @@ def _int_max(bits: int) -> int:
 
 def _quantize_with_amax(xf: Tensor, amax: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     int_max = _int_max(bits)
-    scale = torch.where(amax > 0, amax / int_max, torch.ones_like(amax))
+    # An all-zero group gets scale 1 (no division by zero); NaN or Inf stays in the scale, so it reaches
+    # the output positions that eager attention would poison too.
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / int_max)
     xq = torch.round(xf / scale).clamp(-int_max, int_max).to(torch.int8)
     return xq, scale
 

@@ -51,3 +51,25 @@ def reference_attention(
     row_sum = unnormalised.sum(dim=-1, keepdim=True)
     probs = unnormalised / torch.where(row_sum > 0, row_sum, 1.0)
     return ReferenceAttention(out=probs @ v, probs=probs, row_sum=row_sum)
+
+
+@dataclass
+class ErrorMetrics:
+    """How far an attention output is from the fp64 reference."""
+
+    cosine: float
+    rel_l2: float
+    """‖out − ref‖₂ / ‖ref‖₂."""
+    mre: float
+    """Mean relative error as mean|out − ref| / mean|ref| (elementwise ratios blow up near zero)."""
+
+
+def error_metrics(out: Tensor, ref: Tensor) -> ErrorMetrics:
+    """Cosine, relative L2 and mean relative error of ``out`` against ``ref``, in fp64."""
+    out, ref = out.double().flatten(), ref.double().flatten()
+    diff = out - ref
+    return ErrorMetrics(
+        cosine=torch.nn.functional.cosine_similarity(out, ref, dim=0).item(),
+        rel_l2=(diff.norm() / ref.norm()).item(),
+        mre=(diff.abs().mean() / ref.abs().mean()).item(),
+    )

@@ -198,7 +198,7 @@ def _int8_attention_fwd(
             True, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
         )
 
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    out = acc / tl.where(l_i == 0, 1.0, l_i)[:, None]
     if QUANT_PV:
         vs = tl.load(VS + b * stride_vsb + h_kv * stride_vsh + offs_d * stride_vsd, mask=d_ok, other=0.0)
         out = out * vs[None, :]

@@ -179,9 +179,9 @@ def test_min_seq_len_leaves_short_attention_alone(model_and_input, caplog):
     assert OP_NAME in code
 
 
-@pytest.mark.parametrize("key, bad", [("qk_granularity", "per_tensor"), ("v_granularity", "per_token"), ("qk_bits", 16), ("smooth_k", 1),
-                                      ("p_scale", "dynamic"), ("min_seq_len", -1), ("fallback", "ignore"),
-                                      ("enabled", 1)])
+@pytest.mark.parametrize("key, bad", [("qk_granularity", "per_tensor"), ("v_granularity", "per_token"),
+                                      ("qk_bits", 16), ("smooth_k", 1), ("p_scale", "dynamic"), ("min_seq_len", -1),
+                                      ("fallback", "ignore"), ("enabled", 1)])
 def test_bad_option_values_raise(key, bad):
     with pytest.raises(ValueError, match=key):
         config.validate({key: bad})

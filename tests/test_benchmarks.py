@@ -24,3 +24,21 @@ def test_bench_attention_smoke_writes_table_and_plot(tmp_path):
     cosines = [float(cells[9]) for cells in rows]
     assert cosines and min(cosines) >= 0.999
     assert list(tmp_path.glob("*.png"))
+
+
+ACCURACY = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+
+
+def test_accuracy_study_runs_and_orders_the_methods(tmp_path):
+    result = subprocess.run([sys.executable, str(ACCURACY), "--lengths", "256", "--head-dims", "64", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = next(tmp_path.glob("accuracy-*.md")).read_text()
+    mre = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 5 and cells[1] == "normal" and cells[3] == "256":
+            mre[cells[4]] = float(cells[5])
+    # Orders that follow from the step sizes: fp16 rounding (2^-11) < INT8 (1/254 of the row max) < INT4 (1/14).
+    assert mre["fp16 (SDPA)"] < mre["half-INT8"] < mre["full-INT8, P fixed 1/127 (paper)"] < mre["INT4 Q/K, INT8 P·V"]
+    assert list(tmp_path.glob("accuracy-*.png"))

@@ -127,3 +127,15 @@ def test_bad_arguments_raise_with_a_message(change, message):
     args.update(change)
     with pytest.raises((ValueError, TypeError), match=message):
         op(**args)
+
+
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("quantize_pv", [True, False])
+def test_nan_reaches_the_outputs_eager_attention_poisons(where, quantize_pv):
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 2, 20, 32, generator=gen) for _ in range(3))
+    {"q": q, "k": k, "v": v}[where][0, 1, 7, 3] = float("nan")
+    eager = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out = int8_sdpa(q, k, v, quantize_pv=quantize_pv)
+    assert torch.equal(out.isnan(), eager.isnan())
+    assert eager.isnan().any()

@@ -155,3 +155,15 @@ def test_fully_masked_rows_give_zeros_as_sdpa():
     assert not kernel.isnan().any()
     assert torch.equal(kernel[..., 5, :], expected[..., 5, :])
     assert (kernel[..., 5, :] == 0).all()
+
+
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+def test_kernel_propagates_nan_like_eager(where):
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(3))
+    {"q": q, "k": k, "v": v}[where][0, 0, 11, 5] = float("nan")
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, None, False, None, "fixed")
+    eager = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(kernel.isnan(), eager.isnan())
+    assert torch.equal(cpu.isnan(), eager.isnan())
