@@ -77,7 +77,11 @@ def inputs(distribution: str, n: int, head_dim: int, heads: int, device: str, se
     return [t.half() for t in tensors]
 
 
-def run(lengths: list[int], head_dims: list[int], heads: int, device: str) -> list[tuple[str, int, int, str, ErrorMetrics]]:
+Row = tuple[str, int, int, str, ErrorMetrics]
+"""(input distribution, head dim, N, method, error metrics)."""
+
+
+def run(lengths: list[int], head_dims: list[int], heads: int, device: str) -> list[Row]:
     rows = []
     for distribution in ("normal", "uniform"):
         for head_dim in head_dims:
