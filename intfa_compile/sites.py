@@ -42,11 +42,20 @@ class SiteRecord:
     """``INT8``, ``half-INT8`` or ``left alone``."""
     reason: str
     """Why it was left alone (empty otherwise)."""
+    node: str = ""
+    """Name of the graph node the site was found at (to match later records of the same site)."""
 
 
 _records: contextvars.ContextVar[list[SiteRecord] | None] = contextvars.ContextVar("intfa_records", default=None)
 _module_paths: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("intfa_module_paths",
                                                                                      default=None)
+
+
+def retract(node: str) -> None:
+    """Drop the collected record of the site at graph node ``node`` (its rewrite failed after all)."""
+    records = _records.get()
+    if records is not None:
+        records[:] = [site for site in records if site.node != node]
 
 
 def record(site: SiteRecord, warn: bool = False) -> None:

@@ -227,6 +227,8 @@ def int8_flash_attention_triton(
     """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked)."""
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
+    if out.numel() == 0:
+        return out
     quant_pv = v_scale is not None
     vs = v_scale if quant_pv else q_scale  # placeholder pointer, never read
     if attn_mask is None:

@@ -74,4 +74,5 @@ class AttentionSite:
             gqa=gqa,
             outcome=outcome,
             reason=reason,
+            node=self.anchor.name,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import intfa_compile
 
 from .handwritten import handwritten_patterns
 from .leftovers import report_unrewritten_attention
-from .rewrite import rewriting_under
+from .rewrite import last_approved, rewrite_failed, rewriting_under
 from .sdpa_to_int8 import sdpa_patterns
+
+log = logging.getLogger("intfa_compile")
 
 # Every file whose code decides what the rewritten graph holds.
 _PASS_DIR = Path(__file__).resolve().parent
@@ -62,7 +65,22 @@ class IntfaJointPass(_SettingsPass):
     stage = "joint"
 
     def run(self, graph: torch.fx.Graph) -> None:
-        handwritten_patterns().apply(graph)
+        # register_replacement traces a replacement before it changes the graph; a failure leaves the
+        # site as it was. Apply again after one so the other sites still get their chance.
+        for _ in range(len(graph.nodes) + 1):
+            try:
+                handwritten_patterns().apply(graph)
+                return
+            except Exception as error:
+                site = last_approved()
+                if site is not None:
+                    rewrite_failed(site, error)
+                    continue
+                if self.settings["fallback"] == "error":
+                    raise
+                log.warning("intfa: the hand-written attention pass failed (%s: %s); the sites it had not "
+                            "reached are left as they were", type(error).__name__, error)
+                return
 
 
 class IntfaPostGradPass(_SettingsPass):

@@ -25,7 +25,7 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, fwd_only,
 from intfa_compile.ops import mask_broadcasts_to
 
 from .attention_site import AttentionSite
-from .rewrite import decide, int8_attention, leave_alone
+from .rewrite import decide, forget_last_approved, int8_attention, leave_alone
 
 # Distinct values that let the tracer tell a scale argument apart (see register_replacement).
 _SCALE_WORKAROUND = {"scale": 0.3183, "inv_scale": 3.1831}
@@ -153,6 +153,7 @@ def _site(form: Form, match: Match) -> AttentionSite:
 
 def _extra_check(form: Form) -> Callable[[Match], bool]:
     def check(match: Match) -> bool:
+        forget_last_approved()
         site = _site(form, match)
         if form.mask == "bias_add":
             bias, q, k = (match.kwargs[name].meta.get("val") for name in ("position_bias", "query", "key"))

@@ -11,7 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from intfa_compile.ops import int8_sdpa
-from intfa_compile.sites import HALF_INT8, INT8, LEFT_ALONE, record
+from intfa_compile.sites import HALF_INT8, INT8, LEFT_ALONE, record, retract
 
 from .attention_site import AttentionSite
 from .guards import config_skip_reason, unsupported_reason
@@ -27,6 +27,8 @@ _decided: contextvars.ContextVar[dict[torch.fx.Node, bool] | None] = contextvars
                                                                                            default=None)
 # Names of the nodes whose sites were decided in any stage of this compile, so none is reported twice.
 _decided_names: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("intfa_decided_names", default=None)
+_last_approved: contextvars.ContextVar[AttentionSite | None] = contextvars.ContextVar("intfa_last_approved",
+                                                                                     default=None)
 
 
 @contextlib.contextmanager
@@ -89,6 +91,30 @@ def leave_alone(site: AttentionSite, reason: str, unsupported: bool = True) -> b
     return False
 
 
+def rewrite_failed(site: AttentionSite, error: Exception) -> None:
+    """A rewrite ``decide`` approved raised: the site keeps its original attention, with a warning
+    naming it, or the error propagates under fallback="error"."""
+    settings = current_settings()
+    if settings["fallback"] == "error":
+        raise error
+    counters["intfa"]["int8_sites" if settings["quantize_pv"] else "half_int8_sites"] -= 1
+    retract(site.anchor.name)
+    _remember(site, False)
+    counters["intfa"]["left_alone"] += 1
+    record(site.record(LEFT_ALONE, f"the INT8 rewrite failed ({type(error).__name__}: {error}); kept as it was"),
+           warn=True)
+
+
+def forget_last_approved() -> None:
+    """Called before judging a new site, so a failure is never blamed on an earlier one."""
+    _last_approved.set(None)
+
+
+def last_approved() -> AttentionSite | None:
+    """The site ``decide`` approved most recently in this pass run (the one a failing rewrite was for)."""
+    return _last_approved.get()
+
+
 def decide(site: AttentionSite) -> bool:
     """Whether to rewrite ``site`` to INT8; records the outcome either way (and raises under fallback="error")."""
     earlier = _earlier_decision(site)
@@ -102,6 +128,7 @@ def decide(site: AttentionSite) -> bool:
     if reason is not None:
         return leave_alone(site, reason, unsupported=False)
     _remember(site, True)
+    _last_approved.set(site)
     counters["intfa"]["int8_sites" if settings["quantize_pv"] else "half_int8_sites"] += 1
     record(site.record(INT8 if settings["quantize_pv"] else HALF_INT8))
     return True

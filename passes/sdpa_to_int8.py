@@ -24,7 +24,7 @@ from torch._inductor.pattern_matcher import (
 )
 
 from .attention_site import AttentionSite
-from .rewrite import decide, int8_attention
+from .rewrite import decide, int8_attention, rewrite_failed
 
 aten = torch.ops.aten
 
@@ -77,18 +77,21 @@ def _rewrite(match: Match, *args: Any, **kwargs: Any) -> None:
     if not decide(site):
         return
     is_causal, scale = site.is_causal, site.scale
-    if site.attn_mask is None:
+    try:
+        if site.attn_mask is None:
 
-        def replacement(query, key, value):
-            return int8_attention(query, key, value, None, is_causal, scale)
+            def replacement(query, key, value):
+                return int8_attention(query, key, value, None, is_causal, scale)
 
-        match.replace_by_example(replacement, [site.query, site.key, site.value])
-    else:
+            match.replace_by_example(replacement, [site.query, site.key, site.value])
+        else:
 
-        def replacement_with_mask(query, key, value, attn_mask):
-            return int8_attention(query, key, value, attn_mask, is_causal, scale)
+            def replacement_with_mask(query, key, value, attn_mask):
+                return int8_attention(query, key, value, attn_mask, is_causal, scale)
 
-        match.replace_by_example(replacement_with_mask, [site.query, site.key, site.value, site.attn_mask])
+            match.replace_by_example(replacement_with_mask, [site.query, site.key, site.value, site.attn_mask])
+    except Exception as error:  # the replacement is traced before the graph changes: nothing to undo
+        rewrite_failed(site, error)
 
 
 def sdpa_patterns() -> PatternMatcherPass:

@@ -282,3 +282,27 @@ def test_ablation_toggles_change_what_runs(model_and_input, option, value):
     # INT4 Q/K has a step 127/7 ≈ 18x coarser than INT8, so its score error is ~18x larger; 1 − cosine
     # grows with the square of the error. 0.9 is a loose floor for that case, 0.999 the INT8 bar.
     assert cosine(toggled, eager) >= (0.9 if option == "qk_bits" else 0.999)
+
+
+@pytest.mark.parametrize("model_factory", ["sdpa", "hand-written"])
+def test_a_failing_rewrite_keeps_the_original_attention(model_factory, monkeypatch, caplog):
+    """An unexpected failure inside our rewrite leaves the site as Inductor would compile it, with a warning."""
+    from intfa_compile.passes import rewrite
+
+    from tests.model_zoo import TimmStyleAttention
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(rewrite, "int8_sdpa", broken)
+    model = (SelfAttention() if model_factory == "sdpa" else TimmStyleAttention(dim=256)).eval()
+    x = torch.randn(2, 64, 256)
+    with caplog.at_level(logging.WARNING, logger="intfa_compile"), torch.no_grad():
+        out = torch.compile(model, backend="intfa")(x)
+        eager = model(x)
+    assert torch.allclose(out, eager, atol=1e-5, rtol=1e-4)
+    assert counters["intfa"]["int8_sites"] == 0 and counters["intfa"]["left_alone"] == 1
+    assert any("injected failure" in r.getMessage() and "kept as it was" in r.getMessage() for r in caplog.records)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="injected failure"), torch.no_grad():
+        torch.compile(model, backend="intfa", options={"fallback": "error"})(x)
