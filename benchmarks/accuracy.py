@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from plotting import Panels, plot_against_length
 
 from intfa_compile.ops import int8_sdpa
 from intfa_compile.reference import ErrorMetrics, error_metrics, reference_attention
@@ -117,31 +118,11 @@ def _summary(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows, path: Path) -> str:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "plot skipped: matplotlib is not installed"
-    panels = sorted({(r[0], r[1]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (distribution, head_dim) in zip(axes[0], panels, strict=True):
-        for name in methods():
-            points = sorted((r[2], r[4].mre) for r in rows if (r[0], r[1], r[3]) == (distribution, head_dim, name))
-            ax.plot(*zip(*points, strict=True), marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{distribution} inputs, d={head_dim}")
-        ax.set_xlabel("sequence length N")
-        ax.set_ylabel("mean relative error")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return f"plot: {path}"
+def _plot(rows: list[Row], path: Path) -> str:
+    panels: Panels = {}
+    for distribution, head_dim, n, name, metrics in rows:
+        panels.setdefault(f"{distribution} inputs, d={head_dim}", {}).setdefault(name, []).append((n, metrics.mre))
+    return plot_against_length(panels, path, "mean relative error", log_y=True)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
+from plotting import Panels, plot_against_length  # noqa: E402
 
 from intfa_compile.ops import int8_sdpa  # noqa: E402
 from intfa_compile.quantize import quantize_per_channel, quantize_per_token  # noqa: E402
@@ -261,36 +262,13 @@ def _markdown(results: list[tuple[Case, list[Row]]], header: list[str]) -> str:
 
 
 def _plot(results: list[tuple[Case, list[Row]]], path: Path) -> str:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "plot skipped: matplotlib is not installed"
-    panels = sorted({(c.head_dim, c.causal) for c, _ in results})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (head_dim, causal) in zip(axes[0], panels, strict=True):
-        series: dict[str, list[tuple[int, float]]] = {}
-        for case, rows in results:
-            if (case.head_dim, case.causal) != (head_dim, causal):
-                continue
-            for r in rows:
-                if r.tops is not None:
-                    series.setdefault(r.provider, []).append((case.n, r.tops))
-        for name, points in sorted(series.items()):
-            xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"d={head_dim}, causal={causal}")
-        ax.set_xlabel("sequence length N")
-        ax.set_ylabel("TOPS")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return f"plot: {path}"
+    panels: Panels = {}
+    for case, rows in results:
+        series = panels.setdefault(f"d={case.head_dim}, causal={case.causal}", {})
+        for r in rows:
+            if r.tops is not None:
+                series.setdefault(r.provider, []).append((case.n, r.tops))
+    return plot_against_length(panels, path, "TOPS")
 
 
 def main() -> None:

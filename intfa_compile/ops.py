@@ -91,32 +91,12 @@ def int8_attention(
     """
     _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype)
     out = _empty_out(q, out_dtype)
-    return int8_flash_attention_cpu(
-        q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out
-    )
-
-
-@int8_attention.register_kernel("cuda")
-def _int8_attention_cuda(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_scale: Tensor,
-    k_scale: Tensor,
-    v_scale: Tensor | None,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    sm_scale: float,
-    p_scale: str,
-    out_dtype: torch.dtype,
-) -> Tensor:
-    from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
-
-    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype)
-    out = _empty_out(q, out_dtype)
-    return int8_flash_attention_triton(
-        q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out
-    )
+    if q.device.type == "cuda":
+        # Imported here: Triton reads TRITON_INTERPRET when the kernel is defined.
+        from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton as run
+    else:
+        run = int8_flash_attention_cpu
+    return run(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out)
 
 
 @int8_attention.register_fake
