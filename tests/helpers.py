@@ -12,8 +12,23 @@ from intfa_compile.reference import reference_attention
 FP32_SLACK = 2.0**-14
 """Relative fp32 error allowed on P and on the output on top of the quantization bound: the kernel
 rounds the scaled scores, exp2, the row sums and the rescalings in fp32 (unit roundoff 2**-24); with at
-most a few hundred such roundings per element and |S·log2 e| < 64 in these tests the relative error
-of any P entry stays below 2**-14."""
+most a few hundred such roundings per element and |S·log2 e| < 64 the relative error of any P entry
+stays below 2**-14. ``fp32_slack`` raises it for larger scores."""
+
+_U32 = 2.0**-24
+
+
+def fp32_slack(q_hat: Tensor, k_hat: Tensor, attn_mask: Tensor | None, scale: float | None) -> float:
+    """FP32_SLACK, or more when the base-2 logits S₂ are large: S₂ and the running max each carry up to
+    three fp32 roundings (two scalings, one subtraction), each at most u·max|S₂|, and exp2 turns an
+    absolute error e of its argument into a relative error ln2·e of P; exp2 itself adds two ulps."""
+    group = q_hat.shape[1] // k_hat.shape[1]
+    sm_scale = scale if scale is not None else q_hat.shape[-1] ** -0.5
+    s2 = (q_hat @ k_hat.repeat_interleave(group, dim=1).transpose(-1, -2)) * (sm_scale * 1.4426950408889634)
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        s2 = s2 + attn_mask.double() * 1.4426950408889634
+    max_abs = s2.abs().amax().item() if s2.numel() else 0.0
+    return max(FP32_SLACK, 0.6931 * 6 * _U32 * max_abs + 4 * _U32)
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -55,7 +70,8 @@ def p_quantization_bound(q_hat: Tensor, k_hat: Tensor, v_hat: Tensor, attn_mask:
     seen = (ref.probs > 0).double()  # keys each row sees
     abs_v = v_hat.abs().repeat_interleave(group, dim=1)
     spread = (seen @ abs_v) / torch.where(ref.row_sum > 0, ref.row_sum, 1.0)
-    return (p_step / 2 + FP32_SLACK) * spread + FP32_SLACK * ref.out.abs().amax(-1, keepdim=True)
+    slack = fp32_slack(q_hat, k_hat, attn_mask, scale)
+    return (p_step / 2 + slack) * spread + slack * ref.out.abs().amax(-1, keepdim=True)
 
 
 def half_int8_bound(q_hat: Tensor, k_hat: Tensor, v_hat: Tensor, attn_mask: Tensor | None, is_causal: bool,
@@ -73,8 +89,9 @@ def half_int8_bound(q_hat: Tensor, k_hat: Tensor, v_hat: Tensor, attn_mask: Tens
     spread = (seen @ abs_v) / torch.where(ref.row_sum > 0, ref.row_sum, 1.0)
     finfo = torch.finfo(v_dtype)
     subnormal_half_step = finfo.smallest_normal * finfo.eps / 2
-    return ((unit_roundoff(v_dtype) + FP32_SLACK) * weighted + (subnormal_half_step + FP32_SLACK / 2**10) * spread
-            + FP32_SLACK * ref.out.abs().amax(-1, keepdim=True))
+    slack = fp32_slack(q_hat, k_hat, attn_mask, scale)
+    return ((unit_roundoff(v_dtype) + slack) * weighted + (subnormal_half_step + slack / 2**10) * spread
+            + slack * ref.out.abs().amax(-1, keepdim=True))
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
