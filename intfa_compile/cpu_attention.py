@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .numerics import INT8_MAX, KV_BLOCK_SIZE, LOG2E, P_DEQUANT_FIXED
+from .numerics import FP32_LOWEST, INT8_MAX, KV_BLOCK_SIZE, LOG2E, P_DEQUANT_FIXED
 
 _EXACT_FP32_INT = 2**24
 
@@ -69,7 +69,9 @@ def int8_flash_attention_cpu(
             if block_mask.dtype == torch.bool:
                 s = s.masked_fill(~block_mask, float("-inf"))
             else:
-                s = s + block_mask.float() * LOG2E
+                bias = block_mask.float()
+                bias2 = torch.where(bias == float("-inf"), bias, (bias * LOG2E).clamp(min=FP32_LOWEST))
+                s = s + bias2
         if is_causal:
             cols = torch.arange(start, end, device=q.device)
             s = s.masked_fill(cols > row_ids, float("-inf"))

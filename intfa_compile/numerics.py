@@ -19,3 +19,8 @@ P_DEQUANT_FIXED = 1.0 / INT8_MAX
 
 P_SCALE_MODES = ("fixed", "row_block")
 """How P is scaled: "fixed" = 1/127 (paper); "row_block" = each row's block maximum / 127."""
+
+FP32_LOWEST = -3.4028234663852886e38
+"""The most negative finite fp32. An additive mask entry scaled to base 2 is clamped here rather than
+overflowing to -inf, so a row masked with ``finfo.min`` (as Hugging Face masks) averages uniformly as
+eager softmax does, while a true -inf still removes its key."""

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from intfa_compile.numerics import INT8_MAX, KV_BLOCK_SIZE, LOG2E, P_DEQUANT_FIXED
+from intfa_compile.numerics import FP32_LOWEST, INT8_MAX, KV_BLOCK_SIZE, LOG2E, P_DEQUANT_FIXED
 
 _MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -28,6 +28,7 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INT8_MAX = tl.constexpr(float(INT8_MAX))
 _LOG2E = tl.constexpr(LOG2E)
 _P_DEQUANT_FIXED = tl.constexpr(P_DEQUANT_FIXED)
+_FP32_LOWEST = tl.constexpr(FP32_LOWEST)
 
 
 @triton.jit
@@ -70,7 +71,8 @@ def _attention_block(
             s = tl.where(keep != 0, s, float("-inf"))
         else:
             bias = tl.load(mask_ptrs, mask=n_ok[None, :], other=0.0).to(tl.float32)
-            s = s + bias * _LOG2E
+            bias2 = tl.where(bias == float("-inf"), bias, tl.maximum(bias * _LOG2E, _FP32_LOWEST))
+            s = s + bias2
     if CAUSAL_MASK:
         s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
     s = tl.where(n_ok[None, :], s, float("-inf"))

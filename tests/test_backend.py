@@ -306,3 +306,26 @@ def test_a_failing_rewrite_keeps_the_original_attention(model_factory, monkeypat
     torch._dynamo.reset()
     with pytest.raises(Exception, match="injected failure"), torch.no_grad():
         torch.compile(model, backend="intfa", options={"fallback": "error"})(x)
+
+
+@pytest.mark.parametrize("case", ["length_one", "empty_batch", "channels_last", "fp16_near_limit"])
+def test_edge_inputs_match_eager(case):
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+    gen = torch.Generator().manual_seed(6)
+    shape = {"length_one": (2, 4, 1, 32), "empty_batch": (0, 4, 16, 32)}.get(case, (2, 4, 40, 32))
+    q, k, v = (torch.randn(shape, generator=gen) for _ in range(3))
+    if case == "channels_last":
+        q, k, v = (t.contiguous(memory_format=torch.channels_last) for t in (q, k, v))
+    if case == "fp16_near_limit":
+        # |V| near fp16's largest finite value; the scores stay moderate.
+        q, k = q.half(), k.half()
+        v = (v.sign() * 6.0e4).half()
+    with torch.no_grad():
+        out = torch.compile(attend, backend="intfa")(q, k, v)
+        eager = attend(q, k, v)
+    assert out.shape == eager.shape and out.dtype == eager.dtype
+    assert not out.isinf().any() and not out.isnan().any()
+    if out.numel():
+        assert cosine(out.float(), eager.float()) >= 0.999

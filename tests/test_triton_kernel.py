@@ -167,3 +167,19 @@ def test_kernel_propagates_nan_like_eager(where):
     eager = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.equal(kernel.isnan(), eager.isnan())
     assert torch.equal(cpu.isnan(), eager.isnan())
+
+
+def test_rows_masked_with_finfo_min_average_uniformly_like_eager():
+    """Hugging Face masks with finfo(float32).min, not -inf: a fully masked row is a uniform average."""
+    gen = torch.Generator().manual_seed(23)
+    q, k, v = (torch.randn(1, 1, 30, 32, generator=gen) for _ in range(3))
+    bias = torch.zeros(1, 1, 30, 30)
+    bias[..., 4, :] = torch.finfo(torch.float32).min
+    bias[..., :, 20:] = torch.finfo(torch.float32).min
+    inputs = quantized_inputs(q, k, v, quantize_pv=False)
+    kernel, cpu = _both(inputs, bias, False, None, "fixed")
+    eager = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    uniform = v[..., :, :].mean(dim=-2)
+    for out in (kernel, cpu):
+        assert torch.allclose(out[..., 4, :], uniform, atol=1e-5)
+        assert torch.allclose(out[..., 4, :], eager[..., 4, :], atol=1e-5)
