@@ -35,6 +35,10 @@ def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: 
              mode: str | None) -> Callable[..., Any]:
     from intfa_compile.passes.rewrite import compiling
 
+    if settings["scales"] is not None:
+        from .calibration import register_scales
+
+        register_scales(settings["scales"])
     with module_paths_of(gm), compiling():
         return compile_fx(gm, example_inputs, config_patches=_inductor_patches(settings, mode))
 

@@ -62,6 +62,15 @@ qk_bits: Literal[8, 4] = 8
 """Bits of the Q and K integers. 4 quantizes to [-7, 7] (held in INT8 storage; the GEMM still runs in
 INT8): an accuracy ablation only, with no speed path of its own yet."""
 
+scales: Any = None
+"""Static scales (``intfa_compile.AttentionScales`` from ``collect``) or None for dynamic scales
+computed per call. With static scales, Q and K are quantized per head and V per channel against the
+calibrated ranges, and no reduction over them runs per call; a site the scales do not cover falls
+back to dynamic scales with a log line. Not combinable with ``smooth_k``."""
+
+calibrate: str = ""
+"""Set by ``intfa_compile.prepare``: the calibration session whose observers record each site."""
+
 min_seq_len: int = _env_int("INTFA_MIN_SEQ_LEN", 0)
 """Attention whose key sequence is shorter than this is left alone: quantization overhead dominates."""
 
@@ -93,6 +102,14 @@ def _check_value(name: str, value: Any) -> None:
     elif hint is int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"intfa config {name!r} must be a non-negative int, got {value!r}")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"intfa config {name!r} must be a str, got {value!r}")
+    elif name == "scales":
+        from .calibration import AttentionScales
+
+        if value is not None and not isinstance(value, AttentionScales):
+            raise ValueError(f"intfa config 'scales' must be AttentionScales or None, got {type(value).__name__}")
 
 
 def validate(changes: Mapping[str, Any]) -> None:
@@ -121,6 +138,8 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if overrides:
         validate(overrides)
         settings.update(overrides)
+    if settings["scales"] is not None and settings["smooth_k"]:
+        raise ValueError("intfa: static 'scales' were calibrated on K as it is; they cannot be combined with smooth_k")
     return settings
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .cpu_attention import int8_flash_attention_cpu
 from .numerics import P_SCALE_MODES
-from .quantize import K_BLOCK_TOKENS, Q_BLOCK_TOKENS, quantize_qk, quantize_v, smooth
+from .quantize import K_BLOCK_TOKENS, Q_BLOCK_TOKENS, quantize_qk, quantize_static, quantize_v, smooth
 
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -149,4 +149,37 @@ def int8_sdpa(
     return torch.ops.intfa.int8_attention(
         q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
         query.dtype,
+    )
+
+
+def int8_sdpa_static(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    q_amax: Tensor,
+    k_amax: Tensor,
+    v_amax: Tensor,
+    quantize_pv: bool = True,
+    p_scale: str = "fixed",
+    qk_bits: int = 8,
+) -> Tensor:
+    """``int8_sdpa`` with calibrated ranges: Q and K per head (Hq,), (Hk,); V per head and channel (Hk, D).
+
+    Quantization is elementwise only (values beyond the calibrated range saturate), so no reduction
+    over the inputs runs per call.
+    """
+    sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
+    q_int8, q_scale = quantize_static(query, q_amax[:, None, None], qk_bits)
+    k_int8, k_scale = quantize_static(key, k_amax[:, None, None], qk_bits)
+    if quantize_pv:
+        v_in, v_scale = quantize_static(value, v_amax[:, None, :], 8)
+        v_scale = v_scale[:, :, 0, :]
+    else:
+        v_in, v_scale = value, None
+    return torch.ops.intfa.int8_attention(
+        q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal, float(sm_scale),
+        p_scale, query.dtype,
     )

@@ -86,3 +86,11 @@ def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Ten
 def smooth(k: Tensor) -> Tensor:
     """K minus its mean over the sequence, per channel: the same softmax, a tighter INT8 range."""
     return k - k.mean(dim=-2, keepdim=True)
+
+
+def quantize_static(x: Tensor, amax: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
+    """Integer values of ``x`` (B, H, N, D) against calibrated ranges ``amax`` that broadcast to (H, N, D);
+    returns them and the scales broadcast to x's shape (values beyond the range saturate)."""
+    xf = x.float()
+    xq, scale = _quantize_with_amax(xf, amax.expand(xf.shape[1:]).unsqueeze(0), bits)
+    return xq, scale.expand(xf.shape)

@@ -26,7 +26,8 @@ _PACKAGE_DIR = Path(intfa_compile.__file__).resolve().parent
 _SOURCE_FILES = tuple(
     str(path)
     for path in sorted(_PASS_DIR.glob("*.py"))
-    + [_PACKAGE_DIR / name for name in ("ops.py", "quantize.py", "numerics.py", "config.py", "sites.py")]
+    + [_PACKAGE_DIR / name for name in ("ops.py", "quantize.py", "numerics.py", "config.py", "sites.py",
+                                      "calibration.py")]
 )
 
 
@@ -51,7 +52,9 @@ class _SettingsPass(CustomGraphPass):
 
     def uuid(self) -> str:
         digest = hashlib.sha256(get_hash_for_files(_SOURCE_FILES))
-        digest.update(json.dumps({"stage": self.stage, **self.settings}, sort_keys=True).encode())
+        settings = {name: value.fingerprint() if hasattr(value, "fingerprint") else value
+                    for name, value in self.settings.items()}
+        digest.update(json.dumps({"stage": self.stage, **settings}, sort_keys=True).encode())
         return digest.hexdigest()
 
 

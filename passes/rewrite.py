@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch._dynamo.utils import counters
 
-from intfa_compile.ops import int8_sdpa
+from intfa_compile.calibration import static_amax
+from intfa_compile.ops import int8_sdpa, int8_sdpa_static
 from intfa_compile.sites import HALF_INT8, INT8, LEFT_ALONE, record, retract
 
 from .attention_site import AttentionSite
@@ -31,14 +32,32 @@ _last_approved: contextvars.ContextVar[AttentionSite | None] = contextvars.Conte
                                                                                      default=None)
 
 
+# Stable names of the sites of this compile: module path and call order ("layers.0.self_attn#0").
+_site_keys: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("intfa_site_keys", default=None)
+
+
 @contextlib.contextmanager
 def compiling() -> Iterator[None]:
-    """One compile of one graph: its stages share the record of sites already reported."""
-    token = _decided_names.set(set())
+    """One compile of one graph: its stages share the record of sites already reported and their keys."""
+    tokens = (_decided_names.set(set()), _site_keys.set({}))
     try:
         yield
     finally:
-        _decided_names.reset(token)
+        _decided_names.reset(tokens[0])
+        _site_keys.reset(tokens[1])
+
+
+def site_key(site: AttentionSite) -> str:
+    """The site's stable key for static scales: its module path and its order among that module's sites."""
+    keys = _site_keys.get()
+    if keys is None:
+        keys = {}
+        _site_keys.set(keys)
+    if site.anchor.name not in keys:
+        module = site.record(LEFT_ALONE).module
+        index = sum(key.rsplit("#", 1)[0] == module for key in keys.values())
+        keys[site.anchor.name] = f"{module}#{index}"
+    return keys[site.anchor.name]
 
 
 def already_reported(node: torch.fx.Node) -> bool:
@@ -83,6 +102,7 @@ def leave_alone(site: AttentionSite, reason: str, unsupported: bool = True) -> b
     earlier = _earlier_decision(site)
     if earlier is not None:
         return earlier
+    site_key(site)
     _remember(site, False)
     counters["intfa"]["left_alone"] += 1
     record(site.record(LEFT_ALONE, reason), warn=unsupported)
@@ -120,6 +140,7 @@ def decide(site: AttentionSite) -> bool:
     earlier = _earlier_decision(site)
     if earlier is not None:
         return earlier
+    site_key(site)
     settings = current_settings()
     reason = unsupported_reason(site)
     if reason is not None:
@@ -138,6 +159,16 @@ def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
                    is_causal: bool, scale: float | None) -> torch.Tensor:
     """What replaces a site: quantization and ``intfa::int8_attention`` under the settings in force."""
     s = current_settings()
+    site = last_approved()
+    name = site_key(site) if site is not None else "<unknown>"
+    if s["calibrate"]:
+        return torch.ops.intfa.observed_attention(query, key, value, attn_mask, is_causal, scale, s["calibrate"], name)
+    ranges = static_amax(s["scales"], name, query, key)
+    if ranges is not None:
+        fingerprint = s["scales"].fingerprint()
+        q_amax, k_amax, v_amax = (torch.ops.intfa.static_amax(query, fingerprint, name, which) for which in "qkv")
+        return int8_sdpa_static(query, key, value, attn_mask, is_causal, scale, q_amax, k_amax, v_amax,
+                                s["quantize_pv"], s["p_scale"], s["qk_bits"])
     return int8_sdpa(query, key, value, attn_mask, is_causal, scale, s["quantize_pv"], s["p_scale"],
                      qk_granularity=s["qk_granularity"], v_granularity=s["v_granularity"], smooth_k=s["smooth_k"],
                      qk_bits=s["qk_bits"])

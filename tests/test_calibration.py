@@ -1,0 +1,115 @@
+"""Observers and the prepare → calibrate → collect → save → load → compile flow of static scales."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+
+import intfa_compile
+from intfa_compile.calibration import AttentionScales
+from intfa_compile.observers import MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver
+from tests.helpers import cosine
+from tests.model_zoo import ZOO
+
+
+def test_minmax_and_moving_average_observers_keep_per_head_ranges_and_return_input():
+    x1, x2 = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8) * 3
+    minmax, moving = MinMaxObserver((1,)), MovingAverageMinMaxObserver((1,), averaging_constant=0.5)
+    for x in (x1, x2):
+        assert minmax(x) is x and moving(x) is x
+    first, second = x1.abs().amax(dim=(0, 2, 3)), x2.abs().amax(dim=(0, 2, 3))
+    assert torch.equal(minmax.amax(), torch.maximum(first, second))
+    assert torch.allclose(moving.amax(), first + 0.5 * (second - first))
+
+
+def test_per_channel_observer_shape():
+    observer = MinMaxObserver((1, 3))
+    observer(torch.randn(2, 3, 10, 8))
+    assert observer.amax().shape == (3, 8)
+
+
+def test_percentile_observer_clips_an_outlier():
+    x = torch.rand(1, 2, 10000, 4)
+    x[0, 0, 0, 0] = 1000.0
+    observer = PercentileObserver((1,), percentile=99.0)
+    observer(x[:, :, :5000])
+    observer(x[:, :, 5000:] * 2)  # a wider range later: the histogram is widened
+    amax = observer.amax()
+    assert amax.shape == (2,)
+    assert (amax < 10).all() and (amax > 1).all()  # near the 99th percentile of |x| ~ U(0, 2), not 1000
+
+
+def test_observer_without_data_refuses():
+    with pytest.raises(RuntimeError, match="seen no data"):
+        MinMaxObserver((1,)).amax()
+
+
+def test_collect_before_calibration_refuses():
+    prepared = intfa_compile.prepare(torch.nn.Linear(4, 4))
+    with pytest.raises(RuntimeError, match="run calibration batches"):
+        intfa_compile.collect(prepared)
+
+
+def _amax_reductions(code: str) -> int:
+    """Calls of generated kernels that reduce with amax (one definition may be called per layer)."""
+    return len(re.findall(r"^\s+cpp_fused_\w*amax\w*\(", code, flags=re.MULTILINE))
+
+
+def test_minilm_calibrate_save_load_compile(tmp_path):
+    """The whole flow on the real all-MiniLM-L6-v2: static and dynamic scales both ≥ 0.999 cosine, and
+    static scales leave no per-call reduction over Q, K, V in the generated code."""
+    from examples.minilm_demo import SENTENCES, load_minilm
+
+    model, tokenizer = load_minilm()
+    batches = [tokenizer(SENTENCES[i:i + 4], padding=True, return_tensors="pt") for i in (0, 4)]
+    prepared = intfa_compile.prepare(model)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(**batch)
+    scales = intfa_compile.collect(prepared)
+    assert len(scales.sites) == model.config.num_hidden_layers
+    scales.save(tmp_path / "scales.json")
+    loaded = AttentionScales.load(tmp_path / "scales.json")
+    assert loaded == scales
+
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        eager = model(**batch).last_hidden_state
+        torch._dynamo.reset()
+        static, static_code = run_and_get_code(torch.compile(model, backend="intfa", options={"scales": loaded}),
+                                               **batch)
+        torch._dynamo.reset()
+        dynamic, dynamic_code = run_and_get_code(torch.compile(model, backend="intfa"), **batch)
+    assert cosine(static.last_hidden_state, eager) >= 0.999
+    assert cosine(dynamic.last_hidden_state, eager) >= 0.999
+    static_code, dynamic_code = "\n".join(static_code), "\n".join(dynamic_code)
+    assert "intfa.static_amax" in static_code and "intfa.int8_attention" in static_code
+    assert _amax_reductions(dynamic_code) >= model.config.num_hidden_layers
+    assert _amax_reductions(static_code) == 0
+
+
+def test_missing_or_mismatched_sites_fall_back_to_dynamic_scales_with_a_log_line(caplog):
+    entry = ZOO[[z.name for z in ZOO].index("timm-style ViT attention")]
+    model, inputs = entry.build()
+    wrong_heads = AttentionScales(sites={"<model>#0": {"q": [1.0] * 3, "k": [1.0] * 3, "v": [[1.0] * 16] * 3}})
+    missing = AttentionScales(sites={"elsewhere#0": {"q": [1.0], "k": [1.0], "v": [[1.0]]}})
+    with torch.no_grad():
+        eager = model(**inputs)
+        for scales, message in ((wrong_heads, "do not fit"), (missing, "no static scales")):
+            torch._dynamo.reset()
+            with caplog.at_level(logging.INFO, logger="intfa_compile"):
+                out, code = run_and_get_code(torch.compile(model, backend="intfa", options={"scales": scales}),
+                                             **inputs)
+            assert any(message in record.getMessage() for record in caplog.records)
+            assert "intfa.static_amax" not in "\n".join(code)
+            assert cosine(out, eager) >= 0.999
+
+
+def test_static_scales_with_smooth_k_is_a_clear_error():
+    scales = AttentionScales(sites={})
+    with pytest.raises(ValueError, match="smooth_k"):
+        intfa_compile.config.resolve({"scales": scales, "smooth_k": True})
