@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch._dynamo.utils import counters
 
 from intfa_compile.reference import reference_attention
 from tests.helpers import P_STEP, half_int8_bound, p_quantization_bound, quantized_inputs, unit_roundoff
@@ -59,13 +60,8 @@ def attention_problems(draw):
     return q, k, v, mask, is_causal, quantize_pv, p_scale
 
 
-@given(attention_problems())
-def test_int8_attention_within_derived_bound(problem):
-    q, k, v, mask, is_causal, quantize_pv, p_scale = problem
-    inputs = quantized_inputs(q, k, v, quantize_pv)
-    out = torch.ops.intfa.int8_attention(inputs["q"], inputs["k"], inputs["v"], inputs["q_scale"], inputs["k_scale"],
-                                         inputs["v_scale"], mask, is_causal, q.shape[-1] ** -0.5, p_scale, q.dtype)
-    assert out.dtype == q.dtype and out.shape == q.shape
+def _assert_within_derived_bound(out, inputs, problem):
+    q, k, v, mask, is_causal, quantize_pv, _ = problem
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, mask, is_causal)
     if quantize_pv:
@@ -74,8 +70,18 @@ def test_int8_attention_within_derived_bound(problem):
         bound = half_int8_bound(q_hat, k_hat, v_hat, mask, is_causal, None, v.dtype)
     bound = bound + unit_roundoff(q.dtype) * ref.out.abs() + torch.finfo(q.dtype).tiny
     assert not out.isnan().any()
-    excess = ((out.double() - ref.out).abs() - bound).max().item()
+    excess = ((out.cpu().double() - ref.out).abs() - bound).max().item()
     assert excess <= 0, f"bound exceeded by {excess:.3g}"
+
+
+@given(attention_problems())
+def test_int8_attention_within_derived_bound(problem):
+    q, k, v, mask, is_causal, quantize_pv, p_scale = problem
+    inputs = quantized_inputs(q, k, v, quantize_pv)
+    out = torch.ops.intfa.int8_attention(inputs["q"], inputs["k"], inputs["v"], inputs["q_scale"], inputs["k_scale"],
+                                         inputs["v_scale"], mask, is_causal, q.shape[-1] ** -0.5, p_scale, q.dtype)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    _assert_within_derived_bound(out, inputs, problem)
 
 
 @settings(max_examples=40)
@@ -92,12 +98,27 @@ def test_triton_kernel_within_derived_bound(problem):
     out = torch.empty(q.shape, dtype=q.dtype, device=device)
     int8_flash_attention_triton(*args, mask.to(device) if mask is not None else None, is_causal,
                                 q.shape[-1] ** -0.5, p_scale, out)
-    q_hat, k_hat, v_hat = inputs["dequantized"]
-    ref = reference_attention(q_hat, k_hat, v_hat, mask, is_causal)
-    if quantize_pv:
-        bound = p_quantization_bound(q_hat, k_hat, v_hat, mask, is_causal, None, P_STEP)
-    else:
-        bound = half_int8_bound(q_hat, k_hat, v_hat, mask, is_causal, None, v.dtype)
-    bound = bound + unit_roundoff(q.dtype) * ref.out.abs() + torch.finfo(q.dtype).tiny
-    excess = ((out.cpu().double() - ref.out).abs() - bound).max().item()
-    assert excess <= 0, f"bound exceeded by {excess:.3g}"
+    _assert_within_derived_bound(out, inputs, problem)
+
+
+@settings(max_examples=12)
+@given(attention_problems())
+def test_compiled_sdpa_within_derived_bound(problem):
+    """Through torch.compile(backend="intfa"): the compiled graph computes the op on the same quantized inputs."""
+    q, k, v, mask, is_causal, quantize_pv, p_scale = problem
+    torch._dynamo.reset()
+    group = q.shape[1] // k.shape[1]
+
+    def attend(q, k, v, mask):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                                               enable_gqa=group > 1)
+
+    if is_causal and mask is not None:
+        mask = None  # SDPA takes one or the other
+    options = {"quantize_pv": quantize_pv, "p_scale": p_scale}
+    rewritten_before = counters["intfa"]["int8_sites"] + counters["intfa"]["half_int8_sites"]
+    with torch.no_grad():
+        out = torch.compile(attend, backend="intfa", options=options)(q, k, v, mask)
+    assert counters["intfa"]["int8_sites"] + counters["intfa"]["half_int8_sites"] == rewritten_before + 1
+    inputs = quantized_inputs(q, k, v, quantize_pv)
+    _assert_within_derived_bound(out, inputs, (q, k, v, mask, is_causal, quantize_pv, p_scale))
