@@ -1,8 +1,9 @@
 """Forward attention, side by side: speed (TOPS) and accuracy against fp64, for every available provider.
 
 Providers: PyTorch SDPA in 16-bit with each backend (flash, efficient, cuDNN), intfa full-INT8 and
-half-INT8 (quantization time included, and excluded as "-prequant"), and SageAttention 1.0.6 when
-importable. Timing uses ``triton.testing.do_bench`` (CUDA events, warm-up, median) over several
+half-INT8 (quantization time included, and excluded as "-prequant"), full-INT8 through
+``torch.compile(backend="intfa")`` with each CUDA lowering (custom op / triton_op: the measurement
+that picks ``config.cuda_lowering``), and SageAttention 1.0.6 when importable. Timing uses ``triton.testing.do_bench`` (CUDA events, warm-up, median) over several
 input sets so the L2 cache does not flatter; accuracy is cosine, relative L2 and mean relative
 error (mean|out − ref| / mean|ref|) against fp64 attention on the first two heads.
 
@@ -130,6 +131,15 @@ def _triton_interpreted(causal: bool) -> tuple[Callable, Attention]:
     return prepare, attend
 
 
+def _compiled(causal: bool, lowering: str) -> Attention:
+    """SDPA through torch.compile(backend="intfa"): quantization fused by Inductor, the op lowered as chosen."""
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return torch.compile(attend, backend="intfa", options={"cuda_lowering": lowering})
+
+
 def _sageattention(causal: bool) -> Attention | None:
     try:
         from sageattention import sageattn
@@ -157,6 +167,8 @@ def providers(case: Case, device: str) -> dict[str, tuple[Callable | None, Atten
     if device == "cpu":
         table["intfa-full-triton-interpreter"] = _triton_interpreted(case.causal)
     if device == "cuda":
+        for lowering in ("custom_op", "triton_op"):
+            table[f"intfa-full-compiled-{lowering}"] = (None, _compiled(case.causal, lowering))
         table["sageattention-1.0.6"] = (None, _sageattention(case.causal))
     return table
 

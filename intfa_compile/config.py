@@ -62,6 +62,12 @@ qk_bits: Literal[8, 4] = 8
 """Bits of the Q and K integers. 4 quantizes to [-7, 7] (held in INT8 storage; the GEMM still runs in
 INT8): an accuracy ablation only, with no speed path of its own yet."""
 
+cuda_lowering: Literal["custom_op", "triton_op"] = "custom_op"
+"""How the INT8 op reaches Inductor on CUDA. "custom_op": ``intfa::int8_attention``, opaque to the
+compiler, whose Python implementation launches the Triton kernel. "triton_op":
+``intfa::int8_attention_triton``, which Inductor traces into and launches from its generated code.
+Which is faster is for a GPU measurement to say; CPU always uses the custom op."""
+
 scales: Any = None
 """Static scales (``intfa_compile.AttentionScales`` from ``collect``) or None for dynamic scales
 computed per call. With static scales, Q and K are quantized per head and V per channel against the

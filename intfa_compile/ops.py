@@ -8,6 +8,7 @@ convenience entry that quantizes 16/32-bit Q, K, V and calls the op.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -130,12 +131,13 @@ def int8_sdpa(
     v_granularity: str = "per_channel",
     smooth_k: bool = False,
     qk_bits: int = 8,
+    attention_op: Any = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
     Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and,
-    when ``quantize_pv``, V per channel, then calls ``intfa::int8_attention``. This is what the
-    compiler passes insert in place of attention.
+    when ``quantize_pv``, V per channel, then calls ``intfa::int8_attention`` (or ``attention_op``,
+    an op of the same signature). This is what the compiler passes insert in place of attention.
     """
     sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
     if smooth_k:
@@ -146,10 +148,9 @@ def int8_sdpa(
         v_in, v_scale = quantize_v(value, v_granularity)
     else:
         v_in, v_scale = value, None
-    return torch.ops.intfa.int8_attention(
-        q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
-        query.dtype,
-    )
+    op = attention_op or torch.ops.intfa.int8_attention
+    return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
+              query.dtype)
 
 
 def int8_sdpa_static(
@@ -165,6 +166,7 @@ def int8_sdpa_static(
     quantize_pv: bool = True,
     p_scale: str = "fixed",
     qk_bits: int = 8,
+    attention_op: Any = None,
 ) -> Tensor:
     """``int8_sdpa`` with calibrated ranges: Q and K per head (Hq,), (Hk,); V per head and channel (Hk, D).
 
@@ -179,7 +181,6 @@ def int8_sdpa_static(
         v_scale = v_scale[:, :, 0, :]
     else:
         v_in, v_scale = value, None
-    return torch.ops.intfa.int8_attention(
-        q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal, float(sm_scale),
-        p_scale, query.dtype,
-    )
+    op = attention_op or torch.ops.intfa.int8_attention
+    return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
+              float(sm_scale), p_scale, query.dtype)

@@ -225,8 +225,13 @@ def int8_flash_attention_triton(
     sm_scale: float,
     p_scale: str,
     out: Tensor,
+    traceable: bool = False,
 ) -> Tensor:
-    """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked)."""
+    """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked).
+
+    ``traceable`` launches through ``torch.library.wrap_triton``, so that torch.compile sees the kernel
+    (inside the ``intfa::int8_attention_triton`` triton_op) instead of an opaque call.
+    """
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
     if out.numel() == 0:
@@ -242,7 +247,8 @@ def int8_flash_attention_triton(
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads_q)
 
-    _int8_attention_fwd[grid](
+    kernel = torch.library.wrap_triton(_int8_attention_fwd) if traceable else _int8_attention_fwd
+    kernel[grid](
         q, k, v, q_scale, k_scale, vs, mask, out,
         *q.stride(), *k.stride(), *v.stride(),
         *q_scale.stride(), *k_scale.stride(), *(vs.stride() if quant_pv else (0, 0, 0)),

@@ -163,12 +163,22 @@ def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     name = site_key(site) if site is not None else "<unknown>"
     if s["calibrate"]:
         return torch.ops.intfa.observed_attention(query, key, value, attn_mask, is_causal, scale, s["calibrate"], name)
+    op = _attention_op(query, s)
     ranges = static_amax(s["scales"], name, query, key)
     if ranges is not None:
         fingerprint = s["scales"].fingerprint()
         q_amax, k_amax, v_amax = (torch.ops.intfa.static_amax(query, fingerprint, name, which) for which in "qkv")
         return int8_sdpa_static(query, key, value, attn_mask, is_causal, scale, q_amax, k_amax, v_amax,
-                                s["quantize_pv"], s["p_scale"], s["qk_bits"])
+                                s["quantize_pv"], s["p_scale"], s["qk_bits"], attention_op=op)
     return int8_sdpa(query, key, value, attn_mask, is_causal, scale, s["quantize_pv"], s["p_scale"],
                      qk_granularity=s["qk_granularity"], v_granularity=s["v_granularity"], smooth_k=s["smooth_k"],
-                     qk_bits=s["qk_bits"])
+                     qk_bits=s["qk_bits"], attention_op=op)
+
+
+def _attention_op(query: torch.Tensor, settings: dict[str, Any]) -> Any:
+    """The INT8 op to insert: the triton_op Inductor traces into, on CUDA when configured; else the custom op."""
+    if settings["cuda_lowering"] == "triton_op" and query.device.type == "cuda":
+        import intfa_compile.kernels.triton_op  # noqa: F401  (registers intfa::int8_attention_triton)
+
+        return torch.ops.intfa.int8_attention_triton
+    return torch.ops.intfa.int8_attention

@@ -52,3 +52,22 @@ def test_autotuned_kernel_within_bound_at_2k(head_dim, is_causal):
     bound = p_quantization_bound(q_hat, k_hat, v_hat, None, is_causal, None, P_STEP)
     assert ((out.cpu().double() - ref.out).abs() <= bound).all()
     assert ((cpu.double() - ref.out).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("lowering", ["custom_op", "triton_op"])
+def test_both_cuda_lowerings_compile_and_agree(lowering):
+    from torch._inductor.utils import run_and_get_code
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    q, k, v = torch.randn(3, 2, 8, 1024, 64, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(attend, backend="intfa", options={"cuda_lowering": lowering}),
+                                     q, k, v)
+    code = "\n".join(code)
+    if lowering == "triton_op":
+        assert "_int8_attention_fwd" in code  # Inductor launches the user kernel itself
+    else:
+        assert "intfa.int8_attention.default" in code
+    assert cosine(out, reference_attention(q, k, v, None, True).out) >= 0.999
