@@ -3,8 +3,9 @@
 Providers: PyTorch SDPA in 16-bit with each backend (flash, efficient, cuDNN), intfa full-INT8 and
 half-INT8 (quantization time included, and excluded as "-prequant"), full-INT8 through
 ``torch.compile(backend="intfa")`` with each CUDA lowering (custom op / triton_op: the measurement
-that picks ``config.cuda_lowering``), and SageAttention 1.0.6 when importable. Timing uses ``triton.testing.do_bench`` (CUDA events, warm-up, median) over several
-input sets so the L2 cache does not flatter; accuracy is cosine, relative L2 and mean relative
+that picks ``config.cuda_lowering``), and SageAttention 1.0.6 when importable. Timing uses
+``triton.testing.do_bench`` (CUDA events, warm-up, median) over several input sets so the L2 cache
+does not flatter; accuracy is cosine, relative L2 and mean relative
 error (mean|out − ref| / mean|ref|) against fp64 attention on the first two heads.
 
     python benchmarks/bench_attention.py                 # GPU: full sweep, writes benchmarks/results/
