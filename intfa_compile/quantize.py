@@ -26,8 +26,10 @@ def _quantize_with_amax(xf: Tensor, amax: Tensor, bits: int) -> tuple[Tensor, Te
     # An all-zero group gets scale 1 (no division by zero); NaN or Inf stays in the scale, so it reaches
     # the output positions that eager attention would poison too.
     scale = torch.where(amax == 0, torch.ones_like(amax), amax / int_max)
-    xq = torch.round(xf / scale).clamp(-int_max, int_max).to(torch.int8)
-    return xq, scale
+    # An infinite entry makes its group's scale infinite; it keeps its sign at full range (±int_max) and
+    # the finite entries become 0, so the scores it enters are ±inf exactly where eager's are.
+    xq = torch.where(torch.isinf(xf), torch.sign(xf) * int_max, torch.round(xf / scale).clamp(-int_max, int_max))
+    return xq.to(torch.int8), scale
 
 
 def _quantize_along(x: Tensor, dim: int, bits: int = 8) -> tuple[Tensor, Tensor]:
