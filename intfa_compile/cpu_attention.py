@@ -51,9 +51,6 @@ def int8_flash_attention_cpu(
     kf = k.float()
     ks = k_scale.float().unsqueeze(-2)
     vf = v.float()
-    mask = None
-    if attn_mask is not None:
-        mask = attn_mask.expand(batch, heads_q, n_q, n_k).reshape(batch, heads_k, rows, n_k)
     row_ids = torch.arange(n_q, device=q.device).repeat(group).unsqueeze(-1)
 
     m_i = torch.full((batch, heads_k, rows, 1), float("-inf"), device=q.device)
@@ -64,8 +61,10 @@ def int8_flash_attention_cpu(
     for start in range(0, stop, block_n):
         end = min(start + block_n, n_k)
         s = (qf @ kf[:, :, start:end].transpose(-1, -2)) * qs * ks[..., start:end]
-        if mask is not None:
-            block_mask = mask[..., start:end]
+        if attn_mask is not None:
+            # Expanded one key block at a time: a broadcast mask never becomes an Nq×Nk copy.
+            block_mask = attn_mask[..., start:end].expand(batch, heads_q, n_q, end - start)
+            block_mask = block_mask.reshape(batch, heads_k, rows, end - start)
             if block_mask.dtype == torch.bool:
                 s = s.masked_fill(~block_mask, float("-inf"))
             else:

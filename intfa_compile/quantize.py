@@ -32,22 +32,6 @@ def _quantize_with_amax(xf: Tensor, amax: Tensor, bits: int) -> tuple[Tensor, Te
     return xq.to(torch.int8), scale
 
 
-def _quantize_along(x: Tensor, dim: int, bits: int = 8) -> tuple[Tensor, Tensor]:
-    xf = x.float()
-    xq, scale = _quantize_with_amax(xf, xf.abs().amax(dim=dim, keepdim=True), bits)
-    return xq, scale.squeeze(dim)
-
-
-def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
-    """INT8 values of ``x`` (..., N, D) with one fp32 scale per token (..., N): max|x| over D / 127."""
-    return _quantize_along(x, -1)
-
-
-def quantize_per_channel(x: Tensor) -> tuple[Tensor, Tensor]:
-    """INT8 values of ``x`` (..., N, D) with one fp32 scale per channel (..., D): max|x| over N / 127."""
-    return _quantize_along(x, -2)
-
-
 def _token_amax(xf: Tensor, granularity: str, block: int) -> Tensor:
     """max|x| shared by the tokens of each scale group, repeated per token: (..., N, 1)."""
     token_amax = xf.abs().amax(dim=-1, keepdim=True)
@@ -83,6 +67,16 @@ def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Ten
         amax = amax.amax(dim=-1, keepdim=True).expand_as(amax)
     xq, scale = _quantize_with_amax(xf, amax, 8)
     return xq, scale.squeeze(-2)
+
+
+def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    """INT8 values of ``x`` (..., N, D) with one fp32 scale per token (..., N): max|x| over D / 127."""
+    return quantize_qk(x, "per_token")
+
+
+def quantize_per_channel(x: Tensor) -> tuple[Tensor, Tensor]:
+    """INT8 values of ``x`` (..., N, D) with one fp32 scale per channel (..., D): max|x| over N / 127."""
+    return quantize_v(x, "per_channel")
 
 
 def smooth(k: Tensor) -> Tensor:

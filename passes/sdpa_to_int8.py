@@ -10,6 +10,7 @@ was, with its reason recorded (``rewrite.decide``).
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any
 
@@ -94,8 +95,9 @@ def _rewrite(match: Match, *args: Any, **kwargs: Any) -> None:
         rewrite_failed(site, error)
 
 
+@functools.cache
 def sdpa_patterns() -> PatternMatcherPass:
-    """A pattern pass that rewrites ``getitem(<any SDPA form>, 0)``."""
+    """A pattern pass that rewrites ``getitem(<any SDPA form>, 0)`` (built once per process)."""
     patterns = PatternMatcherPass(pass_name="intfa_sdpa_to_int8")
     sdpa = CallFunctionVarArgs(list(SDPA_OPS), users=MULTIPLE)
     register_graph_pattern(CallFunction(operator.getitem, sdpa, 0), pass_dict=patterns)(_rewrite)
