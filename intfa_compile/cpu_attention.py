@@ -34,6 +34,7 @@ def int8_flash_attention_cpu(
     sm_scale: float,
     p_scale: str,
     out: Tensor,
+    causal_offset: int = 0,
     block_n: int = KV_BLOCK_SIZE,
 ) -> Tensor:
     """Blockwise INT8 attention into ``out`` (B, Hq, Nq, D); see ``intfa_compile.ops.int8_attention``."""
@@ -56,8 +57,8 @@ def int8_flash_attention_cpu(
     m_i = torch.full((batch, heads_k, rows, 1), float("-inf"), device=q.device)
     l_i = torch.zeros((batch, heads_k, rows, 1), device=q.device)
     acc = torch.zeros((batch, heads_k, rows, head_dim), device=q.device)
-    # Causal (top-left, as SDPA): row i sees keys j <= i, so no block past the last row is needed.
-    stop = min(n_k, n_q) if is_causal else n_k
+    # Causal: row i sees keys j <= i + causal_offset, so no block past the last row's diagonal is needed.
+    stop = min(n_k, max(0, n_q + causal_offset)) if is_causal else n_k
     for start in range(0, stop, block_n):
         end = min(start + block_n, n_k)
         s = (qf @ kf[:, :, start:end].transpose(-1, -2)) * qs * ks[..., start:end]
@@ -73,7 +74,7 @@ def int8_flash_attention_cpu(
                 s = s + bias2
         if is_causal:
             cols = torch.arange(start, end, device=q.device)
-            s = s.masked_fill(cols > row_ids, float("-inf"))
+            s = s.masked_fill(cols > row_ids + causal_offset, float("-inf"))
         m_new = torch.maximum(m_i, s.amax(dim=-1, keepdim=True))
         m_safe = torch.where(m_new == float("-inf"), 0.0, m_new)
         alpha = torch.exp2(m_i - m_safe)

@@ -81,14 +81,17 @@ def int8_attention(
     sm_scale: float,
     p_scale: str,
     out_dtype: torch.dtype,
+    causal_offset: int = 0,
 ) -> Tensor:
     """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs (INT-FlashAttention, Chen et al. 2024).
 
     q (B, Hq, Nq, D) and k (B, Hk, Nk, D) are INT8 with per-token fp32 scales (B, H, N); Hq is a
     multiple of Hk (GQA). v is INT8 with per-channel scales (B, Hk, D) (full INT8: P is quantized to
     INT8 too), or 16/32-bit with ``v_scale=None`` (half-INT8). ``attn_mask`` is boolean (True = keep)
-    or additive, broadcastable to (B, Hq, Nq, Nk). ``is_causal`` is SDPA's: key j is seen by query
-    i iff j <= i. ``p_scale`` is "fixed" (1/127) or "row_block". Returns ``out_dtype``, strided like q.
+    or additive, broadcastable to (B, Hq, Nq, Nk). With ``is_causal`` key j is seen by query i iff
+    j <= i + ``causal_offset``: 0 is SDPA's ``is_causal`` (top-left), Nk − Nq is bottom-right
+    (``torch.nn.attention.bias.causal_lower_right``). ``p_scale`` is "fixed" (1/127) or "row_block".
+    Returns ``out_dtype``, strided like q.
     """
     _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype)
     out = _empty_out(q, out_dtype)
@@ -97,7 +100,7 @@ def int8_attention(
         from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton as run
     else:
         run = int8_flash_attention_cpu
-    return run(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out)
+    return run(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out, causal_offset)
 
 
 @int8_attention.register_fake
@@ -113,6 +116,7 @@ def _int8_attention_fake(
     sm_scale: float,
     p_scale: str,
     out_dtype: torch.dtype,
+    causal_offset: int = 0,
 ) -> Tensor:
     return _empty_out(q, out_dtype)
 
@@ -132,12 +136,14 @@ def int8_sdpa(
     smooth_k: bool = False,
     qk_bits: int = 8,
     attention_op: Any = None,
+    causal_offset: int = 0,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
     Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and,
     when ``quantize_pv``, V per channel, then calls ``intfa::int8_attention`` (or ``attention_op``,
-    an op of the same signature). This is what the compiler passes insert in place of attention.
+    an op of the same signature). ``causal_offset`` moves the causal diagonal (see the op). This is
+    what the compiler passes insert in place of attention.
     """
     sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
     if smooth_k:
@@ -150,7 +156,7 @@ def int8_sdpa(
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
-              query.dtype)
+              query.dtype, causal_offset)
 
 
 def int8_sdpa_static(
@@ -167,6 +173,7 @@ def int8_sdpa_static(
     p_scale: str = "fixed",
     qk_bits: int = 8,
     attention_op: Any = None,
+    causal_offset: int = 0,
 ) -> Tensor:
     """``int8_sdpa`` with calibrated ranges: Q and K per head (Hq,), (Hk,); V per head and channel (Hk, D).
 
@@ -183,4 +190,4 @@ def int8_sdpa_static(
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
-              float(sm_scale), p_scale, query.dtype)
+              float(sm_scale), p_scale, query.dtype, causal_offset)

@@ -47,11 +47,25 @@ def _scores(q, k, qs, ks):
 
 
 @triton.jit
+def online_softmax_step(s, m_i, l_i):
+    """One block of the base-2 online softmax: (p, alpha, m_new, l_new).
+
+    p is exp2 of the block's logits against the new running maximum, alpha rescales what earlier
+    blocks accumulated; a row that has seen no finite logit yet gets p = 0 and keeps l = 0.
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(s - m_safe[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
 def _attention_block(
     acc, l_i, m_i, q, qs, offs_m, start_n,
     k_base, v_base, ks_base, mask_base,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-    N_K, HEAD_DIM,
+    N_K, HEAD_DIM, causal_offset,
     CAUSAL_MASK: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr, P_ROW_BLOCK: tl.constexpr,
     UPCAST_16BIT_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -74,14 +88,10 @@ def _attention_block(
             bias2 = tl.where(bias == float("-inf"), bias, tl.maximum(bias * _LOG2E, _FP32_LOWEST))
             s = s + bias2
     if CAUSAL_MASK:
-        s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
+        s = tl.where(offs_n[None, :] <= offs_m[:, None] + causal_offset, s, float("-inf"))
     s = tl.where(n_ok[None, :], s, float("-inf"))
 
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.math.exp2(m_i - m_safe)
-    p = tl.math.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
+    p, alpha, m_new, l_i = online_softmax_step(s, m_i, l_i)
 
     v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=n_ok[:, None] & d_ok[None, :], other=0)
@@ -109,7 +119,7 @@ def _attention_block(
     return acc, l_i, m_new
 
 
-def _configs() -> list[triton.Config]:
+def autotune_configs() -> list[triton.Config]:
     """Tile shapes worth trying on Ampere and Hopper; one fixed tile under the interpreter.
 
     BLOCK_N is not tuned: the key block size is part of the result (see ``numerics.KV_BLOCK_SIZE``).
@@ -133,8 +143,27 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     return configs
 
 
+@triton.jit
+def causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+    """(diagonal_lo, hi) for query tile pid_m: key blocks below diagonal_lo need no causal mask, blocks
+    from there to hi cross the diagonal, blocks from hi on are skipped.
+
+    Causal means query i sees keys j <= i + causal_offset (0: top-left, as SDPA's is_causal; Nk − Nq:
+    bottom-right). Without IS_CAUSAL every block is unmasked: (N_K, N_K).
+    """
+    if IS_CAUSAL:
+        first_diagonal = tl.maximum(pid_m * BLOCK_M + causal_offset, 0)
+        diagonal_lo = tl.minimum(first_diagonal // BLOCK_N * BLOCK_N, N_K)
+        hi = tl.minimum(N_K, tl.maximum((pid_m + 1) * BLOCK_M + causal_offset, 0))
+    else:
+        diagonal_lo = N_K
+        hi = N_K
+    return diagonal_lo, hi
+
+
 @triton.autotune(
-    configs=_configs(),
+    configs=autotune_configs(),
     key=["N_Q", "N_K", "HEAD_DIM", "GROUP", "IS_CAUSAL", "MASK_KIND", "QUANT_PV"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
@@ -149,7 +178,7 @@ def _int8_attention_fwd(
     stride_vsb, stride_vsh, stride_vsd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
-    HEADS_Q, GROUP, N_Q, N_K, HEAD_DIM, qk_scale,
+    HEADS_Q, GROUP, N_Q, N_K, HEAD_DIM, qk_scale, causal_offset,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr, P_ROW_BLOCK: tl.constexpr,
     UPCAST_16BIT_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -175,20 +204,13 @@ def _int8_attention_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    # Causal (top-left): blocks wholly at or below the tile's first row need no mask; blocks that cross
-    # the diagonal are masked; blocks past the tile's last row are skipped.
-    if IS_CAUSAL:
-        diagonal_lo = tl.minimum((pid_m * BLOCK_M) // BLOCK_N * BLOCK_N, N_K)
-        hi = tl.minimum(N_K, (pid_m + 1) * BLOCK_M)
-    else:
-        diagonal_lo = N_K
-        hi = N_K
+    diagonal_lo, hi = causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(0, diagonal_lo, BLOCK_N):
         acc, l_i, m_i = _attention_block(
             acc, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-            N_K, HEAD_DIM,
+            N_K, HEAD_DIM, causal_offset,
             False, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
         )
     for start_n in range(diagonal_lo, hi, BLOCK_N):
@@ -196,7 +218,7 @@ def _int8_attention_fwd(
             acc, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-            N_K, HEAD_DIM,
+            N_K, HEAD_DIM, causal_offset,
             True, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
         )
 
@@ -225,6 +247,7 @@ def int8_flash_attention_triton(
     sm_scale: float,
     p_scale: str,
     out: Tensor,
+    causal_offset: int = 0,
     traceable: bool = False,
 ) -> Tensor:
     """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked).
@@ -253,7 +276,7 @@ def int8_flash_attention_triton(
         *q.stride(), *k.stride(), *v.stride(),
         *q_scale.stride(), *k_scale.stride(), *(vs.stride() if quant_pv else (0, 0, 0)),
         *mask_strides, *out.stride(),
-        heads_q, heads_q // heads_k, n_q, n_k, head_dim, sm_scale * LOG2E,
+        heads_q, heads_q // heads_k, n_q, n_k, head_dim, sm_scale * LOG2E, causal_offset,
         IS_CAUSAL=is_causal, MASK_KIND=mask_kind, QUANT_PV=quant_pv, P_ROW_BLOCK=p_scale == "row_block",
         UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16,
         BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=_block_d(head_dim),

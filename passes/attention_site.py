@@ -27,6 +27,8 @@ class AttentionSite:
     is_causal: bool
     scale: float | None
     dropout_p: float = 0.0
+    causal_offset: int = 0
+    """With ``is_causal``, query i sees keys j <= i + causal_offset (0 is SDPA's top-left alignment)."""
     used_for_backward: bool = False
     """Other outputs of the attention (logsumexp, RNG state) are used: a training graph."""
     batch_of_one: bool = False
@@ -67,7 +69,7 @@ class AttentionSite:
         return SiteRecord(
             module=module_path(self.anchor),
             source=source_line(self.anchor),
-            form=self.form,
+            form=self.form + (f", causal offset {self.causal_offset}" if self.causal_offset else ""),
             shapes=f"q {dims(q)}, kv {dims(k)}",
             mask=mask_text,
             causal=self.is_causal,

@@ -10,6 +10,7 @@ was, with its reason recorded (``rewrite.decide``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 from typing import Any
@@ -25,6 +26,7 @@ from torch._inductor.pattern_matcher import (
 )
 
 from .attention_site import AttentionSite
+from .causal_masks import causal_offset_of
 from .rewrite import decide, int8_attention, rewrite_failed
 
 aten = torch.ops.aten
@@ -55,11 +57,12 @@ def _bind_arguments(node: torch.fx.Node) -> dict[str, Any]:
 
 
 def sdpa_site(output_getitem: torch.fx.Node) -> AttentionSite:
-    """The site of ``getitem(sdpa, 0)``, whichever aten form the SDPA node is."""
+    """The site of ``getitem(sdpa, 0)``, whichever aten form the SDPA node is; a mask that only says
+    "causal" (``causal_lower_right``, ``tril(ones)``) becomes ``is_causal`` with its diagonal offset."""
     node = output_getitem.args[0]
     bound = _bind_arguments(node)
     mask_arg = SDPA_OPS[node.target]
-    return AttentionSite(
+    site = AttentionSite(
         anchor=output_getitem,
         form=f"sdpa ({node.target.__name__.split('.')[0]})",
         query=bound["query"],
@@ -71,18 +74,25 @@ def sdpa_site(output_getitem: torch.fx.Node) -> AttentionSite:
         dropout_p=float(bound.get("dropout_p") or 0.0),
         used_for_backward=any(user is not output_getitem for user in node.users),
     )
+    q, k, _ = site.tensors
+    if site.is_causal or q is None or k is None:
+        return site
+    offset = causal_offset_of(site.attn_mask, q.shape[-2], k.shape[-2])
+    if offset is None:
+        return site
+    return dataclasses.replace(site, attn_mask=None, is_causal=True, causal_offset=offset)
 
 
 def _rewrite(match: Match, *args: Any, **kwargs: Any) -> None:
     site = sdpa_site(match.output_node())
     if not decide(site):
         return
-    is_causal, scale = site.is_causal, site.scale
+    is_causal, scale, causal_offset = site.is_causal, site.scale, site.causal_offset
     try:
         if site.attn_mask is None:
 
             def replacement(query, key, value):
-                return int8_attention(query, key, value, None, is_causal, scale)
+                return int8_attention(query, key, value, None, is_causal, scale, causal_offset)
 
             match.replace_by_example(replacement, [site.query, site.key, site.value])
         else:

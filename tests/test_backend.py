@@ -268,6 +268,67 @@ def test_sdpa_argument_variants_run_int8(variant):
     assert cosine(out, eager) >= 0.999
 
 
+@pytest.mark.parametrize("n_q, n_k", [(48, 112), (112, 48), (64, 64)])
+@pytest.mark.parametrize("spelling", ["causal_lower_right", "tril_bool", "tril_additive"])
+def test_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
+    """A mask that only says "causal" (bottom-right aligned, as KV-cache decoding uses) reaches the kernel as
+    is_causal with its diagonal offset: no mask is read and blocks above the diagonal are skipped."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    gen = torch.Generator().manual_seed(n_q + n_k)
+    q = torch.randn(2, 4, n_q, 32, generator=gen)
+    k, v = (torch.randn(2, 4, n_k, 32, generator=gen) for _ in range(2))
+    offset = n_k - n_q
+
+    def attend(q, k, v):
+        if spelling == "causal_lower_right":
+            mask = causal_lower_right(q.shape[-2], k.shape[-2])
+        else:
+            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril(offset)
+            if spelling == "tril_additive":
+                mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))[None, None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(attend, backend="intfa"), q, k, v)
+        eager = attend(q, k, v)
+        direct = intfa_compile.int8_sdpa(q, k, v, is_causal=True, causal_offset=offset)
+    calls = re.findall(re.escape(OP_NAME) + r"\((.*)\)", "\n".join(code))
+    assert len(calls) == 1, calls
+    assert re.search(rf", None, True, {32**-0.5}, 'fixed', torch.float32, (causal_offset=)?{offset}$", calls[0]), calls
+    assert counters["intfa"]["int8_sites"] == 1
+    # Inductor's fused quantization may round a scale differently from eager: one P step of V at most.
+    assert (out - direct).abs().max().item() <= 1e-5 * eager.abs().max().item() + v.abs().max().item() / 127
+    blind = torch.arange(n_q) + offset < 0  # queries that see no key give zeros, as eager
+    assert (out[..., blind, :] == 0).all() and (eager[..., blind, :] == 0).all()
+    assert cosine(out, eager) >= 0.999
+
+
+@pytest.mark.parametrize("spelling", ["finfo_min_fill", "tril_and_padding"])
+def test_masks_that_are_not_only_causal_stay_masks(spelling):
+    """Filling with finfo.min (a fully masked row averages instead of giving zeros) or and-ing padding into the
+    causal mask changes what the mask means: it is passed to the kernel as a mask."""
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 2, 64, 32, generator=gen) for _ in range(3))
+    padding = torch.ones(64, dtype=torch.bool)
+    padding[50:] = False
+
+    def attend(q, k, v):
+        keep = torch.ones(64, 64, dtype=torch.bool).tril()
+        if spelling == "finfo_min_fill":
+            mask = torch.zeros(64, 64).masked_fill(~keep, torch.finfo(torch.float32).min)
+        else:
+            mask = keep & padding
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(attend, backend="intfa"), q, k, v)
+        eager = attend(q, k, v)
+    calls = re.findall(re.escape(OP_NAME) + r"\((.*)\)", "\n".join(code))
+    assert len(calls) == 1 and ", None, " not in calls[0] and ", False, " in calls[0], calls
+    assert cosine(out, eager) >= 0.999
+
+
 @pytest.mark.parametrize("option, value", [("qk_granularity", "per_block"), ("qk_granularity", "per_head"),
                                            ("v_granularity", "per_tensor"), ("smooth_k", True), ("qk_bits", 4)])
 def test_ablation_toggles_change_what_runs(model_and_input, option, value):

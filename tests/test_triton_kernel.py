@@ -57,15 +57,16 @@ def test_int32_scores_and_logits_match_the_cpu_implementation_exactly(head_dim):
     assert torch.equal(s.cpu(), cpu_qk * qs[:, None] * ks[None, :])
 
 
-def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32):
+def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, causal_offset=0):
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
     sm_scale = scale if scale is not None else inputs["q"].shape[-1] ** -0.5
     shape = inputs["q"].shape
-    cpu = int8_flash_attention_cpu(*args, mask, is_causal, sm_scale, p_scale, torch.empty(shape, dtype=out_dtype))
+    cpu = int8_flash_attention_cpu(*args, mask, is_causal, sm_scale, p_scale, torch.empty(shape, dtype=out_dtype),
+                                   causal_offset)
     gpu_args = [a.to(DEVICE) if a is not None else None for a in args]
     gpu_mask = mask.to(DEVICE) if mask is not None else None
     out = torch.empty(shape, dtype=out_dtype, device=DEVICE)
-    kernel = int8_flash_attention_triton(*gpu_args, gpu_mask, is_causal, sm_scale, p_scale, out)
+    kernel = int8_flash_attention_triton(*gpu_args, gpu_mask, is_causal, sm_scale, p_scale, out, causal_offset)
     return kernel.cpu(), cpu
 
 
@@ -90,6 +91,28 @@ def test_full_int8_kernel(n_q, n_k, head_dim, is_causal, p_scale):
     _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
     bound = p_quantization_bound(q_hat, k_hat, v_hat, None, is_causal, None, P_STEP)
     assert ((kernel.double() - ref.out).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("n_q,n_k", [(17, 130), (130, 17), (64, 200), (1, 100), (100, 1)])
+@pytest.mark.parametrize("p_scale", ["fixed", "row_block"])
+def test_bottom_right_causal(n_q, n_k, p_scale):
+    """causal_offset = Nk − Nq: query i sees keys j <= i + Nk − Nq, as ``causal_lower_right`` (KV-cache decoding
+    and chunked prefill); queries that see no key give what SDPA gives for that mask."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    gen = torch.Generator().manual_seed(n_q * 5 + n_k)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=gen) for n in (n_q, n_k, n_k))
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, None, True, None, p_scale, causal_offset=n_k - n_q)
+    keep = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, keep, False)
+    _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
+    bound = p_quantization_bound(q_hat, k_hat, v_hat, keep, False, None, P_STEP)
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+    blind = ~keep.any(dim=-1)  # queries before the first key's diagonal
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n_q, n_k))
+    assert torch.equal(kernel[..., blind, :], sdpa[..., blind, :])
 
 
 @pytest.mark.parametrize("v_dtype", [torch.float16, torch.bfloat16, torch.float32])
