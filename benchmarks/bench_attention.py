@@ -1,7 +1,8 @@
 """Forward attention, side by side: speed (TOPS) and accuracy against fp64, for every available provider.
 
 Providers: PyTorch SDPA in 16-bit with each backend (flash, efficient, cuDNN), intfa full-INT8 and
-half-INT8 (quantization time included, and excluded as "-prequant"), full-INT8 through
+half-INT8 (quantization time included, and excluded as "-prequant"), an FP8 (e4m3) Triton kernel in
+FlashAttention-3's arithmetic (``fp8_attention.py``; GPUs with FP8 tensor cores), full-INT8 through
 ``torch.compile(backend="intfa")`` with each CUDA lowering (custom op / triton_op: the measurement
 that picks ``config.cuda_lowering``), and SageAttention 1.0.6 when importable. Timing uses
 ``triton.testing.do_bench`` (CUDA events, warm-up, median) over several input sets so the L2 cache
@@ -17,10 +18,8 @@ Writes ``<out>/<device>-<date>.md`` (table, device, versions, command) and a PNG
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,7 +33,9 @@ if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
+from fp8_attention import fp8_attention, fp8_flash_attention, quantize_fp8  # noqa: E402
 from plotting import Panels, plot_against_length  # noqa: E402
+from results_file import RunInfo  # noqa: E402
 
 from intfa_compile.ops import int8_sdpa  # noqa: E402
 from intfa_compile.quantize import quantize_per_channel, quantize_per_token  # noqa: E402
@@ -132,6 +133,23 @@ def _triton_interpreted(causal: bool) -> tuple[Callable, Attention]:
     return prepare, attend
 
 
+def _fp8_prequantized(causal: bool) -> tuple[Callable, Attention]:
+    """(prepare, attend) for the FP8 baseline with quantization (and V's sequence-major layout) untimed."""
+
+    def prepare(q, k, v):
+        (q8, dq), (k8, dk), (v8, dv) = quantize_fp8(q), quantize_fp8(k), quantize_fp8(v, sequence_contiguous=True)
+        return (q8, k8, v8, dq, dk, dv, q.shape[-1] ** -0.5, q.dtype)
+
+    def attend(q8, k8, v8, dq, dk, dv, sm_scale, dtype):
+        return fp8_flash_attention(q8, k8, v8, dq, dk, dv, causal, sm_scale, dtype)
+
+    return prepare, attend
+
+
+def _has_fp8_tensor_cores(device: str) -> bool:
+    return device == "cuda" and torch.cuda.get_device_capability() >= (8, 9)
+
+
 def _compiled(causal: bool, lowering: str) -> Attention:
     """SDPA through torch.compile(backend="intfa"): quantization fused by Inductor, the op lowered as chosen."""
 
@@ -167,6 +185,12 @@ def providers(case: Case, device: str) -> dict[str, tuple[Callable | None, Atten
     table["intfa-half-prequant"] = _intfa_prequantized(False, case.causal)
     if device == "cpu":
         table["intfa-full-triton-interpreter"] = _triton_interpreted(case.causal)
+        table["fp8-triton-interpreter"] = _fp8_prequantized(case.causal)
+    elif _has_fp8_tensor_cores(device):
+        table["fp8-triton"] = (None, lambda q, k, v: fp8_attention(q, k, v, is_causal=case.causal))
+        table["fp8-triton-prequant"] = _fp8_prequantized(case.causal)
+    else:
+        table["fp8-triton"] = (None, None)
     if device == "cuda":
         for lowering in ("custom_op", "triton_op"):
             table[f"intfa-full-compiled-{lowering}"] = (None, _compiled(case.causal, lowering))
@@ -296,28 +320,21 @@ def main() -> None:
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{platform.machine()}"
-    today = datetime.date.today().isoformat()
+    run = RunInfo(device)
     results = []
     for case in _cases(args):
         results.append((case, run_case(case, device, args.smoke)))
         print(f"done N={case.n} d={case.head_dim} causal={case.causal}", flush=True)
-    header = [
-        f"# Attention forward benchmark — {device_name}, {today}",
-        "",
-        f"- device: {device_name}; torch {torch.__version__}; triton {triton.__version__}; "
-        f"python {platform.python_version()}; dtype {args.dtype}",
-        f"- command: `python {' '.join(sys.argv)}`",
-        "- TOPS = 4·B·H·N²·d / time (halved when causal); accuracy on batch 0, first "
+    header = run.header(
+        "Attention forward benchmark", args.dtype,
+        "TOPS = 4·B·H·N²·d / time (halved when causal); accuracy on batch 0, first "
         f"{ACCURACY_HEADS} heads, against fp64 attention of the same 16-bit inputs",
-    ]
+    )
     table = _markdown(results, header)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{device_name.replace(' ', '_').replace('/', '_')}-{today}" + ("-smoke" if args.smoke else "")
-    (args.out / f"{stem}.md").write_text(table)
+    path = run.write(args.out, "", table, args.smoke)
     print(table)
-    print(_plot(results, args.out / f"{stem}.png"))
-    print(f"results: {args.out / (stem + '.md')}")
+    print(_plot(results, path.with_suffix(".png")))
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

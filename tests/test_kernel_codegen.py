@@ -17,8 +17,9 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, "benchmarks")
-    from inspect_sass import compile_variant
-    out = {}
+    from inspect_sass import compile_fp8_baseline, compile_variant
+    fp8 = compile_fp8_baseline(90)
+    out = {"fp8-90": {"ptx": fp8.ptx_matrix, "sass": fp8.sass_counts}}
     for arch in (80, 90):
         for quantize_pv in (True, False):
             info = compile_variant(arch, quantize_pv)
@@ -54,3 +55,10 @@ def test_ampere_uses_imma(codegen):
     full = codegen["80-True"]
     assert full["ptx"] and all("mma.sync" in instr and "s8.s8" in instr for instr in full["ptx"])
     assert full["sass"].get("IMMA", 0) > 0
+
+
+def test_fp8_baseline_uses_fp8_wgmma_on_hopper(codegen):
+    """The benchmark's FP8 yardstick runs on Hopper's FP8 tensor cores (QGMMA), not an upcast 16-bit path."""
+    fp8 = codegen["fp8-90"]
+    assert len(fp8["ptx"]) == 2 and all(instr.startswith("wgmma") and ".e4m3.e4m3" in instr for instr in fp8["ptx"])
+    assert fp8["sass"].get("QGMMA", 0) > 0 and "HGMMA" not in fp8["sass"]
