@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU should run, in one device call (see benchmarks/NOTES.md):
 #   bash benchmarks/gpu_session.sh [bench_attention.py arguments...]
-# CUDA tests first, then the attention benchmark; logs and results land in $OUT and benchmarks/results/.
+# CUDA tests first, then the attention and model benchmarks; logs and results land in $OUT and benchmarks/results/.
 set -uo pipefail
 OUT=${OUT:-/tmp/intfa-out}
 mkdir -p "$OUT"
@@ -31,7 +31,12 @@ export PYTHONPATH=$site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 } 2>&1 | tee "$OUT/device.txt"
 
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_triton_kernel.py tests/test_int8_attention_op.py \
-    tests/test_backend.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -n 15
+    tests/test_fp8_baseline.py tests/test_backend.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -n 15
 
 python3 benchmarks/bench_attention.py "$@" 2>&1 | tee "$OUT/bench.log" | tail -n 60
+# The whole-model prefill (issue 4); MODEL_LENGTHS="4096 8192 16384" by default, "" to skip.
+if [ -n "${MODEL_LENGTHS-4096 8192 16384}" ]; then
+    python3 benchmarks/bench_model.py --lengths ${MODEL_LENGTHS-4096 8192 16384} 2>&1 | tee "$OUT/bench_model.log" \
+        | tail -n 15
+fi
 cp benchmarks/results/* "$OUT/" 2>/dev/null || true

@@ -17,7 +17,8 @@ def test_bench_attention_smoke_writes_table_and_plot(tmp_path):
     assert len(tables) == 1
     text = tables[0].read_text()
     assert "torch " in text and "triton " in text
-    for provider in ("sdpa-cpu", "intfa-full", "intfa-half", "intfa-full-prequant", "intfa-full-triton-interpreter"):
+    for provider in ("sdpa-cpu", "intfa-full", "intfa-half", "intfa-full-prequant", "intfa-full-triton-interpreter",
+                     "fp8-triton-interpreter"):
         assert f"| {provider} |" in text
     assert "failed" not in text
     rows = [line.split("|") for line in text.splitlines() if "| intfa-full |" in line]
@@ -42,3 +43,20 @@ def test_accuracy_study_runs_and_orders_the_methods(tmp_path):
     # Orders that follow from the step sizes: fp16 rounding (2^-11) < INT8 (1/254 of the row max) < INT4 (1/14).
     assert mre["fp16 (SDPA)"] < mre["half-INT8"] < mre["full-INT8, P fixed 1/127 (paper)"] < mre["INT4 Q/K, INT8 P·V"]
     assert list(tmp_path.glob("accuracy-*.png"))
+
+
+MODEL = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
+
+
+def test_bench_model_smoke_rewrites_every_layer_and_keeps_the_logits(tmp_path):
+    result = subprocess.run([sys.executable, str(MODEL), "--smoke", "--out", str(tmp_path)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = next(tmp_path.glob("model-*.md")).read_text()
+    assert "torch " in text and "triton " in text
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
+    rows = [r for r in rows if r[0].isdigit()]
+    assert [r[0] for r in rows] == ["32", "96"]
+    for row in rows:
+        assert int(row[4]) == 2  # both layers' attention ran INT8
+        assert float(row[5]) >= 0.999 and float(row[6]) >= 0.999
