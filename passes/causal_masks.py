@@ -3,10 +3,11 @@
 ``torch.nn.attention.bias.causal_lower_right`` (and code that writes ``torch.ones(Nq, Nk).tril(d)``)
 reaches the graph as a materialized (Nq, Nk) mask: ``tril(ones)`` of booleans (which Inductor
 decomposes into ``(cols − rows) <= d``), possibly turned into ``where(keep, 0, -inf)`` by SDPA's
-decomposition and broadcast with ``unsqueeze``/``expand``. Passed
-on as a mask, the kernel would read Nq·Nk mask entries and compute every block; as ``is_causal``
-with ``causal_offset = d`` it reads none and skips the blocks above the diagonal. The two compute
-the same thing: a kept key adds 0, a dropped one -inf, and a row that keeps no key gives zeros either way.
+decomposition and broadcast with ``unsqueeze``/``expand``. Passed on as a mask, the kernel would
+read Nq·Nk mask entries and compute every block; as ``is_causal`` with ``causal_offset = d`` it
+reads none and skips the blocks above the diagonal. The two compute the same thing: a kept key adds
+0, a dropped one -inf, and a row that keeps no key gives zeros either way. A mask filled with
+``finfo.min`` instead of -inf, or and-ed with padding, means something else and stays a mask.
 """
 
 from __future__ import annotations
