@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -36,6 +37,7 @@ import triton  # noqa: E402
 from fp8_attention import fp8_attention, fp8_flash_attention, quantize_fp8  # noqa: E402
 from plotting import Panels, plot_against_length  # noqa: E402
 from results_file import RunInfo  # noqa: E402
+from torch._inductor.utils import run_and_get_code  # noqa: E402
 
 from intfa_compile.ops import int8_sdpa  # noqa: E402
 from intfa_compile.quantize import quantize_per_channel, quantize_per_token  # noqa: E402
@@ -150,13 +152,30 @@ def _has_fp8_tensor_cores(device: str) -> bool:
     return device == "cuda" and torch.cuda.get_device_capability() >= (8, 9)
 
 
-def _compiled(causal: bool, lowering: str) -> Attention:
-    """SDPA through torch.compile(backend="intfa"): quantization fused by Inductor, the op lowered as chosen."""
+def generated_kernel_count(code: str) -> int:
+    """Kernels Inductor generated (Triton or C++) in its output code: the quantization's fusion, seen from outside."""
+    return len(re.findall(r"= async_compile\.(?:triton|cpp_pybinding|cpp)\(", code))
 
-    def attend(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-    return torch.compile(attend, backend="intfa", options={"cuda_lowering": lowering})
+class _Compiled:
+    """SDPA through torch.compile(backend="intfa"): quantization fused by Inductor, the op lowered as chosen.
+
+    The first call keeps Inductor's output code, so the row can say how many kernels it generated.
+    """
+
+    def __init__(self, causal: bool, lowering: str) -> None:
+        def attend(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        self.compiled = torch.compile(attend, backend="intfa", options={"cuda_lowering": lowering})
+        self.kernels: int | None = None
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.kernels is None:
+            out, code = run_and_get_code(self.compiled, q, k, v)
+            self.kernels = generated_kernel_count("\n".join(code))
+            return out
+        return self.compiled(q, k, v)
 
 
 def _sageattention(causal: bool) -> Attention | None:
@@ -184,6 +203,7 @@ def providers(case: Case, device: str) -> dict[str, tuple[Callable | None, Atten
     table["intfa-half"] = (None, _intfa(False, case.causal))
     table["intfa-half-prequant"] = _intfa_prequantized(False, case.causal)
     if device == "cpu":
+        table["intfa-full-compiled"] = (None, _Compiled(case.causal, "custom_op"))
         table["intfa-full-triton-interpreter"] = _triton_interpreted(case.causal)
         table["fp8-triton-interpreter"] = _fp8_prequantized(case.causal)
     elif _has_fp8_tensor_cores(device):
@@ -193,7 +213,7 @@ def providers(case: Case, device: str) -> dict[str, tuple[Callable | None, Atten
         table["fp8-triton"] = (None, None)
     if device == "cuda":
         for lowering in ("custom_op", "triton_op"):
-            table[f"intfa-full-compiled-{lowering}"] = (None, _compiled(case.causal, lowering))
+            table[f"intfa-full-compiled-{lowering}"] = (None, _Compiled(case.causal, lowering))
         table["sageattention-1.0.6"] = (None, _sageattention(case.causal))
     return table
 
@@ -257,8 +277,9 @@ def run_case(case: Case, device: str, smoke: bool) -> list[Row]:
         except Exception as err:  # a backend that refuses this shape is reported, not fatal
             rows.append(Row(name, note=f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"))
             continue
+        note = f"Inductor generated {attend.kernels} kernel(s)" if isinstance(attend, _Compiled) else ""
         rows.append(Row(name, ms=ms, tops=case.ops / (ms * 1e-3) / 1e12, cosine=metrics.cosine,
-                        rel_l2=metrics.rel_l2, mre=metrics.mre))
+                        rel_l2=metrics.rel_l2, mre=metrics.mre, note=note))
     baseline = [r.ms for r in rows if r.provider.startswith("sdpa") and r.ms is not None]
     for row in rows:
         if baseline and row.ms is not None:

@@ -24,6 +24,9 @@ def test_bench_attention_smoke_writes_table_and_plot(tmp_path):
     rows = [line.split("|") for line in text.splitlines() if "| intfa-full |" in line]
     cosines = [float(cells[9]) for cells in rows]
     assert cosines and min(cosines) >= 0.999
+    # Under torch.compile the quantization of Q, K and V is one fused kernel beside the INT8 op.
+    compiled = [line for line in text.splitlines() if "| intfa-full-compiled |" in line]
+    assert len(compiled) == 4 and all("Inductor generated 1 kernel(s)" in line for line in compiled)
     assert list(tmp_path.glob("*.png"))
 
 
