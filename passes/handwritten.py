@@ -25,7 +25,8 @@ from torch._inductor.pattern_matcher import Match, PatternMatcherPass, fwd_only,
 from intfa_compile.ops import mask_broadcasts_to
 
 from .attention_site import AttentionSite
-from .rewrite import decide, forget_last_approved, int8_attention, leave_alone
+from .causal_masks import fold_causal_mask
+from .rewrite import decide, forget_last_approved, int8_attention, last_approved, leave_alone
 
 # Distinct values that let the tracer tell a scale argument apart (see register_replacement).
 _SCALE_WORKAROUND = {"scale": 0.3183, "inv_scale": 3.1831}
@@ -115,6 +116,8 @@ def replacement_function(form: Form) -> Callable:
     """What replaces ``form``: the same attention through ``intfa::int8_attention``."""
 
     def replacement(query, key, value, attn_mask=None, position_bias=None, scale=None, inv_scale=None):
+        site = last_approved()  # the site this match was approved as: its mask may have become the causal flag
+        is_causal, causal_offset = (site.is_causal, site.causal_offset) if site is not None else (False, 0)
         if form.scale in ("mul", "query"):
             sm_scale = scale
         elif form.scale in ("div", "query_div"):
@@ -122,23 +125,27 @@ def replacement_function(form: Form) -> Callable:
         else:
             sm_scale = 1.0
         mask = attn_mask
-        if form.mask == "bias_add":
+        if is_causal:
+            mask = None  # the mask only said "causal": the kernel's causal flag computes it without reading it
+        elif form.mask == "bias_add":
             mask = position_bias + attn_mask
         elif form.mask == "masked_fill":
             mask = ~attn_mask  # masked_fill marks what to drop; SDPA's boolean masks mark what to keep
         if form.batched_3d:
             if mask is not None and mask.dim() == 3:
                 mask = mask.unsqueeze(0)
-            out = int8_attention(query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0), mask, False, sm_scale)
+            out = int8_attention(query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0), mask, is_causal, sm_scale,
+                                 causal_offset)
             return out.squeeze(0)
-        return int8_attention(query, key, value, mask, False, sm_scale)
+        return int8_attention(query, key, value, mask, is_causal, sm_scale, causal_offset)
 
     return _with_signature(replacement, form.argnames)
 
 
 def _site(form: Form, match: Match) -> AttentionSite:
+    """The site of a match; a mask that only says "causal" becomes the causal flag (``causal_masks``)."""
     kwargs = match.kwargs
-    return AttentionSite(
+    site = AttentionSite(
         anchor=match.output_node(),
         form=f"hand-written ({form.name})",
         query=kwargs["query"],
@@ -149,6 +156,9 @@ def _site(form: Form, match: Match) -> AttentionSite:
         scale=None,
         batch_of_one=form.batched_3d,
     )
+    if form.mask in ("add", "masked_fill"):
+        return fold_causal_mask(site, drops=form.mask == "masked_fill")
+    return site
 
 
 def _extra_check(form: Form) -> Callable[[Match], bool]:

@@ -10,7 +10,6 @@ was, with its reason recorded (``rewrite.decide``).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import operator
 from typing import Any
@@ -26,7 +25,7 @@ from torch._inductor.pattern_matcher import (
 )
 
 from .attention_site import AttentionSite
-from .causal_masks import causal_offset_of
+from .causal_masks import fold_causal_mask
 from .rewrite import decide, int8_attention, rewrite_failed
 
 aten = torch.ops.aten
@@ -74,13 +73,7 @@ def sdpa_site(output_getitem: torch.fx.Node) -> AttentionSite:
         dropout_p=float(bound.get("dropout_p") or 0.0),
         used_for_backward=any(user is not output_getitem for user in node.users),
     )
-    q, k, _ = site.tensors
-    if site.is_causal or q is None or k is None:
-        return site
-    offset = causal_offset_of(site.attn_mask, q.shape[-2], k.shape[-2])
-    if offset is None:
-        return site
-    return dataclasses.replace(site, attn_mask=None, is_causal=True, causal_offset=offset)
+    return fold_causal_mask(site)
 
 
 def _rewrite(match: Match, *args: Any, **kwargs: Any) -> None:

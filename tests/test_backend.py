@@ -304,17 +304,64 @@ def test_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
     assert cosine(out, eager) >= 0.999
 
 
+class HandWrittenCausal(torch.nn.Module):
+    """Attention written out by hand with a causal mask built from positions, as Hugging Face's eager path does
+    (KV-cache style: the queries are the last n_q of n_k positions), or with ``masked_fill(triu(ones), -inf)``."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+        if self.spelling == "positions_finfo_min":
+            query_positions = torch.arange(n_k - n_q, n_k)
+            keep = torch.arange(n_k)[None, :] <= query_positions[:, None]
+            mask = torch.zeros(n_q, n_k).masked_fill(~keep, torch.finfo(torch.float32).min)
+            scores = scores + mask[None, None]
+        else:
+            drop = torch.ones(n_q, n_k, dtype=torch.bool).triu(1 + n_k - n_q)
+            scores = scores.masked_fill(drop, float("-inf"))
+        return scores.softmax(dim=-1) @ v
+
+
+@pytest.mark.parametrize("n_q, n_k", [(48, 112), (112, 48)])
+@pytest.mark.parametrize("spelling", ["positions_finfo_min", "masked_fill_triu"])
+def test_hand_written_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
+    """Bottom-right causal masks in hand-written attention become the causal flag, except a finfo.min-filled
+    one that leaves queries with no key (they average uniformly, as eager does, so the mask is kept)."""
+    gen = torch.Generator().manual_seed(n_q + n_k)
+    q = torch.randn(2, 4, n_q, 32, generator=gen)
+    k, v = (torch.randn(2, 4, n_k, 32, generator=gen) for _ in range(2))
+    model = HandWrittenCausal(spelling)
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(model, backend="intfa"), q, k, v)
+        eager = model(q, k, v)
+    calls = re.findall(re.escape(OP_NAME) + r"\((.*)\)", "\n".join(code))
+    assert len(calls) == 1 and counters["intfa"]["int8_sites"] == 1, calls
+    folded = spelling == "masked_fill_triu" or n_k >= n_q
+    if folded:
+        assert re.search(rf", None, True, {32**-0.5}, 'fixed', torch.float32, (causal_offset=)?{n_k - n_q}$", calls[0])
+    else:
+        assert ", None, " not in calls[0] and ", False, " in calls[0], calls
+    sees_keys = torch.arange(n_q) + n_k - n_q >= 0  # eager gives NaN where masked_fill(-inf) leaves no key
+    assert cosine(out[..., sees_keys, :], eager[..., sees_keys, :]) >= 0.999
+    if spelling == "masked_fill_triu":
+        assert (out[..., ~sees_keys, :] == 0).all()  # SDPA's zeros, as for any fully masked row
+
+
 @pytest.mark.parametrize("spelling", ["finfo_min_fill", "tril_and_padding"])
 def test_masks_that_are_not_only_causal_stay_masks(spelling):
-    """Filling with finfo.min (a fully masked row averages instead of giving zeros) or and-ing padding into the
-    causal mask changes what the mask means: it is passed to the kernel as a mask."""
+    """A causal mask that leaves the first query with no key, filled with finfo.min (that row averages instead of
+    giving zeros), or a causal mask and-ed with padding, means more than "causal": it is passed on as a mask."""
     gen = torch.Generator().manual_seed(9)
     q, k, v = (torch.randn(1, 2, 64, 32, generator=gen) for _ in range(3))
     padding = torch.ones(64, dtype=torch.bool)
     padding[50:] = False
 
     def attend(q, k, v):
-        keep = torch.ones(64, 64, dtype=torch.bool).tril()
+        keep = torch.ones(64, 64, dtype=torch.bool).tril(-1 if spelling == "finfo_min_fill" else 0)
         if spelling == "finfo_min_fill":
             mask = torch.zeros(64, 64).masked_fill(~keep, torch.finfo(torch.float32).min)
         else:
