@@ -35,6 +35,7 @@ def int8_flash_attention_cpu(
     p_scale: str,
     out: Tensor,
     causal_offset: int = 0,
+    window_left: int = -1,
     block_n: int = KV_BLOCK_SIZE,
 ) -> Tensor:
     """Blockwise INT8 attention into ``out`` (B, Hq, Nq, D); see ``intfa_compile.ops.int8_attention``."""
@@ -75,6 +76,8 @@ def int8_flash_attention_cpu(
         if is_causal:
             cols = torch.arange(start, end, device=q.device)
             s = s.masked_fill(cols > row_ids + causal_offset, float("-inf"))
+            if window_left >= 0:  # blocks wholly left of a row's window change nothing for that row
+                s = s.masked_fill(cols < row_ids + causal_offset - window_left, float("-inf"))
         m_new = torch.maximum(m_i, s.amax(dim=-1, keepdim=True))
         m_safe = torch.where(m_new == float("-inf"), 0.0, m_new)
         alpha = torch.exp2(m_i - m_safe)

@@ -82,6 +82,7 @@ def int8_attention(
     p_scale: str,
     out_dtype: torch.dtype,
     causal_offset: int = 0,
+    window_left: int = -1,
 ) -> Tensor:
     """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs (INT-FlashAttention, Chen et al. 2024).
 
@@ -90,17 +91,21 @@ def int8_attention(
     INT8 too), or 16/32-bit with ``v_scale=None`` (half-INT8). ``attn_mask`` is boolean (True = keep)
     or additive, broadcastable to (B, Hq, Nq, Nk). With ``is_causal`` key j is seen by query i iff
     j <= i + ``causal_offset``: 0 is SDPA's ``is_causal`` (top-left), Nk − Nq is bottom-right
-    (``torch.nn.attention.bias.causal_lower_right``). ``p_scale`` is "fixed" (1/127) or "row_block".
-    Returns ``out_dtype``, strided like q.
+    (``torch.nn.attention.bias.causal_lower_right``); ``window_left`` >= 0 also drops the keys
+    j < i + causal_offset − window_left (sliding-window attention, as Mistral's). ``p_scale`` is
+    "fixed" (1/127) or "row_block". Returns ``out_dtype``, strided like q.
     """
     _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype)
+    if window_left >= 0 and not is_causal:
+        raise ValueError("window_left is a sliding window behind the causal diagonal: it needs is_causal=True")
     out = _empty_out(q, out_dtype)
     if q.device.type == "cuda":
         # Imported here: Triton reads TRITON_INTERPRET when the kernel is defined.
         from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton as run
     else:
         run = int8_flash_attention_cpu
-    return run(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out, causal_offset)
+    return run(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out, causal_offset,
+               window_left)
 
 
 @int8_attention.register_fake
@@ -117,6 +122,7 @@ def _int8_attention_fake(
     p_scale: str,
     out_dtype: torch.dtype,
     causal_offset: int = 0,
+    window_left: int = -1,
 ) -> Tensor:
     return _empty_out(q, out_dtype)
 
@@ -137,13 +143,15 @@ def int8_sdpa(
     qk_bits: int = 8,
     attention_op: Any = None,
     causal_offset: int = 0,
+    window_left: int = -1,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
     Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and,
     when ``quantize_pv``, V per channel, then calls ``intfa::int8_attention`` (or ``attention_op``,
-    an op of the same signature). ``causal_offset`` moves the causal diagonal (see the op). This is
-    what the compiler passes insert in place of attention.
+    an op of the same signature). ``causal_offset`` moves the causal diagonal and ``window_left``
+    limits how far back a query sees (see the op). This is what the compiler passes insert in place
+    of attention.
     """
     sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
     if smooth_k:
@@ -156,7 +164,7 @@ def int8_sdpa(
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
-              query.dtype, causal_offset)
+              query.dtype, causal_offset, window_left)
 
 
 def int8_sdpa_static(
@@ -174,6 +182,7 @@ def int8_sdpa_static(
     qk_bits: int = 8,
     attention_op: Any = None,
     causal_offset: int = 0,
+    window_left: int = -1,
 ) -> Tensor:
     """``int8_sdpa`` with calibrated ranges: Q and K per head (Hq,), (Hk,); V per head and channel (Hk, D).
 
@@ -190,4 +199,4 @@ def int8_sdpa_static(
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
-              float(sm_scale), p_scale, query.dtype, causal_offset)
+              float(sm_scale), p_scale, query.dtype, causal_offset, window_left)

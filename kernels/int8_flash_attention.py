@@ -65,9 +65,9 @@ def _attention_block(
     acc, l_i, m_i, q, qs, offs_m, start_n,
     k_base, v_base, ks_base, mask_base,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-    N_K, HEAD_DIM, causal_offset,
-    CAUSAL_MASK: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr, P_ROW_BLOCK: tl.constexpr,
-    UPCAST_16BIT_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    N_K, HEAD_DIM, causal_offset, window_left,
+    CAUSAL_MASK: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
+    P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One KV block of the online softmax: update the accumulator, row sums and running maxima."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -88,7 +88,10 @@ def _attention_block(
             bias2 = tl.where(bias == float("-inf"), bias, tl.maximum(bias * _LOG2E, _FP32_LOWEST))
             s = s + bias2
     if CAUSAL_MASK:
-        s = tl.where(offs_n[None, :] <= offs_m[:, None] + causal_offset, s, float("-inf"))
+        diagonal = offs_m[:, None] + causal_offset
+        s = tl.where(offs_n[None, :] <= diagonal, s, float("-inf"))
+        if WINDOW:
+            s = tl.where(offs_n[None, :] >= diagonal - window_left, s, float("-inf"))
     s = tl.where(n_ok[None, :], s, float("-inf"))
 
     p, alpha, m_new, l_i = online_softmax_step(s, m_i, l_i)
@@ -164,7 +167,7 @@ def causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL: tl.constexpr, BLOCK
 
 @triton.autotune(
     configs=autotune_configs(),
-    key=["N_Q", "N_K", "HEAD_DIM", "GROUP", "IS_CAUSAL", "MASK_KIND", "QUANT_PV"],
+    key=["N_Q", "N_K", "HEAD_DIM", "GROUP", "IS_CAUSAL", "WINDOW", "MASK_KIND", "QUANT_PV"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
 @triton.jit
@@ -178,9 +181,10 @@ def _int8_attention_fwd(
     stride_vsb, stride_vsh, stride_vsd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
-    HEADS_Q, GROUP, N_Q, N_K, HEAD_DIM, qk_scale, causal_offset,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr, P_ROW_BLOCK: tl.constexpr,
-    UPCAST_16BIT_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEADS_Q, GROUP, N_Q, N_K, HEAD_DIM, qk_scale, causal_offset, window_left,
+    IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
+    P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -205,21 +209,25 @@ def _int8_attention_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diagonal_lo, hi = causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
-    for start_n in range(0, diagonal_lo, BLOCK_N):
+    lo = 0
+    if WINDOW:  # sliding window: blocks left of the first row's window are skipped, every other one is masked
+        lo = tl.minimum(tl.maximum(pid_m * BLOCK_M + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N, hi)
+        diagonal_lo = lo
+    for start_n in range(lo, diagonal_lo, BLOCK_N):
         acc, l_i, m_i = _attention_block(
             acc, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-            N_K, HEAD_DIM, causal_offset,
-            False, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
+            N_K, HEAD_DIM, causal_offset, window_left,
+            False, False, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
         )
     for start_n in range(diagonal_lo, hi, BLOCK_N):
         acc, l_i, m_i = _attention_block(
             acc, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-            N_K, HEAD_DIM, causal_offset,
-            True, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
+            N_K, HEAD_DIM, causal_offset, window_left,
+            True, WINDOW, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
         )
 
     out = acc / tl.where(l_i == 0, 1.0, l_i)[:, None]
@@ -248,6 +256,7 @@ def int8_flash_attention_triton(
     p_scale: str,
     out: Tensor,
     causal_offset: int = 0,
+    window_left: int = -1,
     traceable: bool = False,
 ) -> Tensor:
     """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked).
@@ -276,8 +285,9 @@ def int8_flash_attention_triton(
         *q.stride(), *k.stride(), *v.stride(),
         *q_scale.stride(), *k_scale.stride(), *(vs.stride() if quant_pv else (0, 0, 0)),
         *mask_strides, *out.stride(),
-        heads_q, heads_q // heads_k, n_q, n_k, head_dim, sm_scale * LOG2E, causal_offset,
-        IS_CAUSAL=is_causal, MASK_KIND=mask_kind, QUANT_PV=quant_pv, P_ROW_BLOCK=p_scale == "row_block",
+        heads_q, heads_q // heads_k, n_q, n_k, head_dim, sm_scale * LOG2E, causal_offset, window_left,
+        IS_CAUSAL=is_causal, WINDOW=is_causal and window_left >= 0, MASK_KIND=mask_kind, QUANT_PV=quant_pv,
+        P_ROW_BLOCK=p_scale == "row_block",
         UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16,
         BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=_block_d(head_dim),
     )

@@ -29,6 +29,8 @@ class AttentionSite:
     dropout_p: float = 0.0
     causal_offset: int = 0
     """With ``is_causal``, query i sees keys j <= i + causal_offset (0 is SDPA's top-left alignment)."""
+    window_left: int = -1
+    """With ``is_causal`` and >= 0: query i sees no key j < i + causal_offset − window_left (sliding window)."""
     used_for_backward: bool = False
     """Other outputs of the attention (logsumexp, RNG state) are used: a training graph."""
     batch_of_one: bool = False
@@ -69,7 +71,8 @@ class AttentionSite:
         return SiteRecord(
             module=module_path(self.anchor),
             source=source_line(self.anchor),
-            form=self.form + (f", causal offset {self.causal_offset}" if self.causal_offset else ""),
+            form=self.form + (f", causal offset {self.causal_offset}" if self.causal_offset else "")
+            + (f", window {self.window_left}" if self.window_left >= 0 else ""),
             shapes=f"q {dims(q)}, kv {dims(k)}",
             mask=mask_text,
             causal=self.is_causal,

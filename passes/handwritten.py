@@ -117,7 +117,8 @@ def replacement_function(form: Form) -> Callable:
 
     def replacement(query, key, value, attn_mask=None, position_bias=None, scale=None, inv_scale=None):
         site = last_approved()  # the site this match was approved as: its mask may have become the causal flag
-        is_causal, causal_offset = (site.is_causal, site.causal_offset) if site is not None else (False, 0)
+        is_causal, causal_offset, window_left = ((site.is_causal, site.causal_offset, site.window_left)
+                                                 if site is not None else (False, 0, -1))
         if form.scale in ("mul", "query"):
             sm_scale = scale
         elif form.scale in ("div", "query_div"):
@@ -135,9 +136,9 @@ def replacement_function(form: Form) -> Callable:
             if mask is not None and mask.dim() == 3:
                 mask = mask.unsqueeze(0)
             out = int8_attention(query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0), mask, is_causal, sm_scale,
-                                 causal_offset)
+                                 causal_offset, window_left)
             return out.squeeze(0)
-        return int8_attention(query, key, value, mask, is_causal, sm_scale, causal_offset)
+        return int8_attention(query, key, value, mask, is_causal, sm_scale, causal_offset, window_left)
 
     return _with_signature(replacement, form.argnames)
 

@@ -156,15 +156,15 @@ def decide(site: AttentionSite) -> bool:
 
 
 def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
-                   is_causal: bool, scale: float | None, causal_offset: int = 0) -> torch.Tensor:
+                   is_causal: bool, scale: float | None, causal_offset: int = 0, window_left: int = -1
+                   ) -> torch.Tensor:
     """What replaces a site: quantization and ``intfa::int8_attention`` under the settings in force."""
     s = current_settings()
     site = last_approved()
     name = site_key(site) if site is not None else "<unknown>"
     if s["calibrate"]:
-        if is_causal and causal_offset != 0:  # SDPA's is_causal is top-left only: spell the diagonal as a mask
-            attn_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool,
-                                   device=query.device).tril(causal_offset)
+        if is_causal and (causal_offset != 0 or window_left >= 0):  # SDPA's is_causal is top-left, unbounded
+            attn_mask = band_mask(query.shape[-2], key.shape[-2], causal_offset, window_left, query.device)
             is_causal = False
         return torch.ops.intfa.observed_attention(query, key, value, attn_mask, is_causal, scale, s["calibrate"], name)
     op = _attention_op(query, s)
@@ -174,10 +174,18 @@ def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         q_amax, k_amax, v_amax = (torch.ops.intfa.static_amax(query, fingerprint, name, which) for which in "qkv")
         return int8_sdpa_static(query, key, value, attn_mask, is_causal, scale, q_amax, k_amax, v_amax,
                                 s["quantize_pv"], s["p_scale"], s["qk_bits"], attention_op=op,
-                                causal_offset=causal_offset)
+                                causal_offset=causal_offset, window_left=window_left)
     return int8_sdpa(query, key, value, attn_mask, is_causal, scale, s["quantize_pv"], s["p_scale"],
                      qk_granularity=s["qk_granularity"], v_granularity=s["v_granularity"], smooth_k=s["smooth_k"],
-                     qk_bits=s["qk_bits"], attention_op=op, causal_offset=causal_offset)
+                     qk_bits=s["qk_bits"], attention_op=op, causal_offset=causal_offset, window_left=window_left)
+
+
+def band_mask(n_q: int, n_k: int, causal_offset: int, window_left: int, device: torch.device) -> torch.Tensor:
+    """The boolean (n_q, n_k) mask of what ``is_causal`` with ``causal_offset`` and ``window_left`` keeps."""
+    keep = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(causal_offset)
+    if window_left >= 0:
+        keep = keep.triu(causal_offset - window_left)
+    return keep
 
 
 def _attention_op(query: torch.Tensor, settings: dict[str, Any]) -> Any:

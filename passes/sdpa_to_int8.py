@@ -80,12 +80,12 @@ def _rewrite(match: Match, *args: Any, **kwargs: Any) -> None:
     site = sdpa_site(match.output_node())
     if not decide(site):
         return
-    is_causal, scale, causal_offset = site.is_causal, site.scale, site.causal_offset
+    is_causal, scale, causal_offset, window_left = site.is_causal, site.scale, site.causal_offset, site.window_left
     try:
         if site.attn_mask is None:
 
             def replacement(query, key, value):
-                return int8_attention(query, key, value, None, is_causal, scale, causal_offset)
+                return int8_attention(query, key, value, None, is_causal, scale, causal_offset, window_left)
 
             match.replace_by_example(replacement, [site.query, site.key, site.value])
         else:

@@ -119,6 +119,30 @@ class MultiheadAttentionBlock(torch.nn.Module):
         return self.attn(x, x, x)[0]
 
 
+class HandWrittenCausal(torch.nn.Module):
+    """Attention written out by hand with a causal mask built from positions, as Hugging Face's eager path does
+    (KV-cache style: the queries are the last n_q of n_k positions), or with ``masked_fill(triu(ones), -inf)``."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+        if self.spelling.startswith("positions"):
+            query_positions, key_positions = torch.arange(n_k - n_q, n_k), torch.arange(n_k)
+            keep = key_positions[None, :] <= query_positions[:, None]
+            if self.spelling == "positions_sliding_window":  # Mistral's: kv_idx > q_idx − window, window 40
+                keep = keep & (key_positions[None, :] > query_positions[:, None] - 40)
+            mask = torch.zeros(n_q, n_k).masked_fill(~keep, torch.finfo(torch.float32).min)
+            scores = scores + mask[None, None]
+        else:
+            drop = torch.ones(n_q, n_k, dtype=torch.bool).triu(1 + n_k - n_q)
+            scores = scores.masked_fill(drop, float("-inf"))
+        return scores.softmax(dim=-1) @ v
+
+
 def _module(factory: Callable[[], torch.nn.Module], inputs: Callable[[], dict]) -> Callable:
     def build() -> tuple[torch.nn.Module, dict]:
         torch.manual_seed(0)

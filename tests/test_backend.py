@@ -19,8 +19,16 @@ import intfa_compile
 from intfa_compile import config
 from intfa_compile.reference import reference_attention
 from tests.helpers import cosine
+from tests.model_zoo import HandWrittenCausal
 
 OP_NAME = "torch.ops.intfa.int8_attention.default"
+
+
+def causal_call(offset: int, window_left: int = -1, head_dim: int = 32) -> str:
+    """The tail of an ``int8_attention`` call in Inductor's code that runs with the causal flag and no mask
+    (Inductor writes trailing defaults as keywords, others positionally)."""
+    return (rf", None, True, {head_dim**-0.5}, 'fixed', torch.float32, (causal_offset=)?{offset}, "
+            rf"(window_left=)?{window_left}$")
 
 
 class SelfAttention(torch.nn.Module):
@@ -295,7 +303,7 @@ def test_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
         direct = intfa_compile.int8_sdpa(q, k, v, is_causal=True, causal_offset=offset)
     calls = re.findall(re.escape(OP_NAME) + r"\((.*)\)", "\n".join(code))
     assert len(calls) == 1, calls
-    assert re.search(rf", None, True, {32**-0.5}, 'fixed', torch.float32, (causal_offset=)?{offset}$", calls[0]), calls
+    assert re.search(causal_call(offset), calls[0]), calls
     assert counters["intfa"]["int8_sites"] == 1
     # Inductor's fused quantization may round a scale differently from eager: one P step of V at most.
     assert (out - direct).abs().max().item() <= 1e-5 * eager.abs().max().item() + v.abs().max().item() / 127
@@ -304,33 +312,12 @@ def test_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
     assert cosine(out, eager) >= 0.999
 
 
-class HandWrittenCausal(torch.nn.Module):
-    """Attention written out by hand with a causal mask built from positions, as Hugging Face's eager path does
-    (KV-cache style: the queries are the last n_q of n_k positions), or with ``masked_fill(triu(ones), -inf)``."""
-
-    def __init__(self, spelling: str) -> None:
-        super().__init__()
-        self.spelling = spelling
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        n_q, n_k = q.shape[-2], k.shape[-2]
-        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
-        if self.spelling == "positions_finfo_min":
-            query_positions = torch.arange(n_k - n_q, n_k)
-            keep = torch.arange(n_k)[None, :] <= query_positions[:, None]
-            mask = torch.zeros(n_q, n_k).masked_fill(~keep, torch.finfo(torch.float32).min)
-            scores = scores + mask[None, None]
-        else:
-            drop = torch.ones(n_q, n_k, dtype=torch.bool).triu(1 + n_k - n_q)
-            scores = scores.masked_fill(drop, float("-inf"))
-        return scores.softmax(dim=-1) @ v
-
-
 @pytest.mark.parametrize("n_q, n_k", [(48, 112), (112, 48)])
-@pytest.mark.parametrize("spelling", ["positions_finfo_min", "masked_fill_triu"])
+@pytest.mark.parametrize("spelling", ["positions_finfo_min", "positions_sliding_window", "masked_fill_triu"])
 def test_hand_written_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
-    """Bottom-right causal masks in hand-written attention become the causal flag, except a finfo.min-filled
-    one that leaves queries with no key (they average uniformly, as eager does, so the mask is kept)."""
+    """Bottom-right causal masks in hand-written attention, sliding windows included, become the causal flag,
+    except a finfo.min-filled one that leaves queries with no key (they average uniformly, as eager does, so
+    the mask is kept)."""
     gen = torch.Generator().manual_seed(n_q + n_k)
     q = torch.randn(2, 4, n_q, 32, generator=gen)
     k, v = (torch.randn(2, 4, n_k, 32, generator=gen) for _ in range(2))
@@ -342,7 +329,8 @@ def test_hand_written_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
     assert len(calls) == 1 and counters["intfa"]["int8_sites"] == 1, calls
     folded = spelling == "masked_fill_triu" or n_k >= n_q
     if folded:
-        assert re.search(rf", None, True, {32**-0.5}, 'fixed', torch.float32, (causal_offset=)?{n_k - n_q}$", calls[0])
+        window_left = 39 if spelling == "positions_sliding_window" else -1
+        assert re.search(causal_call(n_k - n_q, window_left), calls[0]), calls
     else:
         assert ", None, " not in calls[0] and ", False, " in calls[0], calls
     sees_keys = torch.arange(n_q) + n_k - n_q >= 0  # eager gives NaN where masked_fill(-inf) leaves no key

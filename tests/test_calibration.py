@@ -113,3 +113,27 @@ def test_static_scales_with_smooth_k_is_a_clear_error():
     scales = AttentionScales(sites={})
     with pytest.raises(ValueError, match="smooth_k"):
         intfa_compile.config.resolve({"scales": scales, "smooth_k": True})
+
+
+def test_calibrating_a_sliding_window_site_observes_the_same_attention_and_compiles_static():
+    """A mask folded into the causal flag with a diagonal offset and a window is spelled back as a mask for the
+    fp observer: the prepared model computes what the model does; its static scales then run INT8 with the
+    window."""
+    from tests.model_zoo import HandWrittenCausal
+
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 4, 48, 32, generator=gen)
+    k, v = (torch.randn(2, 4, 112, 32, generator=gen) for _ in range(2))
+    model = HandWrittenCausal("positions_sliding_window")
+    prepared = intfa_compile.prepare(model)
+    with torch.no_grad():
+        eager, observed = model(q, k, v), prepared(q, k, v)
+        scales = intfa_compile.collect(prepared)
+        torch._dynamo.reset()
+        out, code = run_and_get_code(torch.compile(model, backend="intfa", options={"scales": scales}), q, k, v)
+    # The observer runs fp32 SDPA with the band as a boolean mask; eager adds finfo.min: same probabilities.
+    torch.testing.assert_close(observed, eager, rtol=1e-5, atol=1e-5)
+    assert len(scales.sites) == 1
+    code = "\n".join(code)
+    assert "intfa.static_amax" in code and re.search(r"int8_attention\.default\(.*, None, True, .*, 64, 39\)", code)
+    assert cosine(out, eager) >= 0.999

@@ -57,16 +57,17 @@ def test_int32_scores_and_logits_match_the_cpu_implementation_exactly(head_dim):
     assert torch.equal(s.cpu(), cpu_qk * qs[:, None] * ks[None, :])
 
 
-def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, causal_offset=0):
+def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, causal_offset=0, window_left=-1):
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
     sm_scale = scale if scale is not None else inputs["q"].shape[-1] ** -0.5
     shape = inputs["q"].shape
     cpu = int8_flash_attention_cpu(*args, mask, is_causal, sm_scale, p_scale, torch.empty(shape, dtype=out_dtype),
-                                   causal_offset)
+                                   causal_offset, window_left)
     gpu_args = [a.to(DEVICE) if a is not None else None for a in args]
     gpu_mask = mask.to(DEVICE) if mask is not None else None
     out = torch.empty(shape, dtype=out_dtype, device=DEVICE)
-    kernel = int8_flash_attention_triton(*gpu_args, gpu_mask, is_causal, sm_scale, p_scale, out, causal_offset)
+    kernel = int8_flash_attention_triton(*gpu_args, gpu_mask, is_causal, sm_scale, p_scale, out, causal_offset,
+                                         window_left)
     return kernel.cpu(), cpu
 
 
@@ -113,6 +114,23 @@ def test_bottom_right_causal(n_q, n_k, p_scale):
     blind = ~keep.any(dim=-1)  # queries before the first key's diagonal
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n_q, n_k))
     assert torch.equal(kernel[..., blind, :], sdpa[..., blind, :])
+
+
+@pytest.mark.parametrize("n_q,n_k,causal_offset", [(130, 130, 0), (40, 200, 160), (200, 40, -160)])
+@pytest.mark.parametrize("window_left", [0, 37, 64, 100])
+def test_sliding_window(n_q, n_k, causal_offset, window_left):
+    """window_left: query i sees keys i + offset − window_left <= j <= i + offset (Mistral's sliding window)."""
+    gen = torch.Generator().manual_seed(n_q + window_left)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for n in (n_q, n_k, n_k))
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, None, True, None, "fixed", causal_offset=causal_offset, window_left=window_left)
+    keep = torch.ones(n_q, n_k, dtype=torch.bool).tril(causal_offset).triu(causal_offset - window_left)
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, keep, False)
+    _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
+    bound = p_quantization_bound(q_hat, k_hat, v_hat, keep, False, None, P_STEP)
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+    assert (kernel[..., ~keep.any(-1), :] == 0).all()  # queries whose window holds no key
 
 
 @pytest.mark.parametrize("v_dtype", [torch.float16, torch.bfloat16, torch.float32])
