@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +40,17 @@ class ExplainReport:
         return self.table()
 
 
+@contextlib.contextmanager
+def bypassing_compile_caches() -> Iterator[None]:
+    """Compile afresh inside: Inductor's FX graph cache and the autograd cache are off, so every pass runs and
+    reports its sites (a cache hit would serve the compiled graph without running them)."""
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
+
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        yield
+
+
 def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | None = None,
             **kwargs: Any) -> ExplainReport:
     """Compile ``model`` with ``backend="intfa"`` for inference, run it once on ``args``/``kwargs`` and
@@ -54,11 +66,7 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | None =
     def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
         return intfa_backend(gm, example_inputs, options=options)
 
-    from torch._functorch import config as functorch_config
-    from torch._inductor import config as inductor_config
-
-    with (collect_sites() as sites, inductor_config.patch(fx_graph_cache=False),
-          functorch_config.patch(enable_autograd_cache=False), torch.no_grad()):
+    with collect_sites() as sites, bypassing_compile_caches(), torch.no_grad():
         torch.compile(model, backend=backend)(*args, **kwargs)
     report = ExplainReport(sorted(sites, key=_model_order))
     print(report)

@@ -277,4 +277,5 @@ def fold_causal_mask(site: AttentionSite, drops: bool = False) -> AttentionSite:
     band = causal_band_of(site.attn_mask, q.shape[-2], k.shape[-2], drops)
     if band is None:
         return site
-    return dataclasses.replace(site, attn_mask=None, is_causal=True, causal_offset=band[0], window_left=band[1])
+    return dataclasses.replace(site, form=f"{site.form}, causal mask as flag", attn_mask=None, is_causal=True,
+                               causal_offset=band[0], window_left=band[1])

@@ -189,13 +189,14 @@ def output_tensor(output: object) -> torch.Tensor:
 
 def run(entry: ZooModel) -> tuple[torch.Tensor, torch.Tensor, list]:
     """(eager output, intfa output, site records) for one zoo model, with PyTorch's MHA fast path off."""
+    from intfa_compile.explain import bypassing_compile_caches
     from intfa_compile.sites import collect_sites
 
     model, inputs = entry.build()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), collect_sites() as sites:
+        with torch.no_grad(), collect_sites() as sites, bypassing_compile_caches():
             eager = output_tensor(model(**inputs))
             compiled = output_tensor(torch.compile(model, backend="intfa")(**inputs))
     finally:

@@ -28,6 +28,20 @@ def test_every_attention_layer_runs_int8(entry):
     assert not torch.equal(eager, compiled)
 
 
+@pytest.mark.parametrize("name, window", [("LLaMA (GQA) [eager]", None), ("Qwen2 (GQA) [eager]", None),
+                                          ("Mistral (GQA) [eager]", 4095)])
+def test_decoder_eager_masks_run_as_the_causal_flag(name, window):
+    """Hugging Face's eager decoders pass a causal mask built from positions (and Mistral's sliding window): each
+    site runs with the causal flag, reading no mask; the window is 4096 keys including the query's own."""
+    entry = ZOO[[z.name for z in ZOO].index(name)]
+    model, inputs = entry.build()
+    report = intfa_compile.explain(model, **inputs)
+    assert report.count("INT8") == entry.layers
+    for site in report.sites:
+        assert site.causal and site.mask == "none" and "causal mask as flag" in site.form
+        assert (f"window {window}" in site.form) if window else ("window" not in site.form)
+
+
 def test_fused_encoder_fast_path_is_reported_with_the_fix():
     """With PyTorch's MHA fast path on, attention hides in one fused op: explain says so and how to fix it."""
     layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
