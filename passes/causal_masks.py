@@ -124,7 +124,7 @@ def _positions(node: object) -> _Positions | None:
             return None
     else:
         return None
-    if not isinstance(length, int) or length != max(shape, default=1):
+    if not isinstance(length, int) or not isinstance(start, int) or length != max(shape, default=1):
         return None
     return _Positions(length, start + offset, long_axes[0] if long_axes else None)
 

@@ -132,6 +132,8 @@ def replacement_function(form: Form) -> Callable:
             mask = position_bias + attn_mask
         elif form.mask == "masked_fill":
             mask = ~attn_mask  # masked_fill marks what to drop; SDPA's boolean masks mark what to keep
+        elif form.mask == "add" and attn_mask.dtype == torch.bool:
+            mask = attn_mask.to(query.dtype)  # scores + bool adds 0 or 1; the op would read a bool as keep/drop
         if form.batched_3d:
             if mask is not None and mask.dim() == 3:
                 mask = mask.unsqueeze(0)
@@ -157,7 +159,8 @@ def _site(form: Form, match: Match) -> AttentionSite:
         scale=None,
         batch_of_one=form.batched_3d,
     )
-    if form.mask in ("add", "masked_fill"):
+    mask = site.mask_tensor
+    if form.mask == "masked_fill" or (form.mask == "add" and mask is not None and mask.dtype != torch.bool):
         return fold_causal_mask(site, drops=form.mask == "masked_fill")
     return site
 

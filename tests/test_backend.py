@@ -339,6 +339,23 @@ def test_hand_written_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
         assert (out[..., ~sees_keys, :] == 0).all()  # SDPA's zeros, as for any fully masked row
 
 
+def test_a_boolean_tensor_added_to_the_scores_is_added_not_read_as_a_mask():
+    """``scores + bool_tensor`` adds 0 or 1 (odd, but what the model says): the rewrite must add it too."""
+
+    class AddsBooleans(torch.nn.Module):
+        def forward(self, q, k, v, flags):
+            return (q @ k.transpose(-1, -2) * 0.125 + flags).softmax(-1) @ v
+
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 2, 64, 64, generator=gen) for _ in range(3))
+    flags = torch.rand(1, 1, 64, 64, generator=gen) > 0.5
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(AddsBooleans(), backend="intfa"), q, k, v, flags)
+        eager = AddsBooleans()(q, k, v, flags)
+    assert OP_NAME in "\n".join(code)
+    assert cosine(out, eager) >= 0.999
+
+
 @pytest.mark.parametrize("spelling", ["finfo_min_fill", "tril_and_padding"])
 def test_masks_that_are_not_only_causal_stay_masks(spelling):
     """A causal mask that leaves the first query with no key, filled with finfo.min (that row averages instead of
