@@ -69,11 +69,11 @@ def _compile(jit_fn, pointer_types: dict[str, str], constants: dict, arch: int, 
 
 
 def compile_variant(arch: int, quantize_pv: bool, head_dim: int = 128, block_m: int = 128, num_warps: int = 8,
-                    num_stages: int = 3) -> Codegen:
-    """The INT8 forward kernel for sm_<arch> (non-causal, no mask), full or half INT8."""
+                    num_stages: int = 3, causal: bool = False, window: bool = False) -> Codegen:
+    """The INT8 forward kernel for sm_<arch> (no mask; non-causal unless asked), full or half INT8."""
     pointer_types = {"Q": "*i8", "K": "*i8", "V": "*i8" if quantize_pv else "*fp16", "QS": "*fp32", "KS": "*fp32",
                      "VS": "*fp32", "MASK": "*fp32", "OUT": "*fp16", "qk_scale": "fp32"}
-    constants = {"IS_CAUSAL": False, "WINDOW": False, "MASK_KIND": 0, "QUANT_PV": quantize_pv, "P_ROW_BLOCK": False,
+    constants = {"IS_CAUSAL": causal, "WINDOW": window, "MASK_KIND": 0, "QUANT_PV": quantize_pv, "P_ROW_BLOCK": False,
                  "UPCAST_16BIT_DOT": False, "BLOCK_M": block_m, "BLOCK_N": kernel_module.KV_BLOCK_SIZE,
                  "BLOCK_D": kernel_module._block_d(head_dim)}
     return _compile(kernel_module._int8_attention_fwd.fn, pointer_types, constants, arch,

@@ -19,7 +19,9 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "benchmarks")
     from inspect_sass import compile_fp8_baseline, compile_variant
     fp8 = compile_fp8_baseline(90)
-    out = {"fp8-90": {"ptx": fp8.ptx_matrix, "sass": fp8.sass_counts}}
+    window = compile_variant(90, True, causal=True, window=True)
+    out = {"fp8-90": {"ptx": fp8.ptx_matrix, "sass": fp8.sass_counts},
+           "window-90": {"ptx": window.ptx_matrix, "sass": window.sass_counts}}
     for arch in (80, 90):
         for quantize_pv in (True, False):
             info = compile_variant(arch, quantize_pv)
@@ -62,3 +64,11 @@ def test_fp8_baseline_uses_fp8_wgmma_on_hopper(codegen):
     fp8 = codegen["fp8-90"]
     assert len(fp8["ptx"]) == 2 and all(instr.startswith("wgmma") and ".e4m3.e4m3" in instr for instr in fp8["ptx"])
     assert fp8["sass"].get("QGMMA", 0) > 0 and "HGMMA" not in fp8["sass"]
+
+
+def test_causal_sliding_window_variant_compiles_to_int8_wgmma_on_hopper(codegen):
+    """The causal loop with a sliding window (only exercised by the interpreter on CPU) compiles for sm_90 and keeps
+    both GEMMs on IGMMA."""
+    window = codegen["window-90"]
+    assert len(window["ptx"]) == 2 and all(".s32.s8.s8" in instr for instr in window["ptx"])
+    assert window["sass"].get("IGMMA", 0) > 0 and "HMMA" not in window["sass"]
