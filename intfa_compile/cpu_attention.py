@@ -60,7 +60,9 @@ def int8_flash_attention_cpu(
     acc = torch.zeros((batch, heads_k, rows, head_dim), device=q.device)
     # Causal: row i sees keys j <= i + causal_offset, so no block past the last row's diagonal is needed.
     stop = min(n_k, max(0, n_q + causal_offset)) if is_causal else n_k
-    for start in range(0, stop, block_n):
+    # With a window, blocks left of the first row's window are masked for every row: nothing to add.
+    first = max(0, causal_offset - window_left) // block_n * block_n if is_causal and window_left >= 0 else 0
+    for start in range(first, stop, block_n):
         end = min(start + block_n, n_k)
         s = (qf @ kf[:, :, start:end].transpose(-1, -2)) * qs * ks[..., start:end]
         if attn_mask is not None:

@@ -118,7 +118,10 @@ def _positions(node: object) -> _Positions | None:
             length, start = node.args[0], 0
             break
         elif node.target is aten.arange.start and len(node.args) == 2:
-            start, length = node.args[0], node.args[1] - node.args[0]
+            start, end = node.args
+            if not isinstance(start, int) or not isinstance(end, int):  # symbolic: nodes, not numbers
+                return None
+            length = end - start
             break
         else:
             return None
