@@ -40,7 +40,7 @@ from results_file import RunInfo  # noqa: E402
 from torch._inductor.utils import run_and_get_code  # noqa: E402
 
 from intfa_compile.ops import int8_sdpa  # noqa: E402
-from intfa_compile.quantize import quantize_per_channel, quantize_per_token  # noqa: E402
+from intfa_compile.quantize import quantize_per_channel, quantize_per_token, sequence_major  # noqa: E402
 from intfa_compile.reference import error_metrics, reference_attention  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -114,6 +114,8 @@ def _intfa_prequantized(quantize_pv: bool, causal: bool) -> tuple[Callable, Atte
         q8, qs = quantize_per_token(q)
         k8, ks = quantize_per_token(k)
         v_in, vs = quantize_per_channel(v) if quantize_pv else (v, None)
+        if quantize_pv:  # the layout the compiler passes give the kernel
+            v_in = sequence_major(v_in)
         return (q8, k8, v_in, qs, ks, vs, q.shape[-1] ** -0.5, q.dtype)
 
     def attend(q8, k8, v_in, qs, ks, vs, sm_scale, dtype):

@@ -1,5 +1,7 @@
 """FP8 (e4m3) FlashAttention forward in Triton: the FP8 baseline of the speed table, for Hopper.
 
+The same kernel on fp16/bf16 inputs is the 16-bit FlashAttention baseline (``flash_attention_16bit``).
+
 It computes what FlashAttention-3's FP8 forward computes (Shah et al. 2024, arXiv 2407.08608): Q, K
 and V in e4m3 with one descale factor per (batch, head), Q·Kᵀ as an FP8 GEMM with fp32 accumulation,
 the online softmax in fp32, P (values in [0, 1] after the running-max shift) rounded to e4m3 without
@@ -135,28 +137,55 @@ def quantize_fp8(x: Tensor, sequence_contiguous: bool = False) -> tuple[Tensor, 
     return x8, descale
 
 
+def launch_arguments(
+    q8: Tensor, k8: Tensor, v8: Tensor, descale_q: Tensor, descale_k: Tensor, descale_v: Tensor,
+    is_causal: bool, sm_scale: float, out: Tensor,
+) -> tuple[tuple, dict]:
+    """The kernel's positional arguments and constexpr keywords (autotuned ones excluded), built in one place
+    for the launch and for ``inspect_sass.py``'s offline compile."""
+    heads, n_q, head_dim = q8.shape[1], q8.shape[2], q8.shape[3]
+    n_k = k8.shape[2]
+    args = (
+        q8, k8, v8, descale_q.contiguous(), descale_k.contiguous(), descale_v.contiguous(), out,
+        *q8.stride(), *k8.stride(), *v8.stride(), *out.stride(),
+        heads, n_q, n_k, head_dim, sm_scale * LOG2E,
+    )
+    constexprs = dict(IS_CAUSAL=is_causal, EMULATE_CAST=_INTERPRETED and q8.dtype == FP8_DTYPE,
+                      BLOCK_N=BLOCK_N, BLOCK_D=max(32, triton.next_power_of_2(head_dim)))
+    return args, constexprs
+
+
 def fp8_flash_attention(
     q8: Tensor, k8: Tensor, v8: Tensor, descale_q: Tensor, descale_k: Tensor, descale_v: Tensor,
     is_causal: bool, sm_scale: float, out_dtype: torch.dtype,
 ) -> Tensor:
-    """Launch the kernel on quantized inputs (``quantize_fp8``); returns (B, H, Nq, D) in ``out_dtype``."""
-    batch, heads, n_q, head_dim = q8.shape
-    n_k = k8.shape[2]
+    """Launch the kernel on quantized inputs (``quantize_fp8``); returns (B, H, Nq, D) in ``out_dtype``.
+
+    Given fp16/bf16 inputs with unit descales, the same kernel is a plain 16-bit FlashAttention forward
+    (``flash_attention_16bit``): the 16-bit baseline of the offline pipe model.
+    """
+    batch, heads, n_q, _ = q8.shape
     out = torch.empty(q8.shape, dtype=out_dtype, device=q8.device)
     if out.numel() == 0:
         return out
+    args, constexprs = launch_arguments(q8, k8, v8, descale_q, descale_k, descale_v, is_causal, sm_scale, out)
 
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads)
 
-    _fp8_attention_fwd[grid](
-        q8, k8, v8, descale_q.contiguous(), descale_k.contiguous(), descale_v.contiguous(), out,
-        *q8.stride(), *k8.stride(), *v8.stride(), *out.stride(),
-        heads, n_q, n_k, head_dim, sm_scale * LOG2E,
-        IS_CAUSAL=is_causal, EMULATE_CAST=_INTERPRETED,
-        BLOCK_N=BLOCK_N, BLOCK_D=max(32, triton.next_power_of_2(head_dim)),
-    )
+    _fp8_attention_fwd[grid](*args, **constexprs)
     return out
+
+
+def flash_attention_16bit(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False,
+                          scale: float | None = None) -> Tensor:
+    """SDPA semantics (no mask) for fp16/bf16 Q, K, V through the same kernel with 16-bit GEMMs (fp32
+    accumulation, P rounded to the input dtype): our own FlashAttention-2-style 16-bit baseline."""
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"flash_attention_16bit takes fp16 or bf16 inputs, got q of dtype {q.dtype}")
+    ones = torch.ones(q.shape[:2], dtype=torch.float32, device=q.device)
+    sm_scale = scale if scale is not None else q.shape[-1] ** -0.5
+    return fp8_flash_attention(q, k, v, ones, ones, ones, is_causal, sm_scale, q.dtype)
 
 
 def fp8_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, scale: float | None = None) -> Tensor:

@@ -1,113 +1,375 @@
-"""Which matrix instructions the INT8 attention kernel compiles to, per GPU architecture, without a GPU.
+"""What the attention kernels compile to on sm_80 / sm_90, without a GPU, exactly as a launch compiles them.
 
-Triton compiles the kernel ahead of time for a named target (sm_80 Ampere, sm_90 Hopper) with the
-ptxas it ships, and ``cuobjdump`` (also shipped) disassembles the cubin. On Hopper the INT8 GEMMs
-should be ``wgmma ... s32.s8.s8`` (SASS ``IGMMA``), on Ampere ``mma.sync ... s8`` (SASS ``IMMA``);
-anything else is a slower path. Also counts the exp2 (``MUFU.EX2``) and conversion instructions
-that the softmax and the P quantization cost.
+Triton specializes a kernel at launch from its arguments: pointers and integers divisible by 16 get
+``tt.divisibility = 16``, integers equal to 1 (unit strides) become constants. Compiled without that,
+the picture lies (byte-by-byte loads, spills that a launch never has), so this script builds the real
+launch arguments (the kernels' own ``launch_arguments``, on meta tensors of a typical shape), runs them
+through Triton's own launch-time binder for the target's backend, and compiles the result with the
+ptxas Triton ships. ``cuobjdump`` (also shipped) gives the SASS and the resource usage.
 
-    python benchmarks/inspect_sass.py            # table for sm_80 and sm_90, full and half INT8
+For each kernel and autotune config it reports: the matrix instructions (PTX), the SASS opcode
+histogram of the whole kernel and of the steady-state body of the main KV loop (the first loop, in
+address order, that holds the tensor-core instructions: found from the backward branches; code that a
+predicated forward branch inside it jumps over, the rare rescale when a row maximum grows, is counted
+apart as ``loop_rare_histogram``), registers,
+spills (``STL`` instructions and local-memory bytes), shared memory and occupancy.
+
+    python benchmarks/inspect_sass.py                      # table: sm_80/sm_90, every variant, default tile
+    python benchmarks/inspect_sass.py --all-configs        # every autotune config that survives pruning
+    python benchmarks/inspect_sass.py --json --arch 90 --head-dim 128 --variant full-int8
+        # last line: one JSON object with sass_histogram, loop_histogram, block_m, block_n, num_warps,
+        # num_stages, registers, spills, ... (the contract ``pipe_model.py`` and the tests rely on)
+
+Written against Triton 3.8's launch path (``create_function_from_signature``, ``JITFunction._pack_args``);
+another Triton raises a clear error here rather than compiling something a launch would not.
 """
 
 from __future__ import annotations
 
-import inspect
+import argparse
+import collections
+import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     raise SystemExit("run without TRITON_INTERPRET: this compiles the real kernel for a GPU target")
 
+import torch  # noqa: E402
 import triton  # noqa: E402
-from intfa_compile.kernels import int8_flash_attention as kernel_module  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
 
-_SASS_OPS = r"\b(IGMMA|HGMMA|QGMMA|IMMA|HMMA|MUFU\.EX2|I2FP?\.F32\.S32|I2F|F2I\.S16\.TRUNC\.NTZ|F2FP\S*|FFMA)\b"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intfa_compile.kernels import int8_flash_attention as int8_kernel  # noqa: E402
+
+VARIANTS = ("full-int8", "half-int8", "fp8-pv", "fp8-baseline", "fp16-baseline")
+"""Kernels this script compiles: ours (full / half INT8, fp8-pv) and the baselines of the speed table."""
+
+TYPICAL_SHAPE = {"batch": 4, "heads": 32, "seq": 4096}
+"""The launch the kernels are specialized for: the paper's benchmark shape at 4k (no GQA)."""
+
+_TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_x]+)*)")
+_BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?BRA(?:\.[A-Z.]+)?\s+0x([0-9a-f]+)")
+_TENSOR_OPS = ("IGMMA", "HGMMA", "QGMMA", "IMMA", "HMMA")
+
+# Per-SM limits for occupancy (CUDA C++ Programming Guide, "Technical Specifications per Compute Capability").
+_SM_LIMITS = {
+    80: {"registers": 65536, "shared": 164 * 1024, "warps": 64, "blocks": 32},
+    90: {"registers": 65536, "shared": 228 * 1024, "warps": 64, "blocks": 32},
+}
 
 
 @dataclass
 class Codegen:
-    """What one compiled variant holds."""
+    """What one compiled kernel holds."""
 
     arch: int
     variant: str
+    head_dim: int
+    causal: bool
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
     ptx_matrix: list[str]
-    sass_counts: dict[str, int]
+    sass_histogram: dict[str, int]
+    loop_histogram: dict[str, int]
+    loop_rare_histogram: dict[str, int]
+    loop_range: tuple[int, int] | None
+    registers: int
+    spills: int
+    local_bytes: int
     shared_bytes: int
+    occupancy_blocks: int
+    sass: str = field(repr=False, default="")
+
+    @property
+    def sass_counts(self) -> dict[str, int]:
+        """Whole-kernel counts by opcode family (first dotted part): what the codegen tests assert."""
+        families: dict[str, int] = collections.Counter()
+        for opcode, count in self.sass_histogram.items():
+            families[opcode.split(".")[0]] += count
+        return dict(families)
+
+    def to_json(self) -> dict:
+        """The JSON contract (``--json``): everything but the SASS text."""
+        out = asdict(self)
+        out.pop("sass")
+        return out
 
 
-def _compile(jit_fn, pointer_types: dict[str, str], constants: dict, arch: int, variant: str, num_warps: int,
-             num_stages: int) -> Codegen:
-    """Compile one specialization of ``jit_fn`` for sm_<arch> and read its PTX and SASS."""
-    params = list(inspect.signature(jit_fn.fn).parameters)
-    signature, constexprs = {}, {}
-    for index, name in enumerate(params):
-        if name in constants:
-            signature[name] = "constexpr"
-            constexprs[(index,)] = constants[name]
-        else:
-            signature[name] = pointer_types.get(name, "i32")
-    compiled = triton.compile(ASTSource(jit_fn, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
-    ptx = compiled.asm["ptx"]
-    matrix = sorted(set(re.findall(r"((?:wgmma\.mma_async|mma\.sync)\.\S+)", ptx)))
+def _instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, opcode with modifiers) for every instruction of the first kernel in ``sass``."""
+    return [(int(m.group(1), 16), m.group(2)) for m in map(_INSTRUCTION.search, sass.splitlines()) if m]
+
+
+def _branches(sass: str) -> list[tuple[int, int, bool]]:
+    """(address, target, predicated) of every branch with a numeric target."""
+    found = []
+    for line in sass.splitlines():
+        match = _BRANCH.search(line)
+        if match and match.group(2):
+            found.append((int(match.group(1), 16), int(match.group(2), 16), "@" in line.split("BRA")[0]))
+    return found
+
+
+def main_loop_range(sass: str) -> tuple[int, int] | None:
+    """Address range [start, branch] of the steady-state KV loop: the first loop (backward branch), in address
+    order, whose body holds tensor-core instructions; loops nested inside it are part of its body."""
+    instructions = _instructions(sass)
+    loops = [(target, at) for at, target, _ in _branches(sass) if target < at]
+    candidates = [
+        (start, end) for start, end in loops
+        if any(start <= address <= end and op.startswith(_TENSOR_OPS) for address, op in instructions)
+    ]
+    if not candidates:
+        return None
+    # Outermost loop among those starting first: an inner backward branch would only cover part of the body.
+    first_start = min(start for start, _ in candidates)
+    return first_start, max(end for start, end in candidates if start == first_start)
+
+
+def skipped_regions(sass: str, loop: tuple[int, int]) -> list[tuple[int, int]]:
+    """Address ranges [from, to) inside ``loop`` that a predicated forward branch jumps over: the kernels' rare
+    paths (the accumulator rescale when a row maximum grows, the INT32 fold). Excluded from the steady state."""
+    return [(at + 1, target) for at, target, predicated in _branches(sass)
+            if predicated and loop[0] <= at < target <= loop[1]]
+
+
+def _histogram(instructions: list[tuple[int, str]], address_range: tuple[int, int] | None = None,
+               exclude: list[tuple[int, int]] = (), only: list[tuple[int, int]] | None = None) -> dict[str, int]:
+    def kept(address: int) -> bool:
+        if address_range is not None and not address_range[0] <= address <= address_range[1]:
+            return False
+        if only is not None:
+            return any(lo <= address < hi for lo, hi in only)
+        return not any(lo <= address < hi for lo, hi in exclude)
+
+    counts = collections.Counter(op for address, op in instructions if kept(address))
+    return dict(sorted(counts.items()))
+
+
+def _resource_usage(cubin_path: str) -> tuple[int, int]:
+    """(registers per thread, local-memory bytes per thread) from ``cuobjdump -res-usage``."""
+    text = subprocess.run([str(_TOOLS / "cuobjdump"), "-res-usage", cubin_path], capture_output=True, text=True,
+                          check=True).stdout
+    registers = re.search(r"REG:(\d+)", text)
+    local = re.search(r"LOCAL:(\d+)", text)
+    return int(registers.group(1)) if registers else 0, int(local.group(1)) if local else 0
+
+
+def occupancy(arch: int, registers: int, shared_bytes: int, num_warps: int) -> int:
+    """Resident blocks per SM, limited by registers (allocated per warp in units of 256), shared memory,
+    warps and blocks (the CUDA occupancy calculator's rules)."""
+    limits = _SM_LIMITS[arch]
+    per_warp = -(-max(registers, 1) * 32 // 256) * 256
+    by_registers = limits["registers"] // (per_warp * num_warps)
+    by_shared = limits["shared"] // shared_bytes if shared_bytes else limits["blocks"]
+    return max(0, min(by_registers, by_shared, limits["warps"] // num_warps, limits["blocks"]))
+
+
+def compile_like_launch(jit_fn, args: tuple, constexprs: dict, config: triton.Config, arch: int) -> tuple:
+    """Compile ``jit_fn`` for sm_<arch> with the specialization Triton's launcher derives from ``args``.
+
+    Returns (compiled kernel, SASS text, registers, local bytes).
+    """
+    try:
+        from triton.runtime.jit import create_function_from_signature
+    except ImportError as error:  # pragma: no cover - other Triton versions
+        raise RuntimeError(f"triton {triton.__version__}: launch-time specialization API not found") from error
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(jit_fn.signature, jit_fn.params, backend)
+    keywords = {**constexprs, **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    bound, specialization, options = binder(*args, **keywords)
+    options, signature, constants, attrs = jit_fn._pack_args(backend, keywords, bound, specialization, options)
+    compiled = triton.compile(ASTSource(jit_fn, signature, constants, attrs), target=target,
+                              options=options.__dict__)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as cubin:
         cubin.write(compiled.asm["cubin"])
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", cubin.name], capture_output=True, text=True,
-                          check=True).stdout
-    os.unlink(cubin.name)
-    counts: dict[str, int] = {}
-    for op in re.findall(_SASS_OPS, sass):
-        counts[op] = counts.get(op, 0) + 1
-    return Codegen(arch, variant, matrix, dict(sorted(counts.items())), compiled.metadata.shared)
+    try:
+        sass = subprocess.run([str(_TOOLS / "cuobjdump"), "-sass", cubin.name], capture_output=True, text=True,
+                              check=True).stdout
+        registers, local_bytes = _resource_usage(cubin.name)
+    finally:
+        os.unlink(cubin.name)
+    return compiled, sass, registers, local_bytes
 
 
-def compile_variant(arch: int, quantize_pv: bool, head_dim: int = 128, block_m: int = 128, num_warps: int = 8,
-                    num_stages: int = 3, causal: bool = False, window: bool = False) -> Codegen:
-    """The INT8 forward kernel for sm_<arch> (no mask; non-causal unless asked), full or half INT8."""
-    pointer_types = {"Q": "*i8", "K": "*i8", "V": "*i8" if quantize_pv else "*fp16", "QS": "*fp32", "KS": "*fp32",
-                     "VS": "*fp32", "MASK": "*fp32", "OUT": "*fp16", "qk_scale": "fp32"}
-    constants = {"IS_CAUSAL": causal, "WINDOW": window, "MASK_KIND": 0, "QUANT_PV": quantize_pv, "P_ROW_BLOCK": False,
-                 "UPCAST_16BIT_DOT": False, "BLOCK_M": block_m, "BLOCK_N": kernel_module.KV_BLOCK_SIZE,
-                 "BLOCK_D": kernel_module._block_d(head_dim)}
-    return _compile(kernel_module._int8_attention_fwd.fn, pointer_types, constants, arch,
-                    "full INT8" if quantize_pv else "half-INT8", num_warps, num_stages)
+def _meta(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(*shape, dtype=dtype, device="meta")
 
 
-def compile_fp8_baseline(arch: int = 90, head_dim: int = 128, block_m: int = 128, num_warps: int = 8,
-                         num_stages: int = 3) -> Codegen:
-    """The FP8 baseline kernel (``fp8_attention.py``) for sm_<arch> ≥ 89, non-causal."""
-    import fp8_attention
+def load_kernel_module(revision: str | None):
+    """The INT8 kernel module, as checked out or (``revision``) as it was at a git revision, for before/after."""
+    if revision is None:
+        return int8_kernel
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{revision}:kernels/int8_flash_attention.py"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout
+    folder = Path(tempfile.mkdtemp(prefix="intfa_kernel_"))
+    path = folder / f"int8_kernel_{revision.replace('/', '_')}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    pointer_types = {"Q": "*fp8e4nv", "K": "*fp8e4nv", "V": "*fp8e4nv", "DESCALE_Q": "*fp32", "DESCALE_K": "*fp32",
-                     "DESCALE_V": "*fp32", "OUT": "*fp16", "sm_scale_log2": "fp32"}
-    constants = {"IS_CAUSAL": False, "EMULATE_CAST": False, "BLOCK_M": block_m, "BLOCK_N": fp8_attention.BLOCK_N,
-                 "BLOCK_D": max(32, triton.next_power_of_2(head_dim))}
-    return _compile(fp8_attention._fp8_attention_fwd.fn, pointer_types, constants, arch, "FP8 baseline", num_warps,
-                    num_stages)
+
+def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, window_left: int = -1,
+                arch: int = 90) -> tuple:
+    """(autotuned kernel, launch args, constexprs) for one variant at ``TYPICAL_SHAPE`` (``window_left``: a
+    sliding window behind the causal diagonal, INT8 kernels only)."""
+    batch, heads, seq = TYPICAL_SHAPE["batch"], TYPICAL_SHAPE["heads"], TYPICAL_SHAPE["seq"]
+    sm_scale = head_dim**-0.5
+    if variant in ("full-int8", "half-int8"):
+        module = kernel_module or int8_kernel
+        q, k = (_meta(batch, heads, seq, head_dim, dtype=torch.int8) for _ in range(2))
+        full = variant == "full-int8"
+        # INT8 V sequence-major, as the compiler passes lay it out (``quantize.sequence_major``); an earlier
+        # revision of the kernel got it D-major.
+        v = (_meta(batch, heads, head_dim, seq, dtype=torch.int8).transpose(-1, -2) if full and module is int8_kernel
+             else _meta(batch, heads, seq, head_dim, dtype=torch.int8 if full else torch.float16))
+        q_scale, k_scale = _meta(batch, heads, seq, dtype=torch.float32), _meta(batch, heads, seq, dtype=torch.float32)
+        v_scale = _meta(batch, heads, head_dim, dtype=torch.float32) if full else None
+        out = _meta(batch, heads, seq, head_dim, dtype=torch.float16)
+        args, constexprs = int8_kernel.launch_arguments(q, k, v, q_scale, k_scale, v_scale, None, causal, sm_scale,
+                                                        "fixed", out, window_left=window_left,
+                                                        target_arch=arch)
+        kernel = module._int8_attention_fwd
+        takes = set(kernel.fn.arg_names)
+        constexprs = {name: value for name, value in constexprs.items() if name in takes}
+        runtime = [p.name for p in kernel.fn.params if not p.is_constexpr]
+        if runtime != [p.name for p in int8_kernel._int8_attention_fwd.fn.params if not p.is_constexpr]:
+            raise RuntimeError("that revision's kernel takes other arguments than today's launch_arguments builds")
+        return kernel, args, constexprs
+    if variant in ("fp8-baseline", "fp16-baseline"):
+        import fp8_attention
+
+        dtype = fp8_attention.FP8_DTYPE if variant == "fp8-baseline" else torch.float16
+        q, k = (_meta(batch, heads, seq, head_dim, dtype=dtype) for _ in range(2))
+        v = _meta(batch, heads, seq, head_dim, dtype=dtype)
+        if variant == "fp8-baseline":  # sequence-contiguous V, as quantize_fp8 lays it out for Hopper
+            v = _meta(batch, heads, head_dim, seq, dtype=dtype).transpose(-1, -2)
+        descale = _meta(batch, heads, dtype=torch.float32)
+        out = _meta(batch, heads, seq, head_dim, dtype=torch.float16)
+        args, constexprs = fp8_attention.launch_arguments(q, k, v, descale, descale, descale, causal, sm_scale, out)
+        return fp8_attention._fp8_attention_fwd, args, constexprs
+    raise SystemExit(f"variant {variant!r}: not built yet (see issue 11); choose from the other variants")
 
 
-def _print_row(info: Codegen) -> None:
-    print(f"| sm_{info.arch} | {info.variant} | {', '.join(info.ptx_matrix)} | "
-          f"{', '.join(f'{k} {v}' for k, v in info.sass_counts.items())} | {info.shared_bytes} B |")
+def autotune_candidates(kernel, args: tuple, constexprs: dict) -> list[triton.Config]:
+    """The autotune configs a launch would try: the kernel's configs after its own pruning hook."""
+    configs = list(kernel.configs)
+    prune = getattr(kernel, "early_config_prune", None)
+    if prune is not None:
+        named = dict(zip(kernel.arg_names, args, strict=False))
+        configs = prune(configs, named, **constexprs)
+    return configs
+
+
+def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool = False,
+                    config: triton.Config | None = None, kernel_module=None, window_left: int = -1) -> Codegen:
+    """Compile one variant for sm_<arch> as a launch would (``config``: one of its autotune configs; by default
+    BLOCK_M 128, 8 warps, 3 stages when the pruning keeps it, else the first surviving config)."""
+    kernel, args, constexprs = launch_case(variant, head_dim, causal, kernel_module, window_left, arch)
+    if config is None:
+        candidates = autotune_candidates(kernel, args, constexprs)
+        preferred = [c for c in candidates if c.kwargs.get("BLOCK_M") == 128 and c.num_warps == 8
+                     and c.num_stages == 3]
+        config = (preferred or candidates)[0]
+    compiled, sass, registers, local_bytes = compile_like_launch(kernel.fn, args, constexprs, config, arch)
+    instructions = _instructions(sass)
+    loop = main_loop_range(sass)
+    rare = skipped_regions(sass, loop) if loop else []
+    histogram = _histogram(instructions)
+    ptx_matrix = sorted(set(re.findall(r"((?:wgmma\.mma_async|mma\.sync)\.\S+)", compiled.asm["ptx"])))
+    return Codegen(
+        arch=arch, variant=variant, head_dim=head_dim, causal=causal,
+        block_m=config.kwargs["BLOCK_M"], block_n=config.kwargs.get("BLOCK_N", constexprs["BLOCK_N"]),
+        num_warps=config.num_warps, num_stages=config.num_stages, ptx_matrix=ptx_matrix,
+        sass_histogram=histogram, loop_histogram=_histogram(instructions, loop, exclude=rare) if loop else {},
+        loop_rare_histogram=_histogram(instructions, loop, only=rare) if loop else {}, loop_range=loop,
+        registers=registers, spills=sum(count for op, count in histogram.items() if op.split(".")[0] == "STL"),
+        local_bytes=local_bytes, shared_bytes=compiled.metadata.shared,
+        occupancy_blocks=occupancy(arch, registers, compiled.metadata.shared, config.num_warps), sass=sass,
+    )
+
+
+def _families(histogram: dict[str, int], names: tuple[str, ...]) -> str:
+    counts = collections.Counter()
+    for opcode, count in histogram.items():
+        family = opcode.split(".")[0]
+        if family in names:
+            counts[family] += count
+    return ", ".join(f"{name} {counts[name]}" for name in names if counts[name])
+
+
+_SHOWN = ("IGMMA", "HGMMA", "QGMMA", "IMMA", "HMMA", "MUFU", "F2I", "I2F", "I2FP", "F2FP", "F2F", "FFMA", "FMUL",
+          "FADD", "PRMT", "LDG", "LDGSTS", "STS", "LDS", "STL")
+
+
+def print_table(rows: list[Codegen]) -> None:
+    print("| arch | variant | d | causal | BLOCK_M×N | warps | stages | regs | spills (STL) | shared | blocks/SM "
+          "| main-loop SASS (static, per thread) | loop instrs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| sm_{row.arch} | {row.variant} | {row.head_dim} | {row.causal} | {row.block_m}×{row.block_n} | "
+              f"{row.num_warps} | {row.num_stages} | {row.registers} | {row.spills} | {row.shared_bytes} B | "
+              f"{row.occupancy_blocks} | {_families(row.loop_histogram, _SHOWN)} | "
+              f"{sum(row.loop_histogram.values())} |")
 
 
 def main() -> None:
-    print("| arch | variant | PTX matrix instructions | SASS instruction counts (static) | shared memory |")
-    print("|---|---|---|---|---|")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object (last line) for one kernel")
+    parser.add_argument("--arch", type=int, choices=(80, 90), default=90)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--variant", choices=VARIANTS, default="full-int8")
+    parser.add_argument("--causal", action="store_true")
+    parser.add_argument("--all-configs", action="store_true", help="every autotune config, not only the default")
+    parser.add_argument("--kernel-rev", default=None, help="compile the INT8 kernel as it was at this git revision")
+    args = parser.parse_args()
+    module = load_kernel_module(args.kernel_rev)
+    if args.json:
+        kernel, launch_args, constexprs = launch_case(args.variant, args.head_dim, args.causal, module,
+                                                      arch=args.arch)
+        info = inspect_variant(args.arch, args.variant, args.head_dim, args.causal, kernel_module=module)
+        result = info.to_json()
+        if args.all_configs:
+            result["configs"] = [
+                {k: v for k, v in inspect_variant(args.arch, args.variant, args.head_dim, args.causal, config,
+                                                  module).to_json().items()
+                 if k in ("block_m", "block_n", "num_warps", "num_stages", "registers", "spills", "local_bytes",
+                          "shared_bytes", "occupancy_blocks")}
+                for config in autotune_candidates(kernel, launch_args, constexprs)
+            ]
+        result["triton"] = triton.__version__
+        print(json.dumps(result))
+        return
+    rows = []
     for arch in (80, 90):
-        for quantize_pv in (True, False):
-            info = compile_variant(arch, quantize_pv)
-            _print_row(info)
-    _print_row(compile_fp8_baseline(90))
-    print(f"\ntriton {triton.__version__}, python {sys.version.split()[0]}; head_dim 128, BLOCK_M 128, "
-          f"BLOCK_N {kernel_module.KV_BLOCK_SIZE}, 8 warps, 3 stages")
+        for variant in ("full-int8", "half-int8", "fp8-baseline", "fp16-baseline"):
+            if variant == "fp8-baseline" and arch < 89:
+                continue
+            for head_dim in (64, 128):
+                if args.all_configs:
+                    kernel, launch_args, constexprs = launch_case(variant, head_dim, args.causal, module, arch=arch)
+                    configs = autotune_candidates(kernel, launch_args, constexprs)
+                    rows += [inspect_variant(arch, variant, head_dim, args.causal, c, module) for c in configs]
+                else:
+                    rows.append(inspect_variant(arch, variant, head_dim, args.causal, kernel_module=module))
+    print_table(rows)
+    print(f"\ntriton {triton.__version__}, python {sys.version.split()[0]}; launch specialized for "
+          f"B {TYPICAL_SHAPE['batch']}, H {TYPICAL_SHAPE['heads']}, N {TYPICAL_SHAPE['seq']}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ partial sum is an integer of magnitude at most 127·127·D (Q·Kᵀ, D ≤ 1040)
 (P·V), below 2**24, so fp32 represents each one exactly whatever the summation order. The INT32
 products therefore equal the kernel's bit for bit; the float steps that follow (exp2, row sums)
 can differ from the GPU's by a few ulps, which can move a P entry by one INT8 level.
+
+P is rounded to INT8 as the kernel rounds it: to nearest, ties to even, from the exact product (one
+rounding, as the kernel's FFMA with a magic number; see ``round_to_int8``). With the fixed P scale the
+kernel sums P·V in INT32 across key blocks and folds the sum into its fp32 accumulator only when a
+row's running maximum moves (or before INT32 could overflow); this implementation does the same per
+row, in float64 (exact), where the kernel folds a whole query tile when any of its rows moves. Folding
+more often changes only fp32 rounding (one rounding per fold), not the integer sums.
 """
 
 from __future__ import annotations
@@ -17,9 +24,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .numerics import FP32_LOWEST, INT8_MAX, KV_BLOCK_SIZE, LOG2E, P_DEQUANT_FIXED
+from .numerics import (
+    FP32_LOWEST,
+    FP32_TINY,
+    INT8_MAX,
+    KV_BLOCK_SIZE,
+    LOG2E,
+    P_DEQUANT_FIXED,
+    folds_query_scale,
+    int32_pv_accumulation,
+)
 
 _EXACT_FP32_INT = 2**24
+
+
+def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """a · b + c in fp32 with one rounding of the exact result (the GPU's FFMA): the product of two fp32 numbers
+    is exact in fp64, and so, for the kernel's operands (an exponent near the running maximum), is the sum."""
+    return (a.double() * b.double() + c.double()).float()
+
+
+def round_to_int8(p: Tensor, scale: Tensor | float) -> Tensor:
+    """round(p · scale), ties to even, with one rounding of the exact product (as the kernel's FFMA with the
+    magic number 1.5·2²³ does); integer values in fp32."""
+    scale = scale.double() if isinstance(scale, Tensor) else scale
+    return torch.round(p.double() * scale).float()
 
 
 def int8_flash_attention_cpu(
@@ -50,6 +79,10 @@ def int8_flash_attention_cpu(
     # Query heads that share a KV head are stacked along the row axis: (B, Hk, G·Nq, D).
     qf = q.float().reshape(batch, heads_k, rows, head_dim)
     qs = (q_scale.float() * (sm_scale * LOG2E)).reshape(batch, heads_k, rows, 1)
+    # Without an additive mask the scores keep no query scale; it enters the exponent (as the kernel's FFMA).
+    fold = folds_query_scale(attn_mask, sm_scale)
+    if fold:
+        qs = torch.where(qs == 0, FP32_TINY, qs)
     kf = k.float()
     ks = k_scale.float().unsqueeze(-2)
     vf = v.float()
@@ -58,13 +91,20 @@ def int8_flash_attention_cpu(
     m_i = torch.full((batch, heads_k, rows, 1), float("-inf"), device=q.device)
     l_i = torch.zeros((batch, heads_k, rows, 1), device=q.device)
     acc = torch.zeros((batch, heads_k, rows, head_dim), device=q.device)
+    # With the fixed P scale the kernel sums P·V in INT32 across blocks while no maximum moves; float64 holds
+    # those integer sums exactly here.
+    int32_pv = full_int8 and p_scale == "fixed" and int32_pv_accumulation(head_dim)
+    acc_i = torch.zeros((batch, heads_k, rows, head_dim), dtype=torch.float64, device=q.device)
+    flush_blocks = (2**31 - 1) // (INT8_MAX * INT8_MAX * block_n)
+    pending = 0
     # Causal: row i sees keys j <= i + causal_offset, so no block past the last row's diagonal is needed.
     stop = min(n_k, max(0, n_q + causal_offset)) if is_causal else n_k
     # With a window, blocks left of the first row's window are masked for every row: nothing to add.
     first = max(0, causal_offset - window_left) // block_n * block_n if is_causal and window_left >= 0 else 0
     for start in range(first, stop, block_n):
         end = min(start + block_n, n_k)
-        s = (qf @ kf[:, :, start:end].transpose(-1, -2)) * qs * ks[..., start:end]
+        qk = qf @ kf[:, :, start:end].transpose(-1, -2)
+        s = qk * ks[..., start:end] if fold else qk * qs * ks[..., start:end]
         if attn_mask is not None:
             # Expanded one key block at a time: a broadcast mask never becomes an Nq×Nk copy.
             block_mask = attn_mask[..., start:end].expand(batch, heads_q, n_q, end - start)
@@ -82,22 +122,37 @@ def int8_flash_attention_cpu(
                 s = s.masked_fill(cols < row_ids + causal_offset - window_left, float("-inf"))
         m_new = torch.maximum(m_i, s.amax(dim=-1, keepdim=True))
         m_safe = torch.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = torch.exp2(m_i - m_safe)
-        p = torch.exp2(s - m_safe)
+        if fold:
+            neg_max = -(m_safe * qs)
+            alpha = torch.where(m_new == m_i, 1.0, torch.exp2(_fma(m_i, qs, neg_max)))
+        else:
+            alpha = torch.exp2(m_i - m_safe)
+        if int32_pv:
+            # Fold the exact P·V sums into acc where the maximum moved (alpha ≠ 1), or before INT32 could overflow.
+            flush = (m_new != m_i) | (pending >= flush_blocks)
+            folded = (acc.double() + acc_i.float().double() * P_DEQUANT_FIXED).float() * alpha
+            acc = torch.where(flush, folded, acc)
+            acc_i = torch.where(flush, 0.0, acc_i)
+            pending = 0 if pending >= flush_blocks else pending
+        else:
+            acc = acc * alpha
+        p = torch.exp2(_fma(s, qs, neg_max)) if fold else torch.exp2(s - m_safe)
         l_i = l_i * alpha + p.sum(dim=-1, keepdim=True)
         if not full_int8:
-            pv = p.to(v.dtype).float() @ vf[:, :, start:end]
-            acc = acc * alpha + pv
+            acc = acc + p.to(v.dtype).float() @ vf[:, :, start:end]
+        elif int32_pv:
+            acc_i = acc_i + (round_to_int8(p, float(INT8_MAX)) @ vf[:, :, start:end]).double()
+            pending += 1
         elif p_scale == "fixed":
-            p_q = torch.floor(p * float(INT8_MAX) + 0.5)
-            acc = acc * alpha + (p_q @ vf[:, :, start:end]) * P_DEQUANT_FIXED
+            acc = acc + (round_to_int8(p, float(INT8_MAX)) @ vf[:, :, start:end]) * P_DEQUANT_FIXED
         else:
             p_max = p.amax(dim=-1, keepdim=True)
             inv = torch.where(p_max > 0, float(INT8_MAX) / p_max, 0.0)
-            p_q = torch.floor(p * inv + 0.5)
-            acc = acc * alpha + (p_q @ vf[:, :, start:end]) * (p_max / float(INT8_MAX))
+            acc = acc + (round_to_int8(p, inv) @ vf[:, :, start:end]) * (p_max / float(INT8_MAX))
         m_i = m_new
 
+    if int32_pv:
+        acc = (acc.double() + acc_i.float().double() * P_DEQUANT_FIXED).float()
     # A row that saw no key (fully masked) has l = 0 and acc = 0: it gives zeros. A NaN in l stays.
     result = acc / torch.where(l_i == 0, 1.0, l_i)
     if full_int8:

@@ -15,7 +15,15 @@ from torch import Tensor
 
 from .cpu_attention import int8_flash_attention_cpu
 from .numerics import P_SCALE_MODES
-from .quantize import K_BLOCK_TOKENS, Q_BLOCK_TOKENS, quantize_qk, quantize_static, quantize_v, smooth
+from .quantize import (
+    K_BLOCK_TOKENS,
+    Q_BLOCK_TOKENS,
+    quantize_qk,
+    quantize_static,
+    quantize_v,
+    sequence_major,
+    smooth,
+)
 
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -160,6 +168,7 @@ def int8_sdpa(
     k_int8, k_scale = quantize_qk(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
     if quantize_pv:
         v_in, v_scale = quantize_v(value, v_granularity)
+        v_in = sequence_major(v_in)
     else:
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention
@@ -195,6 +204,7 @@ def int8_sdpa_static(
     if quantize_pv:
         v_in, v_scale = quantize_static(value, v_amax[:, None, :], 8)
         v_scale = v_scale[:, :, 0, :]
+        v_in = sequence_major(v_in)
     else:
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention

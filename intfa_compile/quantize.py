@@ -69,6 +69,17 @@ def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Ten
     return xq, scale.squeeze(-2)
 
 
+def sequence_major(x: Tensor) -> Tensor:
+    """``x`` (..., N, D) with the same values, stored with N as the fastest axis.
+
+    The layout the INT8 kernel wants for V: Hopper's INT8 ``wgmma`` reads its B operand (V in P·V, reduced
+    over N) only K-major, so a D-contiguous V is transposed byte by byte through shared memory in every key
+    block (``STS.U8`` and ``PRMT`` in the SASS, see ``benchmarks/inspect_sass.py``). Written by the fused
+    quantization kernel, the layout costs nothing extra: Inductor keeps the strides of a custom op's inputs.
+    """
+    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
 def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     """INT8 values of ``x`` (..., N, D) with one fp32 scale per token (..., N): max|x| over D / 127."""
     return quantize_qk(x, "per_token")

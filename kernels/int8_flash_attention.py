@@ -19,7 +19,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from intfa_compile.numerics import FP32_LOWEST, INT8_MAX, KV_BLOCK_SIZE, LOG2E, P_DEQUANT_FIXED
+from intfa_compile.numerics import (
+    FP32_LOWEST,
+    FP32_TINY,
+    INT8_MAX,
+    KV_BLOCK_SIZE,
+    LOG2E,
+    P_DEQUANT_FIXED,
+    folds_query_scale,
+)
 
 _MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -29,6 +37,10 @@ _INT8_MAX = tl.constexpr(float(INT8_MAX))
 _LOG2E = tl.constexpr(LOG2E)
 _P_DEQUANT_FIXED = tl.constexpr(P_DEQUANT_FIXED)
 _FP32_LOWEST = tl.constexpr(FP32_LOWEST)
+_FP32_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**23)
+_FP64_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**52)
+_FP32_MAGIC_BITS = tl.constexpr(0x4B400000)  # the bits of 1.5·2²³
+_FP32_TINY = tl.constexpr(FP32_TINY)
 
 
 @triton.jit
@@ -40,10 +52,33 @@ def _round_to_bf16(x):
 
 
 @triton.jit
-def _scores(q, k, qs, ks):
-    """INT8·INT8 → INT32 scores of one tile, and their dequantized base-2 logits (fp32)."""
+def _scores(q, k, qs, ks, MAGIC_I2F: tl.constexpr = False, FOLD_Q_SCALE: tl.constexpr = False):
+    """INT8·INT8 → INT32 scores of one tile, and their dequantized base-2 logits (fp32); with ``FOLD_Q_SCALE``
+    the logits without the query's scale (``_exp2_arg`` applies it).
+
+    ``MAGIC_I2F`` converts INT32 → fp32 without the conversion unit: an integer add puts x into the low
+    mantissa bits of 1.5·2²³ and a float subtract removes it, exact for |x| < 2²² — one tile's Q·Kᵀ is at
+    most 127²·256 < 2²² for head dims up to 256. On Ampere the plain conversion is ``I2F`` on the 16/clock
+    unit; on Hopper it is ``I2FP`` on the ALU, where the two-instruction form only costs issue slots.
+    """
     qk = tl.dot(q, k, out_dtype=tl.int32)
-    return qk, qk.to(tl.float32) * qs[:, None] * ks[None, :]
+    if MAGIC_I2F:
+        qk_f = (qk + _FP32_MAGIC_BITS).to(tl.float32, bitcast=True) - _FP32_ROUNDING_MAGIC
+    else:
+        qk_f = qk.to(tl.float32)
+    if FOLD_Q_SCALE:
+        return qk, qk_f * ks[None, :]
+    return qk, qk_f * qs[:, None] * ks[None, :]
+
+
+@triton.jit
+def _exp2_arg(t, qs, neg_max, EMULATE_FMA: tl.constexpr):
+    """t · qs − qs · m as one FFMA (``neg_max`` = −(m · qs), per row): the base-2 softmax exponent of scores ``t``
+    kept without the query's scale. Folding the scale here saves one multiply per score; it is exact up to that
+    FFMA's single rounding (the interpreter, without a fused multiply-add, adds in fp64)."""
+    if EMULATE_FMA:
+        return (t.to(tl.float64) * qs.to(tl.float64) + neg_max.to(tl.float64)).to(tl.float32)
+    return tl.fma(t, qs, neg_max)
 
 
 @triton.jit
@@ -61,23 +96,55 @@ def online_softmax_step(s, m_i, l_i):
 
 
 @triton.jit
+def round_to_int8(p, scale, EMULATE_FMA: tl.constexpr):
+    """round(p · scale) to INT8, ties to even, for p · scale in [0, 127.5): no F2I on the GPU.
+
+    One FFMA adds 1.5·2²³ to the exact product and rounds once: fp32 numbers in [2²³, 2²⁴) are spaced by 1, so
+    the sum is the nearest integer to p · scale above 1.5·2²³, held in the low mantissa bits; its low byte is
+    the INT8 value (the magic number's low byte is 0 and the value is below 128). Packing the bytes is integer
+    work on the ALU, where F2I would cost one slot of the 16/clock conversion unit per score, as many as exp2.
+    The interpreter has no fused multiply-add, so it adds in fp64, where the product is exact.
+    """
+    if EMULATE_FMA:
+        exact = p.to(tl.float64) * scale + _FP64_ROUNDING_MAGIC
+        return (exact - _FP64_ROUNDING_MAGIC).to(tl.int8)
+    rounded = tl.fma(p, scale, _FP32_ROUNDING_MAGIC)
+    return rounded.to(tl.int32, bitcast=True).to(tl.int8)
+
+
+@triton.jit
 def _attention_block(
-    acc, l_i, m_i, q, qs, offs_m, start_n,
+    acc, acc_i, pending, l_i, m_i, q, qs, offs_m, start_n,
     k_base, v_base, ks_base, mask_base,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
     N_K, HEAD_DIM, causal_offset, window_left,
     CAUSAL_MASK: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
-    P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, EMULATE_FMA: tl.constexpr,
+    MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, BOUNDS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, INT32_PV: tl.constexpr, FLUSH_BLOCKS: tl.constexpr,
 ):
-    """One KV block of the online softmax: update the accumulator, row sums and running maxima."""
+    """One KV block of the online softmax: update the accumulators, row sums and running maxima.
+
+    ``BOUNDS`` masks keys at and past N_K; the loop over full blocks leaves it off (no per-score select).
+
+    The fp32 accumulator and the row sums are rescaled only when some row of the tile raised its maximum
+    (otherwise every alpha is exactly 1). With ``INT32_PV`` (the fixed P scale, head dims ≤ 128), P·V
+    accumulates in INT32 (``acc_i``) across the blocks in between and is folded into the fp32 accumulator
+    (``acc``) at such a rescale, or after
+    ``FLUSH_BLOCKS`` blocks so that INT32 cannot overflow: no per-block conversion of the P·V tile.
+    """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < N_K
     d_ok = offs_d < HEAD_DIM
-    k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                mask=n_ok[None, :] & d_ok[:, None], other=0)
-    ks = tl.load(ks_base + offs_n * stride_ksn, mask=n_ok, other=0.0)
-    _, s = _scores(q, k, qs, ks)
+    k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    if BOUNDS:
+        k = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0)
+        ks = tl.load(ks_base + offs_n * stride_ksn, mask=n_ok, other=0.0)
+    else:
+        k = tl.load(k_ptrs, mask=d_ok[:, None], other=0)
+        ks = tl.load(ks_base + offs_n * stride_ksn)
+    _, s = _scores(q, k, qs, ks, MAGIC_I2F, FOLD_Q_SCALE)
     if MASK_KIND != 0:
         mask_ptrs = mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
         if MASK_KIND == 1:
@@ -92,34 +159,67 @@ def _attention_block(
         s = tl.where(offs_n[None, :] <= diagonal, s, float("-inf"))
         if WINDOW:
             s = tl.where(offs_n[None, :] >= diagonal - window_left, s, float("-inf"))
-    s = tl.where(n_ok[None, :], s, float("-inf"))
+    if BOUNDS:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
 
-    p, alpha, m_new, l_i = online_softmax_step(s, m_i, l_i)
-
-    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                mask=n_ok[:, None] & d_ok[None, :], other=0)
-    if QUANT_PV:
-        if P_ROW_BLOCK:
-            p_max = tl.max(p, 1)
-            inv = tl.where(p_max > 0, _INT8_MAX / p_max, 0.0)
-            p_q = (p * inv[:, None] + 0.5).to(tl.int8)
-            pv = tl.dot(p_q, v, out_dtype=tl.int32).to(tl.float32)
-            acc = acc * alpha[:, None] + pv * (p_max / _INT8_MAX)[:, None]
+    # With FOLD_Q_SCALE, s and the maxima lack the (positive) per-row query scale, which leaves row maxima
+    # where they are; it enters the exponent through one FFMA per score.
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if FOLD_Q_SCALE:
+        neg_max = -(m_safe * qs)
+    # `!=` rather than `>`: a NaN maximum also rescales, so NaN reaches the accumulator as in eager attention.
+    grew = tl.max((m_new != m_i).to(tl.int32), 0) != 0
+    if INT32_PV:
+        if grew or pending >= FLUSH_BLOCKS:
+            if FOLD_Q_SCALE:  # exactly 1 where the maximum stood still (the FFMA would leave m·qs's rounding)
+                alpha = tl.where(m_new == m_i, 1.0, tl.math.exp2(_exp2_arg(m_i, qs, neg_max, EMULATE_FMA)))
+            else:
+                alpha = tl.math.exp2(m_i - m_safe)
+            acc = (acc + acc_i.to(tl.float32) * _P_DEQUANT_FIXED) * alpha[:, None]
+            acc_i = tl.zeros_like(acc_i)
+            l_i = l_i * alpha
+            pending = 0
+    elif grew:
+        if FOLD_Q_SCALE:
+            alpha = tl.where(m_new == m_i, 1.0, tl.math.exp2(_exp2_arg(m_i, qs, neg_max, EMULATE_FMA)))
         else:
-            p_q = (p * _INT8_MAX + 0.5).to(tl.int8)
-            pv = tl.dot(p_q, v, out_dtype=tl.int32).to(tl.float32)
-            acc = acc * alpha[:, None] + pv * _P_DEQUANT_FIXED
+            alpha = tl.math.exp2(m_i - m_safe)
+        acc = acc * alpha[:, None]
+        l_i = l_i * alpha
+    if FOLD_Q_SCALE:
+        p = tl.math.exp2(_exp2_arg(s, qs[:, None], neg_max[:, None], EMULATE_FMA))
+    else:
+        p = tl.math.exp2(s - m_safe[:, None])
+    l_i = l_i + tl.sum(p, 1)
+
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    if BOUNDS:
+        v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0)
+    else:
+        v = tl.load(v_ptrs, mask=d_ok[None, :], other=0)
+    if INT32_PV:
+        acc_i = tl.dot(round_to_int8(p, _INT8_MAX, EMULATE_FMA), v, acc=acc_i, out_dtype=tl.int32)
+        pending += 1
+    elif QUANT_PV and not P_ROW_BLOCK:
+        pv = tl.dot(round_to_int8(p, _INT8_MAX, EMULATE_FMA), v, out_dtype=tl.int32).to(tl.float32)
+        acc = acc + pv * _P_DEQUANT_FIXED
+    elif QUANT_PV:
+        p_max = tl.max(p, 1)
+        inv = tl.where(p_max > 0, _INT8_MAX / p_max, 0.0)
+        pv = tl.dot(round_to_int8(p, inv[:, None], EMULATE_FMA), v, out_dtype=tl.int32).to(tl.float32)
+        acc = acc + pv * (p_max / _INT8_MAX)[:, None]
     elif v.dtype == tl.float32:
         # fp32 V: an IEEE fp32 GEMM, not TF32, so P keeps its fp32 value as in the CPU implementation.
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee", out_dtype=tl.float32)
+        acc = acc + tl.dot(p, v, input_precision="ieee", out_dtype=tl.float32)
     elif UPCAST_16BIT_DOT:
         # Triton's interpreter multiplies bf16 wrongly and truncates fp32 → bf16; round P to bf16 (nearest
         # even, as the GPU does) and multiply in fp32, which holds 16-bit × 16-bit products exactly.
         p16 = _round_to_bf16(p)
-        acc = acc * alpha[:, None] + tl.dot(p16, v.to(tl.float32), input_precision="ieee", out_dtype=tl.float32)
+        acc = acc + tl.dot(p16, v.to(tl.float32), input_precision="ieee", out_dtype=tl.float32)
     else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
-    return acc, l_i, m_new
+        acc = tl.dot(p.to(v.dtype), v, acc=acc, out_dtype=tl.float32)
+    return acc, acc_i, pending, l_i, m_new
 
 
 def autotune_configs() -> list[triton.Config]:
@@ -183,8 +283,8 @@ def _int8_attention_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     HEADS_Q, GROUP, N_Q, N_K, HEAD_DIM, qk_scale, causal_offset, window_left,
     IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
-    P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, EMULATE_FMA: tl.constexpr, MAGIC_I2F: tl.constexpr,
+    FOLD_Q_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -199,6 +299,8 @@ def _int8_attention_fwd(
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=m_ok[:, None] & d_ok[None, :], other=0)
     qs = tl.load(QS + b * stride_qsb + h * stride_qsh + offs_m * stride_qsm, mask=m_ok, other=0.0) * qk_scale
+    if FOLD_Q_SCALE:  # a zero scale (rows past N_Q) would turn a masked −inf score into NaN in the FFMA
+        qs = tl.where(qs == 0.0, _FP32_TINY, qs)
 
     k_base = K + b * stride_kb + h_kv * stride_kh
     v_base = V + b * stride_vb + h_kv * stride_vh
@@ -208,28 +310,45 @@ def _int8_attention_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # An INT32 P·V accumulator, folded into acc when a maximum grows; at head dims above 128 its registers
+    # (as many as acc's) would spill, so there P·V is converted block by block.
+    INT32_PV: tl.constexpr = QUANT_PV and (not P_ROW_BLOCK) and BLOCK_D <= 128
+    if INT32_PV:
+        acc_i = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.int32)
+    else:
+        acc_i = tl.zeros([1, 1], dtype=tl.int32)
+    pending = 0
+    # Blocks of INT32 P·V sums that fit below 2³¹: each adds at most 127·127·BLOCK_N per element.
+    FLUSH_BLOCKS: tl.constexpr = (2**31 - 1) // (127 * 127 * BLOCK_N)
     diagonal_lo, hi = causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     lo = 0
     if WINDOW:  # sliding window: blocks left of the first row's window are skipped, every other one is masked
         lo = tl.minimum(tl.maximum(pid_m * BLOCK_M + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N, hi)
         diagonal_lo = lo
-    for start_n in range(lo, diagonal_lo, BLOCK_N):
-        acc, l_i, m_i = _attention_block(
-            acc, l_i, m_i, q, qs, offs_m, start_n,
+    # Full key blocks below the diagonal need no mask at all; the rest (the diagonal band, the partial last
+    # block) are masked by position.
+    full_hi = tl.minimum(diagonal_lo, N_K // BLOCK_N * BLOCK_N)
+    for start_n in range(lo, full_hi, BLOCK_N):
+        acc, acc_i, pending, l_i, m_i = _attention_block(
+            acc, acc_i, pending, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM, causal_offset, window_left,
-            False, False, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
+            False, False, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, EMULATE_FMA, MAGIC_I2F,
+            FOLD_Q_SCALE, False, BLOCK_N, BLOCK_D, INT32_PV, FLUSH_BLOCKS,
         )
-    for start_n in range(diagonal_lo, hi, BLOCK_N):
-        acc, l_i, m_i = _attention_block(
-            acc, l_i, m_i, q, qs, offs_m, start_n,
+    for start_n in range(tl.maximum(full_hi, lo), hi, BLOCK_N):
+        acc, acc_i, pending, l_i, m_i = _attention_block(
+            acc, acc_i, pending, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM, causal_offset, window_left,
-            True, WINDOW, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, BLOCK_N, BLOCK_D,
+            IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, EMULATE_FMA, MAGIC_I2F,
+            FOLD_Q_SCALE, True, BLOCK_N, BLOCK_D, INT32_PV, FLUSH_BLOCKS,
         )
 
+    if INT32_PV:
+        acc = acc + acc_i.to(tl.float32) * _P_DEQUANT_FIXED
     out = acc / tl.where(l_i == 0, 1.0, l_i)[:, None]
     if QUANT_PV:
         vs = tl.load(VS + b * stride_vsb + h_kv * stride_vsh + offs_d * stride_vsd, mask=d_ok, other=0.0)
@@ -241,6 +360,59 @@ def _int8_attention_fwd(
 def _block_d(head_dim: int) -> int:
     # INT8 tensor-core GEMMs take a reduction dimension of at least 32.
     return max(32, triton.next_power_of_2(head_dim))
+
+
+def launch_arguments(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_scale: Tensor,
+    k_scale: Tensor,
+    v_scale: Tensor | None,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    sm_scale: float,
+    p_scale: str,
+    out: Tensor,
+    causal_offset: int = 0,
+    window_left: int = -1,
+    target_arch: int | None = None,
+) -> tuple[tuple, dict]:
+    """The kernel's positional arguments and constexpr keywords for one launch (autotuned ones excluded).
+
+    One place builds them, so the launch and ``benchmarks/inspect_sass.py`` (which compiles the kernel
+    offline with the specialization Triton derives from these very arguments) cannot drift apart.
+    ``target_arch`` (e.g. 90) is the GPU the kernel is built for; by default, that of ``q``'s device.
+    """
+    if target_arch is None:
+        major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
+        target_arch = 10 * major + minor
+    batch, heads_q, n_q, head_dim = q.shape
+    heads_k, n_k = k.shape[1], k.shape[2]
+    quant_pv = v_scale is not None
+    vs = v_scale if quant_pv else q_scale  # placeholder pointer, never read
+    if attn_mask is None:
+        mask_kind, mask, mask_strides = _MASK_NONE, q_scale, (0, 0, 0, 0)
+    else:
+        mask = attn_mask.expand(batch, heads_q, n_q, n_k)  # broadcast by stride 0, no copy
+        mask_kind = _MASK_BOOL if mask.dtype == torch.bool else _MASK_ADDITIVE
+        mask_strides = mask.stride()
+    args = (
+        q, k, v, q_scale, k_scale, vs, mask, out,
+        *q.stride(), *k.stride(), *v.stride(),
+        *q_scale.stride(), *k_scale.stride(), *(vs.stride() if quant_pv else (0, 0, 0)),
+        *mask_strides, *out.stride(),
+        heads_q, heads_q // heads_k, n_q, n_k, head_dim, sm_scale * LOG2E, causal_offset, window_left,
+    )
+    constexprs = dict(
+        IS_CAUSAL=is_causal, WINDOW=is_causal and window_left >= 0, MASK_KIND=mask_kind, QUANT_PV=quant_pv,
+        P_ROW_BLOCK=p_scale == "row_block",
+        UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16, EMULATE_FMA=_INTERPRETED,
+        FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),
+        MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
+        BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=_block_d(head_dim),
+    )
+    return args, constexprs
 
 
 def int8_flash_attention_triton(
@@ -264,31 +436,15 @@ def int8_flash_attention_triton(
     ``traceable`` launches through ``torch.library.wrap_triton``, so that torch.compile sees the kernel
     (inside the ``intfa::int8_attention_triton`` triton_op) instead of an opaque call.
     """
-    batch, heads_q, n_q, head_dim = q.shape
-    heads_k, n_k = k.shape[1], k.shape[2]
     if out.numel() == 0:
         return out
-    quant_pv = v_scale is not None
-    vs = v_scale if quant_pv else q_scale  # placeholder pointer, never read
-    if attn_mask is None:
-        mask_kind, mask, mask_strides = _MASK_NONE, q_scale, (0, 0, 0, 0)
-    else:
-        mask = attn_mask.expand(batch, heads_q, n_q, n_k)  # broadcast by stride 0, no copy
-        mask_kind = _MASK_BOOL if mask.dtype == torch.bool else _MASK_ADDITIVE
-        mask_strides = mask.stride()
+    args, constexprs = launch_arguments(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale,
+                                       p_scale, out, causal_offset, window_left)
+    n_q, batch_heads = q.shape[2], q.shape[0] * q.shape[1]
+
     def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads_q)
+        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch_heads)
 
     kernel = torch.library.wrap_triton(_int8_attention_fwd) if traceable else _int8_attention_fwd
-    kernel[grid](
-        q, k, v, q_scale, k_scale, vs, mask, out,
-        *q.stride(), *k.stride(), *v.stride(),
-        *q_scale.stride(), *k_scale.stride(), *(vs.stride() if quant_pv else (0, 0, 0)),
-        *mask_strides, *out.stride(),
-        heads_q, heads_q // heads_k, n_q, n_k, head_dim, sm_scale * LOG2E, causal_offset, window_left,
-        IS_CAUSAL=is_causal, WINDOW=is_causal and window_left >= 0, MASK_KIND=mask_kind, QUANT_PV=quant_pv,
-        P_ROW_BLOCK=p_scale == "row_block",
-        UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16,
-        BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=_block_d(head_dim),
-    )
+    kernel[grid](*args, **constexprs)
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +65,19 @@ def test_bench_model_smoke_rewrites_every_layer_and_keeps_the_logits(tmp_path):
     for row in rows:
         assert int(row[4]) == 2  # both layers' attention ran INT8
         assert float(row[5]) >= 0.999 and float(row[6]) >= 0.999
+
+
+PIPE_MODEL = Path(__file__).resolve().parents[1] / "benchmarks" / "pipe_model.py"
+
+
+def test_pipe_model_smoke_prints_the_pipes_of_the_int8_kernel():
+    """Compiles the full-INT8 kernel for sm_90 (d 64) and models its loop; at d = 64 one exp2 per score costs the
+    16/clock unit twice the INT8 tensor time, so the loop cannot be tensor-bound (benchmarks/NOTES.md)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(PIPE_MODEL), "--smoke"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["bound"] != "tensor"
+    assert summary["pipes"]["xu"] == 2 * summary["tensor"]
+    assert "| full INT8 | 64 | False |" in result.stdout

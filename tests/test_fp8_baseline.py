@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from fp8_attention import (  # noqa: E402
     FP8_DTYPE,
     FP8_MAX,
+    flash_attention_16bit,
     fp8_attention,
     fp8_attention_reference,
     fp8_flash_attention,
@@ -90,3 +91,18 @@ def test_fp8_attention_end_to_end_is_fp8_accurate():
     # Each of Q, K, V, P carries ≤ 2**-4 relative rounding; the output's relative L2 error stays within a few of
     # those steps, so cosine ≥ 1 − (4·2**-4)²/2.
     assert cos >= 1 - (4 * 2.0**-4) ** 2 / 2
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_the_same_kernel_on_fp16_inputs_is_a_16bit_flash_attention(is_causal):
+    """The pipe model's 16-bit baseline: fp16 Q, K, V with unit descales. Against fp64 attention of the same fp16
+    inputs the only error is P rounded to fp16 (unit roundoff 2**-11) and the fp16 output's own rounding."""
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=gen).half() for n in (70, 130, 130))
+    out = flash_attention_16bit(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), is_causal=is_causal).cpu()
+    assert out.dtype == torch.float16
+    exact = reference_attention(q.double(), k.double(), v.double(), None, is_causal, 64**-0.5)
+    bound = half_int8_bound(q.double(), k.double(), v.double(), None, is_causal, 64**-0.5, torch.float16)
+    assert ((out.double() - exact.out).abs() <= bound + 2.0**-11 * exact.out.abs()).all()
+    with pytest.raises(ValueError, match="fp16 or bf16"):
+        flash_attention_16bit(q.float(), k.float(), v.float())

@@ -1,7 +1,10 @@
-"""The kernel's INT8 GEMMs compile to the tensor-core instructions meant for each GPU, checked without one.
+"""What the kernels compile to on sm_80 / sm_90, checked without a GPU, as a launch compiles them.
 
-Triton compiles for sm_80 / sm_90 ahead of time with its own ptxas; cuobjdump reads the SASS. Runs in
-a subprocess because this test session has TRITON_INTERPRET=1 set (the interpreter cannot compile).
+Triton compiles ahead of time with its own ptxas; cuobjdump reads the SASS (``benchmarks/inspect_sass.py``,
+with the launch-time specialization of a real call). These tests pin the properties the speed work relies
+on: the GEMMs on the fast tensor-core instructions, no F2I for P's rounding, at most ~one slow-unit
+instruction per score in the main loop, no byte-wise transposition of V, no spills. Runs in a subprocess
+because this test session has TRITON_INTERPRET=1 set (the interpreter cannot compile).
 """
 
 from __future__ import annotations
@@ -11,64 +14,137 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, "benchmarks")
-    from inspect_sass import compile_fp8_baseline, compile_variant
-    fp8 = compile_fp8_baseline(90)
-    window = compile_variant(90, True, causal=True, window=True)
-    out = {"fp8-90": {"ptx": fp8.ptx_matrix, "sass": fp8.sass_counts},
-           "window-90": {"ptx": window.ptx_matrix, "sass": window.sass_counts}}
-    for arch in (80, 90):
-        for quantize_pv in (True, False):
-            info = compile_variant(arch, quantize_pv)
-            out[f"{arch}-{quantize_pv}"] = {"ptx": info.ptx_matrix, "sass": info.sass_counts}
+    from inspect_sass import inspect_variant
+    from pipe_model import model
+    out = {}
+    for name, args in {
+        "90-full": (90, "full-int8", 128), "90-half": (90, "half-int8", 128), "80-full": (80, "full-int8", 128),
+        "80-half": (80, "half-int8", 128), "90-fp8": (90, "fp8-baseline", 128), "90-fp16": (90, "fp16-baseline", 128),
+        "90-full-64": (90, "full-int8", 64),
+    }.items():
+        info = inspect_variant(*args)
+        row = model(info)
+        out[name] = {"ptx": info.ptx_matrix, "sass": info.sass_counts, "loop": info.loop_histogram,
+                     "rare": info.loop_rare_histogram, "spills": info.spills, "local": info.local_bytes,
+                     "registers": info.registers, "slow_per_score": row.slow_unit_per_score,
+                     "tensor": row.tensor, "pipes": row.pipes}
+    window = inspect_variant(90, "full-int8", 128, causal=True, window_left=100)
+    out["90-causal"] = {"ptx": window.ptx_matrix, "sass": window.sass_counts}
     print(json.dumps(out))
 """)
 
 
+def _clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
 @pytest.fixture(scope="module")
 def codegen():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=root,
-                            timeout=600)
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=_clean_env(), cwd=ROOT,
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _loop_families(entry: dict) -> dict[str, int]:
+    families: dict[str, int] = {}
+    for opcode, count in entry["loop"].items():
+        families[opcode.split(".")[0]] = families.get(opcode.split(".")[0], 0) + count
+    return families
+
+
 def test_hopper_uses_int8_wgmma_for_both_gemms_in_full_int8(codegen):
-    full = codegen["90-True"]
+    full = codegen["90-full"]
     assert all(".s32.s8.s8" in instr for instr in full["ptx"]), full["ptx"]
     assert len(full["ptx"]) == 2 and all(instr.startswith("wgmma") for instr in full["ptx"])
     assert full["sass"].get("IGMMA", 0) > 0 and "HMMA" not in full["sass"] and "IMMA" not in full["sass"]
 
 
+def test_full_int8_rounds_p_without_f2i_and_issues_one_slow_unit_instruction_per_score(codegen):
+    """P's rounding is an FFMA with a magic number (no F2I), and the P·V sums stay INT32 between rescales (no
+    per-block I2F of the P·V tile): the 16/clock unit sees only exp2, one per score (issue 11's ≤ 1.15)."""
+    full = codegen["90-full"]
+    loop = _loop_families(full)
+    assert "F2I" not in loop and "I2F" not in loop and "F2F" not in loop
+    assert full["sass"].get("F2I", 0) <= 1  # outside the loop: one integer division's reciprocal trick
+    assert loop.get("MUFU", 0) > 0
+    assert full["slow_per_score"] <= 1.15
+    # The P·V accumulator's conversion happens only on the rare rescale path, not every block.
+    assert _loop_families({"loop": full["rare"]}).get("I2FP", 0) > 0
+
+
+def test_int8_v_arrives_asynchronously_not_transposed_byte_by_byte(codegen):
+    """V laid out sequence-major (``quantize.sequence_major``) is what Hopper's INT8 wgmma reads: no STS.U8."""
+    loop = codegen["90-full"]["loop"]
+    assert not any(op.startswith("STS.U8") for op in loop)
+    assert any(op.startswith("LDGSTS") for op in loop)
+
+
+def test_no_spills_at_head_dim_128(codegen):
+    for name in ("90-full", "90-half", "80-full", "80-half"):
+        assert codegen[name]["spills"] == 0 and codegen[name]["local"] == 0, name
+
+
 def test_hopper_half_int8_uses_int8_wgmma_for_qk_and_fp16_for_pv(codegen):
-    half = codegen["90-False"]
+    half = codegen["90-half"]
     assert any(".s32.s8.s8" in instr for instr in half["ptx"]) and any(".f16.f16" in instr for instr in half["ptx"])
     assert half["sass"].get("IGMMA", 0) > 0 and half["sass"].get("HGMMA", 0) > 0
 
 
 def test_ampere_uses_imma(codegen):
-    full = codegen["80-True"]
+    full = codegen["80-full"]
     assert full["ptx"] and all("mma.sync" in instr and "s8.s8" in instr for instr in full["ptx"])
     assert full["sass"].get("IMMA", 0) > 0
+    # Ampere converts INT32 → fp32 on the 16/clock unit (I2F): the Q·Kᵀ tile uses the magic-number form instead.
+    loop = _loop_families(full)
+    assert "F2I" not in loop and "I2F" not in loop and full["slow_per_score"] <= 1.15
 
 
-def test_fp8_baseline_uses_fp8_wgmma_on_hopper(codegen):
-    """The benchmark's FP8 yardstick runs on Hopper's FP8 tensor cores (QGMMA), not an upcast 16-bit path."""
-    fp8 = codegen["fp8-90"]
+def test_baselines_use_fp8_and_fp16_wgmma_on_hopper(codegen):
+    """The speed table's yardsticks run on Hopper's FP8 (QGMMA) and 16-bit (HGMMA) tensor cores."""
+    fp8 = codegen["90-fp8"]
     assert len(fp8["ptx"]) == 2 and all(instr.startswith("wgmma") and ".e4m3.e4m3" in instr for instr in fp8["ptx"])
     assert fp8["sass"].get("QGMMA", 0) > 0 and "HGMMA" not in fp8["sass"]
+    fp16 = codegen["90-fp16"]
+    assert fp16["sass"].get("HGMMA", 0) > 0 and "IGMMA" not in fp16["sass"]
+
+
+def test_pipe_model_counts_the_tiles_macs_and_one_exp_per_score(codegen):
+    """The model found the real loop: its matrix instructions do the tile's MACs (pipe_model.model raises
+    otherwise), and the 16/clock unit's cycles equal one exp2 per score at 16 per clock (128×64 tile, 8 warps)."""
+    full = codegen["90-full"]
+    assert full["tensor"] == 2 * 128 * 64 * 128 / 4096
+    assert full["pipes"]["xu"] == 128 * 64 / 16
+    # At d = 64 the GEMMs halve but the exps do not: the slow unit is twice the tensor time (NOTES.md).
+    assert codegen["90-full-64"]["pipes"]["xu"] == 2 * codegen["90-full-64"]["tensor"]
 
 
 def test_causal_sliding_window_variant_compiles_to_int8_wgmma_on_hopper(codegen):
-    """The causal loop with a sliding window (only exercised by the interpreter on CPU) compiles for sm_90 and keeps
+    """The causal loops with a sliding window (only exercised by the interpreter on CPU) compile for sm_90 with
     both GEMMs on IGMMA."""
-    window = codegen["window-90"]
-    assert len(window["ptx"]) == 2 and all(".s32.s8.s8" in instr for instr in window["ptx"])
-    assert window["sass"].get("IGMMA", 0) > 0 and "HMMA" not in window["sass"]
+    causal = codegen["90-causal"]
+    assert len(causal["ptx"]) == 2 and all(".s32.s8.s8" in instr for instr in causal["ptx"])
+    assert causal["sass"].get("IGMMA", 0) > 0 and "HMMA" not in causal["sass"]
+
+
+def test_inspect_sass_json_contract():
+    """``--json`` prints, as its last line, one object with the keys other tools rely on."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/inspect_sass.py", "--json", "--arch", "90", "--head-dim", "128", "--variant",
+         "full-int8"], capture_output=True, text=True, env=_clean_env(), cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("sass_histogram", "loop_histogram", "block_m", "block_n", "num_warps", "num_stages", "registers",
+                "spills"):
+        assert key in info, key
+    assert sum(info["loop_histogram"].values()) < sum(info["sass_histogram"].values())
+    assert info["block_n"] == 64 and info["registers"] > 0

@@ -19,8 +19,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from intfa_compile.kernels.int8_flash_attention import _scores, int8_flash_attention_triton
+from intfa_compile.kernels.int8_flash_attention import _INTERPRETED, _scores, int8_flash_attention_triton, round_to_int8
 
+from intfa_compile import cpu_attention
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.numerics import LOG2E
 from intfa_compile.reference import reference_attention
@@ -30,31 +31,68 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @triton.jit
-def _scores_tile_kernel(Q, K, QS, KS, QK_OUT, S_OUT, M: tl.constexpr, N: tl.constexpr, D: tl.constexpr):
+def _scores_tile_kernel(Q, K, QS, KS, QK_OUT, S_OUT, M: tl.constexpr, N: tl.constexpr, D: tl.constexpr,
+                        MAGIC_I2F: tl.constexpr):
     rows, cols, dims = tl.arange(0, M), tl.arange(0, N), tl.arange(0, D)
     q = tl.load(Q + rows[:, None] * D + dims[None, :])
     k = tl.load(K + cols[None, :] * D + dims[:, None])
-    qk, s = _scores(q, k, tl.load(QS + rows), tl.load(KS + cols))
+    qk, s = _scores(q, k, tl.load(QS + rows), tl.load(KS + cols), MAGIC_I2F)
     tl.store(QK_OUT + rows[:, None] * N + cols[None, :], qk)
     tl.store(S_OUT + rows[:, None] * N + cols[None, :], s)
 
 
-@pytest.mark.parametrize("head_dim", [32, 64, 128])
-def test_int32_scores_and_logits_match_the_cpu_implementation_exactly(head_dim):
+@pytest.mark.parametrize("head_dim", [32, 64, 128, 256])
+@pytest.mark.parametrize("magic_i2f", [False, True])
+def test_int32_scores_and_logits_match_the_cpu_implementation_exactly(head_dim, magic_i2f):
+    """Also with the magic-number INT32 → fp32 conversion (Ampere's form): exact for |Q·Kᵀ| < 2²², which the
+    largest partial sums at head dim 256 (127²·256) stay below."""
     gen = torch.Generator().manual_seed(head_dim)
     q = torch.randint(-127, 128, (32, head_dim), generator=gen, dtype=torch.int8)
     k = torch.randint(-127, 128, (64, head_dim), generator=gen, dtype=torch.int8)
     q[0] = 127
     k[0] = 127  # the largest possible partial sums
+    q[1] = -127  # and the most negative
     qs = torch.rand(32, generator=gen) * (head_dim**-0.5 * LOG2E)
     ks = torch.rand(64, generator=gen)
     qk = torch.empty(32, 64, dtype=torch.int32, device=DEVICE)
     s = torch.empty(32, 64, device=DEVICE)
-    _scores_tile_kernel[(1,)](q.to(DEVICE), k.to(DEVICE), qs.to(DEVICE), ks.to(DEVICE), qk, s, 32, 64, head_dim)
+    _scores_tile_kernel[(1,)](q.to(DEVICE), k.to(DEVICE), qs.to(DEVICE), ks.to(DEVICE), qk, s, 32, 64, head_dim,
+                              magic_i2f)
     cpu_qk = q.float() @ k.float().T  # what int8_flash_attention_cpu computes
     assert torch.equal(qk.cpu().long(), q.long() @ k.long().T)
     assert torch.equal(qk.cpu().float(), cpu_qk)
     assert torch.equal(s.cpu(), cpu_qk * qs[:, None] * ks[None, :])
+
+
+@triton.jit
+def _round_kernel(P, SCALE, OUT, N: tl.constexpr, EMULATE_FMA: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(OUT + offs, round_to_int8(tl.load(P + offs), tl.load(SCALE + offs), EMULATE_FMA))
+
+
+def test_p_rounds_to_nearest_even_exactly_as_the_cpu_implementation():
+    """The FFMA-with-magic-number rounding of P (no F2I) gives round-half-even of the exact product p·scale for
+    every p·scale in [0, 127.5) — the fixed scale 127 and the per-row scales 127/max alike — equal to the CPU
+    implementation's rounding; ties (p = 0.5 → 63.5) go to even, not up."""
+    gen = torch.Generator().manual_seed(0)
+    halves = (torch.arange(128) + 0.5) / 127  # p·127 as close to k + 1/2 as fp32 gets, and just below
+    p = torch.cat([torch.rand(4000, generator=gen), torch.tensor([0.0, 0.5, 1.0, 1.5 / 127, 2.5 / 127, 1e-30]),
+                   halves, torch.nextafter(halves, torch.tensor(0.0))])
+    p_max = torch.rand(p.shape, generator=gen) * 0.5 + 0.5
+    fixed = torch.full(p.shape, 127.0)
+    row = (127.0 / p_max).float()
+    for scale, values in ((fixed, p), (row, (p * p_max).float())):
+        n = p.numel()
+        padded = 1 << (n - 1).bit_length()
+        vals = torch.nn.functional.pad(values, (0, padded - n))
+        scales = torch.nn.functional.pad(scale, (0, padded - n))
+        out = torch.empty(padded, dtype=torch.int8, device=DEVICE)
+        _round_kernel[(1,)](vals.to(DEVICE), scales.to(DEVICE), out, padded, _INTERPRETED)
+        expected = torch.round(vals.double() * scales.double())
+        assert expected.max() <= 127
+        assert torch.equal(out.cpu().double(), expected)
+        assert torch.equal(cpu_attention.round_to_int8(vals, scales).double(), expected)
+    assert cpu_attention.round_to_int8(torch.tensor([0.5]), 127.0).item() == 64.0
 
 
 def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, causal_offset=0, window_left=-1):
@@ -91,6 +129,28 @@ def test_full_int8_kernel(n_q, n_k, head_dim, is_causal, p_scale):
     ref = reference_attention(q_hat, k_hat, v_hat, None, is_causal)
     _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
     bound = p_quantization_bound(q_hat, k_hat, v_hat, None, is_causal, None, P_STEP)
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("trend", ["rising", "falling"])
+def test_int32_pv_sums_fold_when_a_maximum_grows(trend):
+    """P·V accumulates in INT32 across key blocks while no row's maximum grows and is folded into the fp32
+    accumulator when one does: scores rising along the keys make every block raise the maxima (a fold per
+    block), falling scores never do after the first (one INT32 sum over all six blocks). Both agree with the CPU
+    implementation and with fp64 attention within the P-quantization bound."""
+    gen = torch.Generator().manual_seed(3)
+    n_k, head_dim = 6 * 64, 64
+    q = torch.randn(1, 2, 40, head_dim, generator=gen)
+    direction = q.mean(dim=-2, keepdim=True)
+    ramp = torch.linspace(0, 3, n_k)[:, None] if trend == "rising" else torch.linspace(3, 0, n_k)[:, None]
+    k = ramp * direction / direction.norm(dim=-1, keepdim=True) + 0.3 * torch.randn(1, 2, n_k, head_dim, generator=gen)
+    v = torch.randn(1, 2, n_k, head_dim, generator=gen)
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, None, False, None, "fixed")
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, None, False)
+    _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
+    bound = p_quantization_bound(q_hat, k_hat, v_hat, None, False, None, P_STEP)
     assert ((kernel.double() - ref.out).abs() <= bound).all()
 
 
