@@ -59,7 +59,8 @@ def methods() -> dict[str, Attention]:
     return {
         "fp16 (SDPA)": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
         "FP8 e4m3 (per-tensor)": fp8_attention,
-        "half-INT8": intfa(quantize_pv=False),
+        "half-INT8": intfa(pv_format="fp16"),
+        "INT8 Q·Kᵀ, FP8 P·V (pv_format=fp8)": intfa(pv_format="fp8"),
         "full-INT8, P fixed 1/127 (paper)": intfa(),
         "full-INT8, P per row block": intfa(p_scale="row_block"),
         "full-INT8 + smooth-K": intfa(smooth_k=True),

@@ -40,7 +40,12 @@ from results_file import RunInfo  # noqa: E402
 from torch._inductor.utils import run_and_get_code  # noqa: E402
 
 from intfa_compile.ops import int8_sdpa  # noqa: E402
-from intfa_compile.quantize import quantize_per_channel, quantize_per_token, sequence_major  # noqa: E402
+from intfa_compile.quantize import (  # noqa: E402
+    quantize_per_channel,
+    quantize_per_token,
+    quantize_v_fp8,
+    sequence_major,
+)
 from intfa_compile.reference import error_metrics, reference_attention  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -100,21 +105,23 @@ def _sdpa_backend(backend_name: str, causal: bool) -> Attention | None:
     return attend
 
 
-def _intfa(quantize_pv: bool, causal: bool) -> Attention:
+def _intfa(pv_format: str, causal: bool) -> Attention:
     def attend(q, k, v):
-        return int8_sdpa(q, k, v, is_causal=causal, quantize_pv=quantize_pv)
+        return int8_sdpa(q, k, v, is_causal=causal, pv_format=pv_format)
 
     return attend
 
 
-def _intfa_prequantized(quantize_pv: bool, causal: bool) -> tuple[Callable, Attention]:
+def _intfa_prequantized(pv_format: str, causal: bool) -> tuple[Callable, Attention]:
     """(prepare, attend): prepare quantizes once, outside the timed region."""
 
     def prepare(q, k, v):
         q8, qs = quantize_per_token(q)
         k8, ks = quantize_per_token(k)
-        v_in, vs = quantize_per_channel(v) if quantize_pv else (v, None)
-        if quantize_pv:  # the layout the compiler passes give the kernel
+        if pv_format == "fp16":
+            v_in, vs = v, None
+        else:  # per channel, in the sequence-major layout the compiler passes give the kernel
+            v_in, vs = quantize_per_channel(v) if pv_format == "int8" else quantize_v_fp8(v)
             v_in = sequence_major(v_in)
         return (q8, k8, v_in, qs, ks, vs, q.shape[-1] ** -0.5, q.dtype)
 
@@ -128,7 +135,7 @@ def _triton_interpreted(causal: bool) -> tuple[Callable, Attention]:
     """The Triton kernel itself on CPU tensors (interpreter): keeps the GPU path exercised in --smoke."""
     from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
 
-    prepare, _ = _intfa_prequantized(True, causal)
+    prepare, _ = _intfa_prequantized("int8", causal)
 
     def attend(q8, k8, v8, qs, ks, vs, sm_scale, dtype):
         out = torch.empty_like(q8, dtype=dtype)
@@ -200,10 +207,13 @@ def providers(case: Case, device: str) -> dict[str, tuple[Callable | None, Atten
             table[f"sdpa-{name.split('_')[0].lower()}"] = (None, _sdpa_backend(name, case.causal))
     else:
         table["sdpa-cpu"] = (None, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=case.causal))
-    table["intfa-full"] = (None, _intfa(True, case.causal))
-    table["intfa-full-prequant"] = _intfa_prequantized(True, case.causal)
-    table["intfa-half"] = (None, _intfa(False, case.causal))
-    table["intfa-half-prequant"] = _intfa_prequantized(False, case.causal)
+    table["intfa-full"] = (None, _intfa("int8", case.causal))
+    table["intfa-full-prequant"] = _intfa_prequantized("int8", case.causal)
+    table["intfa-half"] = (None, _intfa("fp16", case.causal))
+    table["intfa-half-prequant"] = _intfa_prequantized("fp16", case.causal)
+    if device == "cpu" or _has_fp8_tensor_cores(device):
+        table["intfa-fp8pv"] = (None, _intfa("fp8", case.causal))
+        table["intfa-fp8pv-prequant"] = _intfa_prequantized("fp8", case.causal)
     if device == "cpu":
         table["intfa-full-compiled"] = (None, _Compiled(case.causal, "custom_op"))
         table["intfa-full-triton-interpreter"] = _triton_interpreted(case.causal)

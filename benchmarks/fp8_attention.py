@@ -24,6 +24,8 @@ from intfa_compile.kernels.int8_flash_attention import (
     autotune_configs,
     causal_block_range,
     online_softmax_step,
+    prune_configs,
+    round_to_e4m3,
 )
 from torch import Tensor
 
@@ -36,22 +38,6 @@ BLOCK_N = 64
 """Keys per block. Part of the result: P is rounded after each block's running-max shift."""
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_E4M3_MIN_NORMAL = tl.constexpr(2.0**-6)
-_E4M3_SUBNORMAL_STEPS = tl.constexpr(2.0**9)
-_FP32_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**23)
-
-
-@triton.jit
-def _round_to_e4m3(p):
-    """p ∈ [0, 1] → nearest e4m3 value (ties to even), kept in fp32.
-
-    For the interpreter only: its fp32 → e4m3 cast loses the carry when rounding reaches the next
-    power of two (1.99 becomes 1.0). The GPU's ``cvt.rn`` needs no help.
-    """
-    bits = p.to(tl.uint32, bitcast=True)
-    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & 0xFFF00000).to(tl.float32, bitcast=True)
-    subnormal = ((p * _E4M3_SUBNORMAL_STEPS + _FP32_ROUNDING_MAGIC) - _FP32_ROUNDING_MAGIC) / _E4M3_SUBNORMAL_STEPS
-    return tl.where(p < _E4M3_MIN_NORMAL, subnormal, normal)
 
 
 @triton.jit
@@ -73,14 +59,21 @@ def _fp8_block(
     s = tl.where(n_ok[None, :], s, float("-inf"))
     p, alpha, m_new, l_i = online_softmax_step(s, m_i, l_i)
     if EMULATE_CAST:
-        p = _round_to_e4m3(p)
+        p = round_to_e4m3(p)
     v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
     return acc, l_i, m_new
 
 
-@triton.autotune(configs=autotune_configs(), key=["N_Q", "N_K", "HEAD_DIM", "IS_CAUSAL"])
+def _prune_fp8_or_16bit(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The INT8 kernel's pruning, with P·V counted as quantized when V is e4m3 (the 16-bit baseline's is not)."""
+    v = named_args.get("V")
+    return prune_configs(configs, named_args, QUANT_PV=v is not None and v.dtype == FP8_DTYPE, **kwargs)
+
+
+@triton.autotune(configs=autotune_configs(), key=["N_Q", "N_K", "HEAD_DIM", "IS_CAUSAL"],
+                 prune_configs_by={"early_config_prune": _prune_fp8_or_16bit})
 @triton.jit
 def _fp8_attention_fwd(
     Q, K, V, DESCALE_Q, DESCALE_K, DESCALE_V, OUT,

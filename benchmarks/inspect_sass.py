@@ -59,6 +59,9 @@ _TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_x]+)*)")
 _BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?BRA(?:\.[A-Z.]+)?\s+0x([0-9a-f]+)")
 _TENSOR_OPS = ("IGMMA", "HGMMA", "QGMMA", "IMMA", "HMMA")
+_DEFAULT_TILES = ((128, 8, 3), (64, 4, 2), (64, 8, 2))
+"""(BLOCK_M, warps, stages) shown by default, in order of preference: the tile FlashAttention kernels use at
+d ≤ 128, and the pipelined 64-row tiles a 256-wide head fits in. ``--all-configs`` shows every one."""
 
 # Per-SM limits for occupancy (CUDA C++ Programming Guide, "Technical Specifications per Compute Capability").
 _SM_LIMITS = {
@@ -230,14 +233,15 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
     sliding window behind the causal diagonal, INT8 kernels only)."""
     batch, heads, seq = TYPICAL_SHAPE["batch"], TYPICAL_SHAPE["heads"], TYPICAL_SHAPE["seq"]
     sm_scale = head_dim**-0.5
-    if variant in ("full-int8", "half-int8"):
+    if variant in ("full-int8", "half-int8", "fp8-pv"):
         module = kernel_module or int8_kernel
         q, k = (_meta(batch, heads, seq, head_dim, dtype=torch.int8) for _ in range(2))
-        full = variant == "full-int8"
-        # INT8 V sequence-major, as the compiler passes lay it out (``quantize.sequence_major``); an earlier
-        # revision of the kernel got it D-major.
-        v = (_meta(batch, heads, head_dim, seq, dtype=torch.int8).transpose(-1, -2) if full and module is int8_kernel
-             else _meta(batch, heads, seq, head_dim, dtype=torch.int8 if full else torch.float16))
+        full = variant != "half-int8"
+        v_dtype = {"full-int8": torch.int8, "fp8-pv": torch.float8_e4m3fn}.get(variant, torch.float16)
+        # Quantized V sequence-major, as the compiler passes lay it out (``quantize.sequence_major``); an
+        # earlier revision of the kernel got it D-major.
+        v = (_meta(batch, heads, head_dim, seq, dtype=v_dtype).transpose(-1, -2) if full and module is int8_kernel
+             else _meta(batch, heads, seq, head_dim, dtype=v_dtype))
         q_scale, k_scale = _meta(batch, heads, seq, dtype=torch.float32), _meta(batch, heads, seq, dtype=torch.float32)
         v_scale = _meta(batch, heads, head_dim, dtype=torch.float32) if full else None
         out = _meta(batch, heads, seq, head_dim, dtype=torch.float16)
@@ -245,11 +249,15 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
                                                         "fixed", out, window_left=window_left,
                                                         target_arch=arch)
         kernel = module._int8_attention_fwd
-        takes = set(kernel.fn.arg_names)
-        constexprs = {name: value for name, value in constexprs.items() if name in takes}
-        runtime = [p.name for p in kernel.fn.params if not p.is_constexpr]
-        if runtime != [p.name for p in int8_kernel._int8_attention_fwd.fn.params if not p.is_constexpr]:
-            raise RuntimeError("that revision's kernel takes other arguments than today's launch_arguments builds")
+        if module is not int8_kernel:  # an earlier revision: pass it the arguments it takes, by name
+            takes = set(kernel.fn.arg_names)
+            constexprs = {name: value for name, value in constexprs.items() if name in takes}
+            today = [p.name for p in int8_kernel._int8_attention_fwd.fn.params if not p.is_constexpr]
+            named = dict(zip(today, args, strict=True))
+            missing = [p.name for p in kernel.fn.params if not p.is_constexpr and p.name not in named]
+            if missing:
+                raise RuntimeError(f"that revision's kernel takes arguments today's launch_arguments lacks: {missing}")
+            args = tuple(named[p.name] for p in kernel.fn.params if not p.is_constexpr)
         return kernel, args, constexprs
     if variant in ("fp8-baseline", "fp16-baseline"):
         import fp8_attention
@@ -263,7 +271,7 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
         out = _meta(batch, heads, seq, head_dim, dtype=torch.float16)
         args, constexprs = fp8_attention.launch_arguments(q, k, v, descale, descale, descale, causal, sm_scale, out)
         return fp8_attention._fp8_attention_fwd, args, constexprs
-    raise SystemExit(f"variant {variant!r}: not built yet (see issue 11); choose from the other variants")
+    raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
 def autotune_candidates(kernel, args: tuple, constexprs: dict) -> list[triton.Config]:
@@ -279,13 +287,13 @@ def autotune_candidates(kernel, args: tuple, constexprs: dict) -> list[triton.Co
 def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool = False,
                     config: triton.Config | None = None, kernel_module=None, window_left: int = -1) -> Codegen:
     """Compile one variant for sm_<arch> as a launch would (``config``: one of its autotune configs; by default
-    BLOCK_M 128, 8 warps, 3 stages when the pruning keeps it, else the first surviving config)."""
+    the first of ``_DEFAULT_TILES`` the pruning keeps, else the first surviving config)."""
     kernel, args, constexprs = launch_case(variant, head_dim, causal, kernel_module, window_left, arch)
     if config is None:
         candidates = autotune_candidates(kernel, args, constexprs)
-        preferred = [c for c in candidates if c.kwargs.get("BLOCK_M") == 128 and c.num_warps == 8
-                     and c.num_stages == 3]
-        config = (preferred or candidates)[0]
+        shapes = [(c.kwargs.get("BLOCK_M"), c.num_warps, c.num_stages) for c in candidates]
+        preferred = [shape for shape in _DEFAULT_TILES if shape in shapes]
+        config = candidates[shapes.index(preferred[0])] if preferred else candidates[0]
     compiled, sass, registers, local_bytes = compile_like_launch(kernel.fn, args, constexprs, config, arch)
     instructions = _instructions(sass)
     loop = main_loop_range(sass)
@@ -357,8 +365,8 @@ def main() -> None:
         return
     rows = []
     for arch in (80, 90):
-        for variant in ("full-int8", "half-int8", "fp8-baseline", "fp16-baseline"):
-            if variant == "fp8-baseline" and arch < 89:
+        for variant in ("full-int8", "half-int8", "fp8-pv", "fp8-baseline", "fp16-baseline"):
+            if variant in ("fp8-baseline", "fp8-pv") and arch < 89:
                 continue
             for head_dim in (64, 128):
                 if args.all_configs:

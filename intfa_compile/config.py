@@ -19,6 +19,8 @@ import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
+from .numerics import normalize_pv_format
+
 
 def _env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
@@ -35,9 +37,17 @@ def _env_int(name: str, default: int) -> int:
 enabled: bool = _env_bool("INTFA_ENABLED", True)
 """Rewrite attention to INT8 at all. False compiles exactly what Inductor alone would compile."""
 
-quantize_pv: bool = True
-"""Quantize the softmax block P and V to INT8 as well (full INT8). False is the paper's "half-INT8":
-Q and K in INT8, P and V kept in 16-bit, so P·V runs as a 16-bit GEMM with fp32 accumulation."""
+pv_format: Literal["int8", "fp8", "fp16"] = "int8"
+"""How P·V runs (Q·Kᵀ is INT8 in every case). "int8": P and V in INT8, an INT8 GEMM (full INT8, the
+paper's). "fp16": P and V kept in 16-bit, a 16-bit GEMM with fp32 accumulation (the paper's
+"half-INT8"). "fp8": P and V in e4m3, V scaled per channel, an FP8 GEMM with fp32 accumulation
+(SageAttention2's choice: on Hopper the P·V result needs no INT32 → fp32 conversion, and e4m3 keeps a
+flat softmax's small probabilities that INT8's fixed 1/127 step rounds away). "fp8" needs FP8 tensor
+cores on a GPU (sm_89+); it takes P's fixed scale only."""
+
+quantize_pv: bool | None = None
+"""Deprecated alias of ``pv_format``: True is "int8", False is "fp16"; None (default) follows
+``pv_format``. Setting it warns once per compilation."""
 
 p_scale: Literal["fixed", "row_block"] = "fixed"
 """Scale of the INT8 softmax block P. "fixed" is the paper's 1/127 (P lies in [0, 1] after the running
@@ -108,6 +118,9 @@ def _check_value(name: str, value: Any) -> None:
     elif hint is int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"intfa config {name!r} must be a non-negative int, got {value!r}")
+    elif hint == bool | None:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"intfa config {name!r} must be a bool or None, got {value!r}")
     elif hint is str:
         if not isinstance(value, str):
             raise ValueError(f"intfa config {name!r} must be a str, got {value!r}")
@@ -144,6 +157,9 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if overrides:
         validate(overrides)
         settings.update(overrides)
+    settings["pv_format"] = normalize_pv_format(settings["pv_format"], settings["quantize_pv"])
+    if settings["pv_format"] == "fp8" and settings["p_scale"] != "fixed":
+        raise ValueError("intfa: pv_format='fp8' takes P's fixed scale only (p_scale='fixed')")
     if settings["scales"] is not None and settings["smooth_k"]:
         raise ValueError("intfa: static 'scales' were calibrated on K as it is; they cannot be combined with smooth_k")
     return settings

@@ -11,6 +11,11 @@ partial sum is an integer of magnitude at most 127·127·D (Q·Kᵀ, D ≤ 1040)
 products therefore equal the kernel's bit for bit; the float steps that follow (exp2, row sums)
 can differ from the GPU's by a few ulps, which can move a P entry by one INT8 level.
 
+Without a mask the scores keep no query scale and the exp2 argument is one FFMA (emulated in fp64),
+as in the kernel. With an e4m3 V (pv_format="fp8") P is exp2 of the exponent plus log2(448), rounded to
+e4m3 (PyTorch's cast: nearest, ties to even, as ``cvt.rn``), and the e4m3 products add up exactly in
+fp64; the row sums carry the same factor of 448, which cancels.
+
 P is rounded to INT8 as the kernel rounds it: to nearest, ties to even, from the exact product (one
 rounding, as the kernel's FFMA with a magic number; see ``round_to_int8``). With the fixed P scale the
 kernel sums P·V in INT32 across key blocks and folds the sum into its fp32 accumulator only when a
@@ -29,10 +34,12 @@ from .numerics import (
     FP32_TINY,
     INT8_MAX,
     KV_BLOCK_SIZE,
+    LOG2_P_FP8_SCALE,
     LOG2E,
     P_DEQUANT_FIXED,
+    PV_FP8_FOLD_BLOCKS,
     folds_query_scale,
-    int32_pv_accumulation,
+    lazy_pv_accumulation,
 )
 
 _EXACT_FP32_INT = 2**24
@@ -74,7 +81,8 @@ def int8_flash_attention_cpu(
     if INT8_MAX * INT8_MAX * max(head_dim, block_n) >= _EXACT_FP32_INT:
         raise ValueError(f"head_dim {head_dim} / block {block_n} too large for exact fp32 integer GEMMs")
     rows = group * n_q
-    full_int8 = v_scale is not None
+    quantized_pv = v_scale is not None  # INT8 or e4m3 V with per-channel scales
+    pv_fp8 = v.dtype == torch.float8_e4m3fn
 
     # Query heads that share a KV head are stacked along the row axis: (B, Hk, G·Nq, D).
     qf = q.float().reshape(batch, heads_k, rows, head_dim)
@@ -85,17 +93,20 @@ def int8_flash_attention_cpu(
         qs = torch.where(qs == 0, FP32_TINY, qs)
     kf = k.float()
     ks = k_scale.float().unsqueeze(-2)
-    vf = v.float()
+    vf = v.double() if pv_fp8 else v.float()  # e4m3 products and their block sums are exact in fp64
     row_ids = torch.arange(n_q, device=q.device).repeat(group).unsqueeze(-1)
 
     m_i = torch.full((batch, heads_k, rows, 1), float("-inf"), device=q.device)
     l_i = torch.zeros((batch, heads_k, rows, 1), device=q.device)
     acc = torch.zeros((batch, heads_k, rows, head_dim), device=q.device)
-    # With the fixed P scale the kernel sums P·V in INT32 across blocks while no maximum moves; float64 holds
-    # those integer sums exactly here.
-    int32_pv = full_int8 and p_scale == "fixed" and int32_pv_accumulation(head_dim)
-    acc_i = torch.zeros((batch, heads_k, rows, head_dim), dtype=torch.float64, device=q.device)
-    flush_blocks = (2**31 - 1) // (INT8_MAX * INT8_MAX * block_n)
+    # With the fixed P scale the kernel sums P·V across blocks while no maximum moves (INT32 for INT8, the tensor
+    # cores' fp32 accumulator for FP8); float64 holds those sums exactly here.
+    lazy_pv = quantized_pv and p_scale == "fixed" and lazy_pv_accumulation(head_dim)
+    acc_pv = torch.zeros((batch, heads_k, rows, head_dim), dtype=torch.float64, device=q.device)
+    fold_blocks = PV_FP8_FOLD_BLOCKS if pv_fp8 else (2**31 - 1) // (INT8_MAX * INT8_MAX * block_n)
+    pv_dequant = 1.0 if pv_fp8 else P_DEQUANT_FIXED
+    # FP8 P is exp2 of the exponent plus log2(448) (in [0, 448]); the row sums carry the factor too.
+    p_shift = LOG2_P_FP8_SCALE if pv_fp8 else 0.0
     pending = 0
     # Causal: row i sees keys j <= i + causal_offset, so no block past the last row's diagonal is needed.
     stop = min(n_k, max(0, n_q + causal_offset)) if is_causal else n_k
@@ -125,23 +136,31 @@ def int8_flash_attention_cpu(
         if fold:
             neg_max = -(m_safe * qs)
             alpha = torch.where(m_new == m_i, 1.0, torch.exp2(_fma(m_i, qs, neg_max)))
+            p = torch.exp2(_fma(s, qs, neg_max + p_shift if pv_fp8 else neg_max))
         else:
             alpha = torch.exp2(m_i - m_safe)
-        if int32_pv:
-            # Fold the exact P·V sums into acc where the maximum moved (alpha ≠ 1), or before INT32 could overflow.
-            flush = (m_new != m_i) | (pending >= flush_blocks)
-            folded = (acc.double() + acc_i.float().double() * P_DEQUANT_FIXED).float() * alpha
+            p = torch.exp2(s - (m_safe - p_shift if pv_fp8 else m_safe))
+        if lazy_pv:
+            # Fold the P·V sums into acc where the maximum moved (alpha ≠ 1), or every fold_blocks blocks.
+            flush = (m_new != m_i) | (pending >= fold_blocks)
+            folded = (acc.double() + acc_pv.float().double() * pv_dequant).float() * alpha
             acc = torch.where(flush, folded, acc)
-            acc_i = torch.where(flush, 0.0, acc_i)
-            pending = 0 if pending >= flush_blocks else pending
+            acc_pv = torch.where(flush, 0.0, acc_pv)
+            pending = 0 if pending >= fold_blocks else pending
         else:
             acc = acc * alpha
-        p = torch.exp2(_fma(s, qs, neg_max)) if fold else torch.exp2(s - m_safe)
         l_i = l_i * alpha + p.sum(dim=-1, keepdim=True)
-        if not full_int8:
+        if not quantized_pv:
             acc = acc + p.to(v.dtype).float() @ vf[:, :, start:end]
-        elif int32_pv:
-            acc_i = acc_i + (round_to_int8(p, float(INT8_MAX)) @ vf[:, :, start:end]).double()
+        elif pv_fp8:
+            pv = p.to(torch.float8_e4m3fn).double() @ vf[:, :, start:end]
+            if lazy_pv:
+                acc_pv = acc_pv + pv
+                pending += 1
+            else:
+                acc = acc + pv.float()
+        elif lazy_pv:
+            acc_pv = acc_pv + (round_to_int8(p, float(INT8_MAX)) @ vf[:, :, start:end]).double()
             pending += 1
         elif p_scale == "fixed":
             acc = acc + (round_to_int8(p, float(INT8_MAX)) @ vf[:, :, start:end]) * P_DEQUANT_FIXED
@@ -151,11 +170,11 @@ def int8_flash_attention_cpu(
             acc = acc + (round_to_int8(p, inv) @ vf[:, :, start:end]) * (p_max / float(INT8_MAX))
         m_i = m_new
 
-    if int32_pv:
-        acc = (acc.double() + acc_i.float().double() * P_DEQUANT_FIXED).float()
+    if lazy_pv:
+        acc = (acc.double() + acc_pv.float().double() * pv_dequant).float()
     # A row that saw no key (fully masked) has l = 0 and acc = 0: it gives zeros. A NaN in l stays.
     result = acc / torch.where(l_i == 0, 1.0, l_i)
-    if full_int8:
+    if quantized_pv:
         result = result * v_scale.float().unsqueeze(-2)
     out.copy_(result.reshape(batch, heads_q, n_q, head_dim))
     return out

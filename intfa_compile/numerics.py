@@ -36,9 +36,45 @@ def folds_query_scale(attn_mask: object, sm_scale: float) -> bool:
     return attn_mask is None and sm_scale > 0
 
 
-def int32_pv_accumulation(head_dim: int) -> bool:
-    """Whether full INT8 with the fixed P scale sums P·V in INT32 across key blocks (folded into fp32 only when a
-    row maximum grows). The INT32 accumulator needs as many registers as the fp32 one; above a padded head dim
-    of 128 the two would spill, so there P·V is converted to fp32 block by block (same values, other fp32
-    rounding). The kernel pads head dims to a power of two of at least 32."""
+def lazy_pv_accumulation(head_dim: int) -> bool:
+    """Whether quantized P·V with the fixed P scale sums across key blocks in a second accumulator (INT32 for
+    INT8, fp32 for FP8) folded into the fp32 one only when a row maximum grows. That accumulator needs as many
+    registers as the fp32 one; above a padded head dim of 128 the two would spill, so there P·V is added
+    block by block (same values, other fp32 rounding). The kernel pads head dims to a power of two ≥ 32."""
     return max(32, 1 << (head_dim - 1).bit_length()) <= 128
+
+P_FP8_SCALE = 448.0
+"""pv_format="fp8": P (in [0, 1]) is scaled by e4m3's largest finite value before rounding to e4m3, so it uses
+the format's whole range (SageAttention2's static ×448); the factor is folded into the exponent and cancels
+between the accumulator and the row sums."""
+
+LOG2_P_FP8_SCALE = 8.807354922057604
+"""log2(448): added to P's base-2 exponent instead of multiplying P."""
+
+PV_FP8_FOLD_BLOCKS = 16
+"""pv_format="fp8": key blocks the tensor cores' fp32 P·V accumulator sums on its own before it is added to
+the main fp32 accumulator. Hopper's FP8 MMA keeps about 22 significant bits in its accumulator (SageAttention2,
+DeepSeek-V3 report the same); folding every 16 blocks bounds what that loses to far below P's e4m3 rounding."""
+
+PV_FORMATS = ("int8", "fp8", "fp16")
+"""How P·V runs: INT8 P and V (full INT8), e4m3 P and V (fp8), or 16-bit P and V (half-INT8)."""
+
+
+def normalize_pv_format(pv_format: object, quantize_pv: bool | None = None) -> str:
+    """The P·V format from ``pv_format`` and the deprecated ``quantize_pv`` (True = "int8", False = "fp16"; a
+    bool passed as ``pv_format`` means the same). Warns on the deprecated spelling; raises ``ValueError`` on an
+    unknown format or when the two disagree."""
+    import warnings
+
+    if isinstance(pv_format, bool):
+        quantize_pv, pv_format = pv_format, "int8"
+    if pv_format not in PV_FORMATS:
+        raise ValueError(f"pv_format must be one of {PV_FORMATS}, got {pv_format!r}")
+    if quantize_pv is None:
+        return pv_format
+    warnings.warn("quantize_pv is deprecated: use pv_format='int8' (True) or pv_format='fp16' (False)",
+                  DeprecationWarning, stacklevel=3)
+    legacy = "int8" if quantize_pv else "fp16"
+    if pv_format not in ("int8", legacy):
+        raise ValueError(f"quantize_pv={quantize_pv} contradicts pv_format={pv_format!r}; set pv_format only")
+    return legacy

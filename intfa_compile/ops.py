@@ -14,18 +14,20 @@ import torch
 from torch import Tensor
 
 from .cpu_attention import int8_flash_attention_cpu
-from .numerics import P_SCALE_MODES
+from .numerics import P_SCALE_MODES, normalize_pv_format
 from .quantize import (
     K_BLOCK_TOKENS,
     Q_BLOCK_TOKENS,
     quantize_qk,
     quantize_static,
     quantize_v,
+    quantize_v_fp8,
     sequence_major,
     smooth,
 )
 
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
+_QUANTIZED_V = (torch.int8, torch.float8_e4m3fn)
 
 
 def mask_broadcasts_to(mask_shape: Sequence[int], scores_shape: Sequence[int]) -> bool:
@@ -57,12 +59,15 @@ def _check(
         raise ValueError(f"query heads {heads_q} must be a multiple of KV heads {k.shape[1]}")
     if q_scale.shape != q.shape[:3] or k_scale.shape != k.shape[:3]:
         raise ValueError("q_scale and k_scale must be per token: (B, H, N)")
-    if (v.dtype == torch.int8) != (v_scale is not None):
-        raise ValueError("an int8 v needs its per-channel v_scale; a 16/32-bit v (half-INT8) takes none")
+    if (v.dtype in _QUANTIZED_V) != (v_scale is not None):
+        raise ValueError("an int8 or float8_e4m3fn v needs its per-channel v_scale; a 16/32-bit v (half-INT8) "
+                         "takes none")
     if v_scale is not None and v_scale.shape != (*v.shape[:2], head_dim):
         raise ValueError("v_scale must be per channel: (B, Hk, D)")
-    if v.dtype != torch.int8 and v.dtype not in _FLOAT_OUT:
-        raise TypeError(f"v must be int8, float16, bfloat16 or float32, got {v.dtype}")
+    if v.dtype not in _QUANTIZED_V and v.dtype not in _FLOAT_OUT:
+        raise TypeError(f"v must be int8, float8_e4m3fn, float16, bfloat16 or float32, got {v.dtype}")
+    if v.dtype == torch.float8_e4m3fn and p_scale != "fixed":
+        raise ValueError("an e4m3 v (pv_format='fp8') takes P's fixed scale only (p_scale='fixed')")
     if p_scale not in P_SCALE_MODES:
         raise ValueError(f"p_scale must be one of {P_SCALE_MODES}, got {p_scale!r}")
     if out_dtype not in _FLOAT_OUT:
@@ -96,7 +101,8 @@ def int8_attention(
 
     q (B, Hq, Nq, D) and k (B, Hk, Nk, D) are INT8 with per-token fp32 scales (B, H, N); Hq is a
     multiple of Hk (GQA). v is INT8 with per-channel scales (B, Hk, D) (full INT8: P is quantized to
-    INT8 too), or 16/32-bit with ``v_scale=None`` (half-INT8). ``attn_mask`` is boolean (True = keep)
+    INT8 too), e4m3 with per-channel scales (pv_format="fp8": P rounded to e4m3, an FP8 P·V GEMM), or
+    16/32-bit with ``v_scale=None`` (half-INT8). ``attn_mask`` is boolean (True = keep)
     or additive, broadcastable to (B, Hq, Nq, Nk). With ``is_causal`` key j is seen by query i iff
     j <= i + ``causal_offset``: 0 is SDPA's ``is_causal`` (top-left), Nk − Nq is bottom-right
     (``torch.nn.attention.bias.causal_lower_right``); ``window_left`` >= 0 also drops the keys
@@ -142,7 +148,7 @@ def int8_sdpa(
     attn_mask: Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
-    quantize_pv: bool = True,
+    pv_format: str = "int8",
     p_scale: str = "fixed",
     *,
     qk_granularity: str = "per_token",
@@ -152,11 +158,13 @@ def int8_sdpa(
     attention_op: Any = None,
     causal_offset: int = 0,
     window_left: int = -1,
+    quantize_pv: bool | None = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
-    Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and,
-    when ``quantize_pv``, V per channel, then calls ``intfa::int8_attention`` (or ``attention_op``,
+    Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and V
+    per channel to INT8 (``pv_format="int8"``) or e4m3 (``"fp8"``) or not at all (``"fp16"``: half-INT8;
+    ``quantize_pv`` is its deprecated spelling), then calls ``intfa::int8_attention`` (or ``attention_op``,
     an op of the same signature). ``causal_offset`` moves the causal diagonal and ``window_left``
     limits how far back a query sees (see the op). This is what the compiler passes insert in place
     of attention.
@@ -166,11 +174,13 @@ def int8_sdpa(
         key = smooth(key)
     q_int8, q_scale = quantize_qk(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS)
     k_int8, k_scale = quantize_qk(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
-    if quantize_pv:
-        v_in, v_scale = quantize_v(value, v_granularity)
-        v_in = sequence_major(v_in)
-    else:
+    pv_format = normalize_pv_format(pv_format, quantize_pv)
+    if pv_format == "fp16":
         v_in, v_scale = value, None
+    else:
+        quantize = quantize_v if pv_format == "int8" else quantize_v_fp8
+        v_in, v_scale = quantize(value, v_granularity)
+        v_in = sequence_major(v_in)
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
               query.dtype, causal_offset, window_left)
@@ -186,7 +196,7 @@ def int8_sdpa_static(
     q_amax: Tensor,
     k_amax: Tensor,
     v_amax: Tensor,
-    quantize_pv: bool = True,
+    pv_format: str = "int8",
     p_scale: str = "fixed",
     qk_bits: int = 8,
     attention_op: Any = None,
@@ -201,9 +211,12 @@ def int8_sdpa_static(
     sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
     q_int8, q_scale = quantize_static(query, q_amax[:, None, None], qk_bits)
     k_int8, k_scale = quantize_static(key, k_amax[:, None, None], qk_bits)
-    if quantize_pv:
+    pv_format = normalize_pv_format(pv_format)
+    if pv_format == "int8":
         v_in, v_scale = quantize_static(value, v_amax[:, None, :], 8)
-        v_scale = v_scale[:, :, 0, :]
+        v_in, v_scale = sequence_major(v_in), v_scale[:, :, 0, :]
+    elif pv_format == "fp8":
+        v_in, v_scale = quantize_v_fp8(value, amax=v_amax[:, None, :].expand(value.shape[0], -1, 1, -1))
         v_in = sequence_major(v_in)
     else:
         v_in, v_scale = value, None

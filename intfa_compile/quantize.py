@@ -69,6 +69,27 @@ def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Ten
     return xq, scale.squeeze(-2)
 
 
+FP8_MAX = 448.0
+"""The largest finite e4m3 value: V's per-channel FP8 scale maps each channel's max|v| onto it."""
+
+
+def quantize_v_fp8(x: Tensor, granularity: str = "per_channel", amax: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """e4m3 values of V (..., N, D) and per-channel fp32 scales (..., D) (pv_format="fp8").
+
+    Each channel's max|v| (or the calibrated ``amax``, broadcast to (..., 1, D)) maps onto ±448; values beyond
+    a calibrated range saturate. As for INT8, a zero channel gets scale 1, an infinite entry keeps its sign at
+    full range, and NaN stays NaN (e4m3 has one), so non-finite inputs reach the outputs eager attention poisons.
+    """
+    xf = x.float()
+    if amax is None:
+        amax = xf.abs().amax(dim=-2, keepdim=True)
+        if granularity == "per_tensor":
+            amax = amax.amax(dim=-1, keepdim=True).expand_as(amax)
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / FP8_MAX)
+    scaled = torch.where(torch.isinf(xf), torch.sign(xf) * FP8_MAX, (xf / scale).clamp(-FP8_MAX, FP8_MAX))
+    return scaled.to(torch.float8_e4m3fn), scale.expand(*xf.shape[:-2], 1, xf.shape[-1]).squeeze(-2)
+
+
 def sequence_major(x: Tensor) -> Tensor:
     """``x`` (..., N, D) with the same values, stored with N as the fastest axis.
 

@@ -18,7 +18,13 @@ import torch
 
 log = logging.getLogger("intfa_compile")
 
-INT8, HALF_INT8, LEFT_ALONE = "INT8", "half-INT8", "left alone"
+INT8, HALF_INT8, FP8_PV, LEFT_ALONE = "INT8", "half-INT8", "INT8 Q·Kᵀ, FP8 P·V", "left alone"
+
+OUTCOME_OF_PV_FORMAT = {"int8": INT8, "fp16": HALF_INT8, "fp8": FP8_PV}
+"""The outcome a rewritten site records, by the P·V format it runs."""
+
+COUNTER_OF_PV_FORMAT = {"int8": "int8_sites", "fp16": "half_int8_sites", "fp8": "fp8_pv_sites"}
+"""The ``torch._dynamo.utils.counters["intfa"]`` entry a rewritten site counts in, by P·V format."""
 
 
 @dataclass(frozen=True)

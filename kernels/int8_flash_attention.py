@@ -1,13 +1,20 @@
 """INT-FlashAttention forward kernel in Triton (Chen et al. 2024, arXiv 2409.16997).
 
 One program computes BLOCK_M query rows of one (batch, query head). Q·Kᵀ is an INT8 GEMM with INT32
-accumulation, dequantized once per tile by the per-token scales of Q (with sm_scale·log2 e folded in)
-and K. The online softmax runs in base 2. In full INT8 the block P is quantized to INT8 (fixed scale
-1/127, or per row of the block) and P·V is a second INT8 GEMM whose per-channel V scales are applied
-once, at the end; in half-INT8 P·V is a 16-bit GEMM with fp32 accumulation.
+accumulation, dequantized once per tile by the per-token scales of Q and K (without a mask, the query's
+scale, with sm_scale·log2 e folded in, enters the exp2 argument through one FFMA instead). The online
+softmax runs in base 2.
+P·V takes one of three formats: full INT8 (P quantized to INT8 with the fixed scale 1/127 or per row
+block, V per channel), FP8 (P·448 and V in e4m3, SageAttention2's), or 16-bit (the paper's half-INT8).
+
+Written for the SM's pipes (``benchmarks/pipe_model.py`` models them from the SASS): P is rounded to
+INT8 with an FFMA and a magic number (no F2I on the 16/clock unit), quantized P·V products add up in a
+second accumulator (INT32, or the FP8 GEMM's fp32) that is folded into the fp32 one only when a row
+maximum grows, the accumulator is rescaled only then, full key blocks carry no bounds masks, and V
+arrives sequence-major (``quantize.sequence_major``) so Hopper's INT8/FP8 ``wgmma`` reads it directly.
 
 ``intfa_compile.cpu_attention`` is this kernel's arithmetic in PyTorch; the two must stay in step
-(same block size along the keys, same order of the fp32 scalings).
+(same block size along the keys, same order of the fp32 scalings, same roundings of P).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from intfa_compile.numerics import (
     FP32_TINY,
     INT8_MAX,
     KV_BLOCK_SIZE,
+    LOG2_P_FP8_SCALE,
     LOG2E,
     P_DEQUANT_FIXED,
+    PV_FP8_FOLD_BLOCKS,
     folds_query_scale,
 )
 
@@ -41,6 +50,10 @@ _FP32_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**23)
 _FP64_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**52)
 _FP32_MAGIC_BITS = tl.constexpr(0x4B400000)  # the bits of 1.5·2²³
 _FP32_TINY = tl.constexpr(FP32_TINY)
+_LOG2_P_FP8_SCALE = tl.constexpr(LOG2_P_FP8_SCALE)
+_PV_FP8_FOLD_BLOCKS = tl.constexpr(PV_FP8_FOLD_BLOCKS)
+_E4M3_MIN_NORMAL = tl.constexpr(2.0**-6)
+_E4M3_SUBNORMAL_STEPS = tl.constexpr(2.0**9)
 
 
 @triton.jit
@@ -113,25 +126,40 @@ def round_to_int8(p, scale, EMULATE_FMA: tl.constexpr):
 
 
 @triton.jit
+def round_to_e4m3(x):
+    """x in [0, 464) → the nearest e4m3 value (ties to even), kept in fp32; the interpreter's stand-in for
+    ``cvt.rn.satfinite.e4m3``, whose fp32 → e4m3 cast loses the carry when rounding reaches the next power of
+    two (1.99 becomes 1.0). Normal values keep 3 mantissa bits; below 2⁻⁶ the grid is 2⁻⁹."""
+    bits = x.to(tl.uint32, bitcast=True)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & 0xFFF00000).to(tl.float32, bitcast=True)
+    subnormal = ((x * _E4M3_SUBNORMAL_STEPS + _FP32_ROUNDING_MAGIC) - _FP32_ROUNDING_MAGIC) / _E4M3_SUBNORMAL_STEPS
+    return tl.where(x < _E4M3_MIN_NORMAL, subnormal, normal)
+
+
+@triton.jit
 def _attention_block(
-    acc, acc_i, pending, l_i, m_i, q, qs, offs_m, start_n,
+    acc, acc_pv, pending, l_i, m_i, q, qs, offs_m, start_n,
     k_base, v_base, ks_base, mask_base,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
     N_K, HEAD_DIM, causal_offset, window_left,
     CAUSAL_MASK: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
-    P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, EMULATE_FMA: tl.constexpr,
+    PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, EMULATE_FMA: tl.constexpr,
     MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, BOUNDS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, INT32_PV: tl.constexpr, FLUSH_BLOCKS: tl.constexpr,
+    BLOCK_D: tl.constexpr, LAZY_PV: tl.constexpr, FOLD_BLOCKS: tl.constexpr,
 ):
     """One KV block of the online softmax: update the accumulators, row sums and running maxima.
 
     ``BOUNDS`` masks keys at and past N_K; the loop over full blocks leaves it off (no per-score select).
 
     The fp32 accumulator and the row sums are rescaled only when some row of the tile raised its maximum
-    (otherwise every alpha is exactly 1). With ``INT32_PV`` (the fixed P scale, head dims ≤ 128), P·V
-    accumulates in INT32 (``acc_i``) across the blocks in between and is folded into the fp32 accumulator
-    (``acc``) at such a rescale, or after
-    ``FLUSH_BLOCKS`` blocks so that INT32 cannot overflow: no per-block conversion of the P·V tile.
+    (otherwise every alpha is exactly 1). With ``LAZY_PV`` (the fixed P scale, head dims ≤ 128) the P·V
+    products of the blocks in between add up in a second accumulator (``acc_pv``: INT32 for INT8 P·V, the
+    fp32 tensor-core accumulator for FP8) folded into ``acc`` at such a rescale or every ``FOLD_BLOCKS``
+    blocks (INT32 overflow; the FP8 accumulator's reduced precision): no per-block conversion of P·V.
+
+    ``PV_FP8`` (pv_format="fp8", SageAttention2's P·V): P scaled by 448 (folded into the exponent, so P
+    spans e4m3's range; the row sums carry the same factor, which cancels in acc / l) and rounded to e4m3,
+    V in e4m3 with per-channel scales, an FP8 GEMM with fp32 accumulation.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -168,16 +196,22 @@ def _attention_block(
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     if FOLD_Q_SCALE:
         neg_max = -(m_safe * qs)
+        neg_max_p = neg_max + _LOG2_P_FP8_SCALE if PV_FP8 else neg_max
+    else:
+        shift = m_safe - _LOG2_P_FP8_SCALE if PV_FP8 else m_safe
     # `!=` rather than `>`: a NaN maximum also rescales, so NaN reaches the accumulator as in eager attention.
     grew = tl.max((m_new != m_i).to(tl.int32), 0) != 0
-    if INT32_PV:
-        if grew or pending >= FLUSH_BLOCKS:
+    if LAZY_PV:
+        if grew or pending >= FOLD_BLOCKS:
             if FOLD_Q_SCALE:  # exactly 1 where the maximum stood still (the FFMA would leave m·qs's rounding)
                 alpha = tl.where(m_new == m_i, 1.0, tl.math.exp2(_exp2_arg(m_i, qs, neg_max, EMULATE_FMA)))
             else:
                 alpha = tl.math.exp2(m_i - m_safe)
-            acc = (acc + acc_i.to(tl.float32) * _P_DEQUANT_FIXED) * alpha[:, None]
-            acc_i = tl.zeros_like(acc_i)
+            if PV_FP8:
+                acc = (acc + acc_pv) * alpha[:, None]
+            else:
+                acc = (acc + acc_pv.to(tl.float32) * _P_DEQUANT_FIXED) * alpha[:, None]
+            acc_pv = tl.zeros_like(acc_pv)
             l_i = l_i * alpha
             pending = 0
     elif grew:
@@ -188,18 +222,25 @@ def _attention_block(
         acc = acc * alpha[:, None]
         l_i = l_i * alpha
     if FOLD_Q_SCALE:
-        p = tl.math.exp2(_exp2_arg(s, qs[:, None], neg_max[:, None], EMULATE_FMA))
+        p = tl.math.exp2(_exp2_arg(s, qs[:, None], neg_max_p[:, None], EMULATE_FMA))
     else:
-        p = tl.math.exp2(s - m_safe[:, None])
+        p = tl.math.exp2(s - shift[:, None])
     l_i = l_i + tl.sum(p, 1)
 
     v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     if BOUNDS:
-        v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0)
+        v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     else:
-        v = tl.load(v_ptrs, mask=d_ok[None, :], other=0)
-    if INT32_PV:
-        acc_i = tl.dot(round_to_int8(p, _INT8_MAX, EMULATE_FMA), v, acc=acc_i, out_dtype=tl.int32)
+        v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+    if PV_FP8:
+        p8 = (round_to_e4m3(p) if EMULATE_FMA else p).to(v.dtype)
+        if LAZY_PV:
+            acc_pv = tl.dot(p8, v, acc=acc_pv, out_dtype=tl.float32)
+            pending += 1
+        else:
+            acc = acc + tl.dot(p8, v, out_dtype=tl.float32)
+    elif LAZY_PV:
+        acc_pv = tl.dot(round_to_int8(p, _INT8_MAX, EMULATE_FMA), v, acc=acc_pv, out_dtype=tl.int32)
         pending += 1
     elif QUANT_PV and not P_ROW_BLOCK:
         pv = tl.dot(round_to_int8(p, _INT8_MAX, EMULATE_FMA), v, out_dtype=tl.int32).to(tl.float32)
@@ -219,11 +260,12 @@ def _attention_block(
         acc = acc + tl.dot(p16, v.to(tl.float32), input_precision="ieee", out_dtype=tl.float32)
     else:
         acc = tl.dot(p.to(v.dtype), v, acc=acc, out_dtype=tl.float32)
-    return acc, acc_i, pending, l_i, m_new
+    return acc, acc_pv, pending, l_i, m_new
 
 
 def autotune_configs() -> list[triton.Config]:
-    """Tile shapes worth trying on Ampere and Hopper; one fixed tile under the interpreter.
+    """Tile shapes worth trying on Ampere and Hopper (``prune_configs`` keeps those fit for a head dim); one
+    fixed tile under the interpreter.
 
     BLOCK_N is not tuned: the key block size is part of the result (see ``numerics.KV_BLOCK_SIZE``).
     """
@@ -233,17 +275,28 @@ def autotune_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_M": block_m}, num_warps=warps, num_stages=stages)
         for block_m in (64, 128)
         for warps in (4, 8)
-        for stages in (2, 3, 4)
-        if not (block_m == 64 and warps == 8)
+        for stages in (1, 2, 3, 4)
+        if stages > 1 or block_m == 64
     ]
 
 
-def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    # A 256-wide head needs BLOCK_M ≤ 64 and few stages to fit the tiles in shared memory.
-    if kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0)) >= 256:
-        narrow = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.num_stages <= 2]
-        return narrow or configs[:1]
-    return configs
+def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Keep the tiles that compile without spills (``benchmarks/inspect_sass.py --all-configs``).
+
+    128 rows take 8 warps (one warpgroup per 64 rows): on 4 warps the accumulators spill at d = 128. Head
+    dims up to 128: two warpgroups on 64 rows would each repeat the Q·Kᵀ GEMM, so 64 rows take 4 warps; one
+    stage is for the widest head only. A 256-wide head fits shared memory with 64 rows and at most two
+    stages; with quantized P·V the 64×256 fp32 accumulator and the INT8/FP8 path spill on 4 warps, so they
+    take 8 (the repeated Q·Kᵀ is the price of no spills).
+    """
+    wide = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0)) >= 256
+    if not wide:
+        kept = [c for c in configs if c.num_stages > 1 and c.num_warps == (8 if c.kwargs["BLOCK_M"] == 128 else 4)]
+    else:
+        quantized_pv = kwargs.get("QUANT_PV", False)
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.num_stages <= 2
+                and (c.num_warps == 8 or not quantized_pv)]
+    return kept or configs[:1]
 
 
 @triton.jit
@@ -267,8 +320,8 @@ def causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL: tl.constexpr, BLOCK
 
 @triton.autotune(
     configs=autotune_configs(),
-    key=["N_Q", "N_K", "HEAD_DIM", "GROUP", "IS_CAUSAL", "WINDOW", "MASK_KIND", "QUANT_PV"],
-    prune_configs_by={"early_config_prune": _prune_configs},
+    key=["N_Q_BUCKET", "N_K_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "WINDOW", "MASK_KIND", "QUANT_PV", "PV_FP8"],
+    prune_configs_by={"early_config_prune": prune_configs},
 )
 @triton.jit
 def _int8_attention_fwd(
@@ -281,9 +334,10 @@ def _int8_attention_fwd(
     stride_vsb, stride_vsh, stride_vsd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
-    HEADS_Q, GROUP, N_Q, N_K, HEAD_DIM, qk_scale, causal_offset, window_left,
+    HEADS_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, HEAD_DIM, qk_scale, causal_offset, window_left,
     IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
-    P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, EMULATE_FMA: tl.constexpr, MAGIC_I2F: tl.constexpr,
+    PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, EMULATE_FMA: tl.constexpr,
+    MAGIC_I2F: tl.constexpr,
     FOLD_Q_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -310,16 +364,19 @@ def _int8_attention_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    # An INT32 P·V accumulator, folded into acc when a maximum grows; at head dims above 128 its registers
-    # (as many as acc's) would spill, so there P·V is converted block by block.
-    INT32_PV: tl.constexpr = QUANT_PV and (not P_ROW_BLOCK) and BLOCK_D <= 128
-    if INT32_PV:
-        acc_i = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.int32)
+    # A second P·V accumulator, folded into acc when a maximum grows; at head dims above 128 its registers
+    # (as many as acc's) would spill, so there P·V is added block by block.
+    LAZY_PV: tl.constexpr = QUANT_PV and (not P_ROW_BLOCK) and BLOCK_D <= 128
+    if LAZY_PV and PV_FP8:
+        acc_pv = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    elif LAZY_PV:
+        acc_pv = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.int32)
     else:
-        acc_i = tl.zeros([1, 1], dtype=tl.int32)
+        acc_pv = tl.zeros([1, 1], dtype=tl.int32)
     pending = 0
-    # Blocks of INT32 P·V sums that fit below 2³¹: each adds at most 127·127·BLOCK_N per element.
-    FLUSH_BLOCKS: tl.constexpr = (2**31 - 1) // (127 * 127 * BLOCK_N)
+    # INT32: blocks of sums that fit below 2³¹ (each adds at most 127·127·BLOCK_N per element). FP8: a bound on
+    # how many blocks the tensor cores' fp32 accumulator (about 22 significant bits on Hopper) sums alone.
+    FOLD_BLOCKS: tl.constexpr = _PV_FP8_FOLD_BLOCKS if PV_FP8 else (2**31 - 1) // (127 * 127 * BLOCK_N)
     diagonal_lo, hi = causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     lo = 0
     if WINDOW:  # sliding window: blocks left of the first row's window are skipped, every other one is masked
@@ -329,32 +386,40 @@ def _int8_attention_fwd(
     # block) are masked by position.
     full_hi = tl.minimum(diagonal_lo, N_K // BLOCK_N * BLOCK_N)
     for start_n in range(lo, full_hi, BLOCK_N):
-        acc, acc_i, pending, l_i, m_i = _attention_block(
-            acc, acc_i, pending, l_i, m_i, q, qs, offs_m, start_n,
+        acc, acc_pv, pending, l_i, m_i = _attention_block(
+            acc, acc_pv, pending, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM, causal_offset, window_left,
-            False, False, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, EMULATE_FMA, MAGIC_I2F,
-            FOLD_Q_SCALE, False, BLOCK_N, BLOCK_D, INT32_PV, FLUSH_BLOCKS,
+            False, False, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, EMULATE_FMA, MAGIC_I2F,
+            FOLD_Q_SCALE, False, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS,
         )
     for start_n in range(tl.maximum(full_hi, lo), hi, BLOCK_N):
-        acc, acc_i, pending, l_i, m_i = _attention_block(
-            acc, acc_i, pending, l_i, m_i, q, qs, offs_m, start_n,
+        acc, acc_pv, pending, l_i, m_i = _attention_block(
+            acc, acc_pv, pending, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM, causal_offset, window_left,
-            IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, P_ROW_BLOCK, UPCAST_16BIT_DOT, EMULATE_FMA, MAGIC_I2F,
-            FOLD_Q_SCALE, True, BLOCK_N, BLOCK_D, INT32_PV, FLUSH_BLOCKS,
+            IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, EMULATE_FMA, MAGIC_I2F,
+            FOLD_Q_SCALE, True, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS,
         )
 
-    if INT32_PV:
-        acc = acc + acc_i.to(tl.float32) * _P_DEQUANT_FIXED
+    if LAZY_PV and PV_FP8:
+        acc = acc + acc_pv
+    elif LAZY_PV:
+        acc = acc + acc_pv.to(tl.float32) * _P_DEQUANT_FIXED
     out = acc / tl.where(l_i == 0, 1.0, l_i)[:, None]
     if QUANT_PV:
         vs = tl.load(VS + b * stride_vsb + h_kv * stride_vsh + offs_d * stride_vsd, mask=d_ok, other=0.0)
         out = out * vs[None, :]
     o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+def length_bucket(n: int) -> int:
+    """The power of two at or above ``n``: what the autotuner keys sequence lengths on, so a new length within a
+    bucket reuses the tuned tile instead of benchmarking every config again (the kernel itself never reads it)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def _block_d(head_dim: int) -> int:
@@ -402,10 +467,12 @@ def launch_arguments(
         *q.stride(), *k.stride(), *v.stride(),
         *q_scale.stride(), *k_scale.stride(), *(vs.stride() if quant_pv else (0, 0, 0)),
         *mask_strides, *out.stride(),
-        heads_q, heads_q // heads_k, n_q, n_k, head_dim, sm_scale * LOG2E, causal_offset, window_left,
+        heads_q, heads_q // heads_k, n_q, n_k, length_bucket(n_q), length_bucket(n_k), head_dim, sm_scale * LOG2E,
+        causal_offset, window_left,
     )
     constexprs = dict(
         IS_CAUSAL=is_causal, WINDOW=is_causal and window_left >= 0, MASK_KIND=mask_kind, QUANT_PV=quant_pv,
+        PV_FP8=v.dtype == torch.float8_e4m3fn,
         P_ROW_BLOCK=p_scale == "row_block",
         UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16, EMULATE_FMA=_INTERPRETED,
         FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),

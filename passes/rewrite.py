@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 
 from intfa_compile.calibration import static_amax
 from intfa_compile.ops import int8_sdpa, int8_sdpa_static
-from intfa_compile.sites import HALF_INT8, INT8, LEFT_ALONE, record, retract
+from intfa_compile.sites import COUNTER_OF_PV_FORMAT, LEFT_ALONE, OUTCOME_OF_PV_FORMAT, record, retract
 
 from .attention_site import AttentionSite
 from .guards import config_skip_reason, unsupported_reason
@@ -117,7 +117,7 @@ def rewrite_failed(site: AttentionSite, error: Exception) -> None:
     settings = current_settings()
     if settings["fallback"] == "error":
         raise error
-    counters["intfa"]["int8_sites" if settings["quantize_pv"] else "half_int8_sites"] -= 1
+    counters["intfa"][COUNTER_OF_PV_FORMAT[settings["pv_format"]]] -= 1
     retract(site.anchor.name)
     _remember(site, False)
     counters["intfa"]["left_alone"] += 1
@@ -150,8 +150,8 @@ def decide(site: AttentionSite) -> bool:
         return leave_alone(site, reason, unsupported=False)
     _remember(site, True)
     _last_approved.set(site)
-    counters["intfa"]["int8_sites" if settings["quantize_pv"] else "half_int8_sites"] += 1
-    record(site.record(INT8 if settings["quantize_pv"] else HALF_INT8))
+    counters["intfa"][COUNTER_OF_PV_FORMAT[settings["pv_format"]]] += 1
+    record(site.record(OUTCOME_OF_PV_FORMAT[settings["pv_format"]]))
     return True
 
 
@@ -173,9 +173,9 @@ def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         fingerprint = s["scales"].fingerprint()
         q_amax, k_amax, v_amax = (torch.ops.intfa.static_amax(query, fingerprint, name, which) for which in "qkv")
         return int8_sdpa_static(query, key, value, attn_mask, is_causal, scale, q_amax, k_amax, v_amax,
-                                s["quantize_pv"], s["p_scale"], s["qk_bits"], attention_op=op,
+                                s["pv_format"], s["p_scale"], s["qk_bits"], attention_op=op,
                                 causal_offset=causal_offset, window_left=window_left)
-    return int8_sdpa(query, key, value, attn_mask, is_causal, scale, s["quantize_pv"], s["p_scale"],
+    return int8_sdpa(query, key, value, attn_mask, is_causal, scale, s["pv_format"], s["p_scale"],
                      qk_granularity=s["qk_granularity"], v_granularity=s["v_granularity"], smooth_k=s["smooth_k"],
                      qk_bits=s["qk_bits"], attention_op=op, causal_offset=causal_offset, window_left=window_left)
 

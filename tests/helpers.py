@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from intfa_compile.numerics import INT8_MAX
-from intfa_compile.quantize import quantize_per_channel, quantize_per_token
+from intfa_compile.quantize import quantize_per_channel, quantize_per_token, quantize_v_fp8
 from intfa_compile.reference import reference_attention
 
 FP32_SLACK = 2.0**-14
@@ -36,12 +36,18 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
 
-def quantized_inputs(q: Tensor, k: Tensor, v: Tensor, quantize_pv: bool) -> dict[str, Tensor | None]:
-    """The op's INT8 inputs for q, k, v, and their dequantized values (what the op really sees)."""
+def quantized_inputs(q: Tensor, k: Tensor, v: Tensor, quantize_pv: bool = True,
+                     pv_format: str | None = None) -> dict[str, Tensor | None]:
+    """The op's INT8 inputs for q, k, v, and their dequantized values (what the op really sees).
+    ``pv_format`` ("int8", "fp8", "fp16") overrides ``quantize_pv`` (True = "int8", False = "fp16")."""
     q8, qs = quantize_per_token(q)
     k8, ks = quantize_per_token(k)
     inputs: dict[str, Tensor | None] = {"q": q8, "k": k8, "q_scale": qs, "k_scale": ks}
-    if quantize_pv:
+    if pv_format == "fp8":
+        v8, vs = quantize_v_fp8(v)
+        inputs.update(v=v8, v_scale=vs)
+        v_seen = v8.double() * vs.double().unsqueeze(-2)
+    elif pv_format == "int8" or (pv_format is None and quantize_pv):
         v8, vs = quantize_per_channel(v)
         inputs.update(v=v8, v_scale=vs)
         v_seen = v8.double() * vs.double().unsqueeze(-2)
@@ -100,3 +106,8 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 
 P_STEP = 1.0 / INT8_MAX
+
+
+E4M3_STEP_NEAR_ONE = 32.0 / 448.0
+"""The largest gap between neighbouring e4m3 values of P·448 for P ≤ 1 (256…448 are 32 apart), in P's units: what
+one P entry moves when exp2 rounds across an e4m3 midpoint (pv_format="fp8")."""

@@ -164,6 +164,21 @@ def test_quantize_pv_false_runs_half_int8(model_and_input):
     assert not torch.equal(full, half)
 
 
+def test_pv_format_fp8_runs_fp8_pv_and_the_deprecated_alias_still_works(model_and_input):
+    model, x = model_and_input
+    eager = model(x)
+    fp8, code = _compile_and_run(model, x, pv_format="fp8")
+    assert counters["intfa"]["fp8_pv_sites"] == 1 and "float8_e4m3fn" in code
+    assert cosine(fp8, eager) >= 0.999
+    torch._dynamo.reset()
+    counters.clear()
+    with pytest.warns(DeprecationWarning, match="pv_format"):
+        _compile_and_run(model, x, quantize_pv=False)
+    assert counters["intfa"]["half_int8_sites"] == 1
+    with pytest.raises(Exception, match="fixed scale only"):
+        _compile_and_run(model, x, pv_format="fp8", p_scale="row_block")
+
+
 def test_p_scale_row_block_changes_the_result(model_and_input):
     model, x = model_and_input
     fixed, _ = _compile_and_run(model, x)

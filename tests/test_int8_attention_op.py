@@ -45,6 +45,42 @@ def test_full_int8_within_p_quantization_bound(n_q, n_k, head_dim, is_causal, p_
     _assert_within(out, ref.out, p_quantization_bound(q_hat, k_hat, v_hat, None, is_causal, None, P_STEP))
 
 
+@pytest.mark.parametrize("n_q,n_k", [(1, 1), (17, 130), (130, 17), (200, 200)])
+@pytest.mark.parametrize("head_dim", [32, 64, 128, 256])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_fp8_pv_within_e4m3_rounding_bound(n_q, n_k, head_dim, is_causal):
+    """pv_format="fp8": P·448 rounded to e4m3 (unit roundoff 2**-4, subnormals below 2**-6) against fp64 attention
+    of the same dequantized inputs (V in e4m3 with per-channel scales): the half-INT8 bound with e4m3's rounding.
+    Head dim 256 takes the block-by-block path (no second accumulator)."""
+    gen = torch.Generator().manual_seed(n_q * 7 + n_k + head_dim)
+    q, k, v = (torch.randn(2, 2, n, head_dim, generator=gen) for n in (n_q, n_k, n_k))
+    inputs = quantized_inputs(q, k, v, pv_format="fp8")
+    out = _run_op(inputs, None, is_causal, None, "fixed")
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, None, is_causal)
+    _assert_within(out, ref.out, half_int8_bound(q_hat, k_hat, v_hat, None, is_causal, None, torch.float8_e4m3fn))
+
+
+def test_fp8_pv_refuses_the_row_block_p_scale():
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 1, 8, 32, generator=gen) for _ in range(3))
+    inputs = quantized_inputs(q, k, v, pv_format="fp8")
+    with pytest.raises(ValueError, match="fixed scale only"):
+        _run_op(inputs, None, False, None, "row_block")
+
+
+def test_quantize_pv_is_a_deprecated_alias_of_pv_format():
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(3))
+    with pytest.warns(DeprecationWarning, match="pv_format"):
+        legacy = int8_sdpa(q, k, v, quantize_pv=False)
+    assert torch.equal(legacy, int8_sdpa(q, k, v, pv_format="fp16"))
+    with pytest.raises(ValueError, match="contradicts"), pytest.warns(DeprecationWarning):
+        int8_sdpa(q, k, v, pv_format="fp8", quantize_pv=True)
+    with pytest.raises(ValueError, match="pv_format must be one of"):
+        int8_sdpa(q, k, v, pv_format="int4")
+
+
 @pytest.mark.parametrize("v_dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_half_int8_within_rounding_bound(v_dtype, is_causal):

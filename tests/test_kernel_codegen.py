@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, "benchmarks")
-    from inspect_sass import inspect_variant
+    from inspect_sass import autotune_candidates, inspect_variant, launch_case
     from pipe_model import model
     out = {}
     for name, args in {
         "90-full": (90, "full-int8", 128), "90-half": (90, "half-int8", 128), "80-full": (80, "full-int8", 128),
         "80-half": (80, "half-int8", 128), "90-fp8": (90, "fp8-baseline", 128), "90-fp16": (90, "fp16-baseline", 128),
-        "90-full-64": (90, "full-int8", 64),
+        "90-full-64": (90, "full-int8", 64), "90-fp8pv": (90, "fp8-pv", 128),
     }.items():
         info = inspect_variant(*args)
         row = model(info)
@@ -37,6 +37,13 @@ SCRIPT = textwrap.dedent("""
                      "rare": info.loop_rare_histogram, "spills": info.spills, "local": info.local_bytes,
                      "registers": info.registers, "slow_per_score": row.slow_unit_per_score,
                      "tensor": row.tensor, "pipes": row.pipes}
+    spills = {}
+    for head_dim in (128, 256):
+        kernel, args, constexprs = launch_case("full-int8", head_dim, False)
+        for config in autotune_candidates(kernel, args, constexprs):
+            info = inspect_variant(90, "full-int8", head_dim, config=config)
+            spills[f"{head_dim}/{config.kwargs['BLOCK_M']}x{config.num_warps}/{config.num_stages}"] = info.spills
+    out["spills"] = spills
     window = inspect_variant(90, "full-int8", 128, causal=True, window_left=100)
     out["90-causal"] = {"ptx": window.ptx_matrix, "sass": window.sass_counts}
     print(json.dumps(out))
@@ -89,9 +96,27 @@ def test_int8_v_arrives_asynchronously_not_transposed_byte_by_byte(codegen):
     assert any(op.startswith("LDGSTS") for op in loop)
 
 
+def test_fp8_pv_uses_int8_wgmma_for_qk_and_fp8_wgmma_for_pv(codegen):
+    """pv_format="fp8": Q·Kᵀ on IGMMA, P·V on QGMMA (e4m3), P packed to e4m3 two at a time (F2FP), and the P·V result
+    needs no conversion in the steady state (accumulated in fp32 by the tensor cores)."""
+    fp8 = codegen["90-fp8pv"]
+    assert any(".s32.s8.s8" in instr for instr in fp8["ptx"]) and any(".e4m3.e4m3" in instr for instr in fp8["ptx"])
+    loop = _loop_families(fp8)
+    assert loop.get("IGMMA", 0) > 0 and loop.get("QGMMA", 0) > 0 and loop.get("F2FP", 0) > 0
+    assert fp8["slow_per_score"] <= 1.15
+    # One I2FP per score (the Q·Kᵀ tile), none for P·V.
+    assert loop.get("I2FP", 0) <= 128 * 64 / 256
+
+
 def test_no_spills_at_head_dim_128(codegen):
-    for name in ("90-full", "90-half", "80-full", "80-half"):
+    for name in ("90-full", "90-half", "80-full", "80-half", "90-fp8pv"):
         assert codegen[name]["spills"] == 0 and codegen[name]["local"] == 0, name
+
+
+def test_no_autotune_config_of_full_int8_spills_on_hopper(codegen):
+    """Every tile the autotuner may pick for full INT8 at d = 128 and 256 (after pruning) compiles without spills."""
+    spills = codegen["spills"]
+    assert len(spills) >= 4 and all(count == 0 for count in spills.values()), spills
 
 
 def test_hopper_half_int8_uses_int8_wgmma_for_qk_and_fp16_for_pv(codegen):
@@ -148,3 +173,23 @@ def test_inspect_sass_json_contract():
         assert key in info, key
     assert sum(info["loop_histogram"].values()) < sum(info["sass_histogram"].values())
     assert info["block_n"] == 64 and info["registers"] > 0
+
+
+def test_autotuning_keys_lengths_by_power_of_two_bucket():
+    """A new sequence length inside a power-of-two bucket reuses the tuned tile: over lengths 1000–1100 the autotuner
+    sees two keys (the 1024 and 2048 buckets), not 101. Read from the autotuner's own key names and the launch
+    arguments the wrapper builds."""
+    import torch
+    from intfa_compile.kernels.int8_flash_attention import _int8_attention_fwd, launch_arguments
+
+    assert "N_Q" not in _int8_attention_fwd.keys and "N_K" not in _int8_attention_fwd.keys
+    keys = set()
+    for n in range(1000, 1101):
+        q = torch.empty(1, 2, n, 64, dtype=torch.int8, device="meta")
+        scale = torch.empty(1, 2, n, device="meta")
+        out = torch.empty(1, 2, n, 64, dtype=torch.float16, device="meta")
+        args, constexprs = launch_arguments(q, q, q, scale, scale, torch.empty(1, 2, 64, device="meta"), None, True,
+                                            0.125, "fixed", out)
+        named = {**dict(zip(_int8_attention_fwd.arg_names, args, strict=False)), **constexprs}
+        keys.add(tuple(named[name] for name in _int8_attention_fwd.keys))
+    assert len(keys) == 2

@@ -25,7 +25,14 @@ from intfa_compile import cpu_attention
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.numerics import LOG2E
 from intfa_compile.reference import reference_attention
-from tests.helpers import FP32_SLACK, P_STEP, half_int8_bound, p_quantization_bound, quantized_inputs
+from tests.helpers import (
+    E4M3_STEP_NEAR_ONE,
+    FP32_SLACK,
+    P_STEP,
+    half_int8_bound,
+    p_quantization_bound,
+    quantized_inputs,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -109,8 +116,8 @@ def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, caus
     return kernel.cpu(), cpu
 
 
-def _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref, extra=0.0):
-    one_p_step = P_STEP * v_hat.abs().amax(dim=-2, keepdim=True).repeat_interleave(
+def _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref, extra=0.0, p_step=P_STEP):
+    one_p_step = p_step * v_hat.abs().amax(dim=-2, keepdim=True).repeat_interleave(
         kernel.shape[1] // v_hat.shape[1], dim=1) / torch.where(ref.row_sum > 0, ref.row_sum, 1.0)
     allowed = one_p_step + FP32_SLACK * cpu.double().abs().amax(-1, keepdim=True) + extra
     assert ((kernel.double() - cpu.double()).abs() <= allowed).all()
@@ -130,6 +137,24 @@ def test_full_int8_kernel(n_q, n_k, head_dim, is_causal, p_scale):
     _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
     bound = p_quantization_bound(q_hat, k_hat, v_hat, None, is_causal, None, P_STEP)
     assert ((kernel.double() - ref.out).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("n_q,n_k", [(1, 1), (17, 130), (130, 17), (100, 300)])
+@pytest.mark.parametrize("head_dim", [32, 64, 128, 256])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_fp8_pv_kernel(n_q, n_k, head_dim, is_causal):
+    """pv_format="fp8": e4m3 P (×448, folded into the exponent) and V, an FP8 P·V GEMM. Kernel and CPU implementation
+    agree to fp32 slack plus one e4m3 step of one P entry; both stay within e4m3's rounding bound of fp64."""
+    gen = torch.Generator().manual_seed(n_q + 3 * n_k + head_dim)
+    q, k, v = (torch.randn(1, 2, n, head_dim, generator=gen) for n in (n_q, n_k, n_k))
+    inputs = quantized_inputs(q, k, v, pv_format="fp8")
+    kernel, cpu = _both(inputs, None, is_causal, None, "fixed")
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, None, is_causal)
+    _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref, p_step=E4M3_STEP_NEAR_ONE)
+    bound = half_int8_bound(q_hat, k_hat, v_hat, None, is_causal, None, torch.float8_e4m3fn)
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+    assert ((cpu.double() - ref.out).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("trend", ["rising", "falling"])
