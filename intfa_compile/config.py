@@ -42,8 +42,10 @@ pv_format: Literal["int8", "fp8", "fp16"] = "int8"
 paper's). "fp16": P and V kept in 16-bit, a 16-bit GEMM with fp32 accumulation (the paper's
 "half-INT8"). "fp8": P and V in e4m3, V scaled per channel, an FP8 GEMM with fp32 accumulation
 (SageAttention2's choice: on Hopper the P·V result needs no INT32 → fp32 conversion, and e4m3 keeps a
-flat softmax's small probabilities that INT8's fixed 1/127 step rounds away). "fp8" needs FP8 tensor
-cores on a GPU (sm_89+); it takes P's fixed scale only."""
+flat softmax's small probabilities that INT8's fixed 1/127 step rounds away, but V in e4m3 has 3
+mantissa bits: in ``benchmarks/accuracy.py`` it is less accurate than "int8" except on long flat rows,
+so choose it for speed, once measured). "fp8" needs FP8 tensor cores on a GPU (sm_89+); it takes P's
+fixed scale only."""
 
 quantize_pv: bool | None = None
 """Deprecated alias of ``pv_format``: True is "int8", False is "fp16"; None (default) follows

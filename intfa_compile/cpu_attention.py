@@ -140,7 +140,7 @@ def int8_flash_attention_cpu(
         else:
             alpha = torch.exp2(m_i - m_safe)
             p = torch.exp2(s - (m_safe - p_shift if pv_fp8 else m_safe))
-        if lazy_pv:
+        if lazy_pv and pending > 0:  # with nothing pending (the first block, or just after a forced fold) acc_pv is 0
             # Fold the P·V sums into acc where the maximum moved (alpha ≠ 1), or every fold_blocks blocks.
             flush = (m_new != m_i) | (pending >= fold_blocks)
             folded = (acc.double() + acc_pv.float().double() * pv_dequant).float() * alpha
