@@ -29,7 +29,7 @@ from intfa_compile.kernels.int8_flash_attention import (
 )
 from torch import Tensor
 
-from intfa_compile.numerics import LOG2E
+from intfa_compile.numerics import LOG2E, padded_head_dim
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -144,7 +144,7 @@ def launch_arguments(
         heads, n_q, n_k, head_dim, sm_scale * LOG2E,
     )
     constexprs = dict(IS_CAUSAL=is_causal, EMULATE_CAST=_INTERPRETED and q8.dtype == FP8_DTYPE,
-                      BLOCK_N=BLOCK_N, BLOCK_D=max(32, triton.next_power_of_2(head_dim)))
+                      BLOCK_N=BLOCK_N, BLOCK_D=padded_head_dim(head_dim))
     return args, constexprs
 
 

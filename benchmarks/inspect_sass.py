@@ -96,11 +96,8 @@ class Codegen:
 
     @property
     def sass_counts(self) -> dict[str, int]:
-        """Whole-kernel counts by opcode family (first dotted part): what the codegen tests assert."""
-        families: dict[str, int] = collections.Counter()
-        for opcode, count in self.sass_histogram.items():
-            families[opcode.split(".")[0]] += count
-        return dict(families)
+        """Whole-kernel counts by opcode family: what the codegen tests assert."""
+        return opcode_families(self.sass_histogram)
 
     def to_json(self) -> dict:
         """The JSON contract (``--json``): everything but the SASS text."""
@@ -312,13 +309,17 @@ def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool =
     )
 
 
-def _families(histogram: dict[str, int], names: tuple[str, ...]) -> str:
-    counts = collections.Counter()
+def opcode_families(histogram: dict[str, int]) -> dict[str, int]:
+    """Counts summed by opcode family, the part before the first modifier (``IGMMA.64x64x32.S8.S8`` → ``IGMMA``)."""
+    families: dict[str, int] = collections.Counter()
     for opcode, count in histogram.items():
-        family = opcode.split(".")[0]
-        if family in names:
-            counts[family] += count
-    return ", ".join(f"{name} {counts[name]}" for name in names if counts[name])
+        families[opcode.split(".")[0]] += count
+    return dict(families)
+
+
+def _families(histogram: dict[str, int], names: tuple[str, ...]) -> str:
+    counts = opcode_families(histogram)
+    return ", ".join(f"{name} {counts[name]}" for name in names if counts.get(name))
 
 
 _SHOWN = ("IGMMA", "HGMMA", "QGMMA", "IMMA", "HMMA", "MUFU", "F2I", "I2F", "I2FP", "F2FP", "F2F", "FFMA", "FMUL",

@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import inspect_sass  # noqa: E402
 import triton  # noqa: E402
 
+from intfa_compile.numerics import padded_head_dim  # noqa: E402
+
 BASELINE_REVISION = "4b29d76"
 """The INT8 kernel before issue 11's rework (F2I rounding of P, per-block P·V conversion, D-major V)."""
 
@@ -209,7 +211,7 @@ def _useful_tensor_cycles(info: inspect_sass.Codegen, scores: int) -> float:
         if macs is not None:
             issuers = info.num_warps // 4 if opcode.split(".")[0].endswith("GMMA") else info.num_warps
             by_kind[macs[1]] = by_kind.get(macs[1], 0.0) + count * issuers * macs[0]
-    gemm = scores * inspect_sass_head_block(info)
+    gemm = scores * padded_head_dim(info.head_dim)
     needed = {kind: 2 * gemm for kind in by_kind} if len(by_kind) == 1 else {kind: gemm for kind in by_kind}
     if len(by_kind) > 2:
         raise RuntimeError(f"{info.variant}: matrix instructions of {len(by_kind)} kinds in one loop")
@@ -220,11 +222,6 @@ def _useful_tensor_cycles(info: inspect_sass.Codegen, scores: int) -> float:
     return sum(needed[kind] / TENSOR_MACS_PER_CLOCK[(info.arch, kind)] for kind in by_kind)
 
 
-def inspect_sass_head_block(info: inspect_sass.Codegen) -> int:
-    """The padded head dim the kernel's tile uses (BLOCK_D)."""
-    return max(32, triton.next_power_of_2(info.head_dim))
-
-
 PEAK_CLOCK_GHZ = {"H100/H200 SXM": (132, 1.83), "A100 SXM": (108, 1.41)}
 """SMs and tensor clock (GHz) of the boards the TOPS column is for (NOTES.md)."""
 
@@ -233,7 +230,7 @@ def predicted_tops(row: PipeCycles, serial: bool = False) -> float:
     """Attention TOPS (2 ops per MAC, both GEMMs) the loop reaches at the board's SMs and tensor clock."""
     sms, ghz = PEAK_CLOCK_GHZ["H100/H200 SXM" if row.arch >= 90 else "A100 SXM"]
     cycles = row.serial_cycles if serial else row.bound_cycles
-    macs = 2 * row.scores * max(32, triton.next_power_of_2(row.head_dim))
+    macs = 2 * row.scores * padded_head_dim(row.head_dim)
     return 2 * macs / cycles * sms * ghz * 1e9 / 1e12
 
 

@@ -102,7 +102,7 @@ def int8_flash_attention_cpu(
     # With the fixed P scale the kernel sums P·V across blocks while no maximum moves (INT32 for INT8, the tensor
     # cores' fp32 accumulator for FP8); float64 holds those sums exactly here.
     lazy_pv = quantized_pv and p_scale == "fixed" and lazy_pv_accumulation(head_dim)
-    acc_pv = torch.zeros((batch, heads_k, rows, head_dim), dtype=torch.float64, device=q.device)
+    acc_pv = torch.zeros((batch, heads_k, rows, head_dim), dtype=torch.float64, device=q.device) if lazy_pv else None
     fold_blocks = PV_FP8_FOLD_BLOCKS if pv_fp8 else (2**31 - 1) // (INT8_MAX * INT8_MAX * block_n)
     pv_dequant = 1.0 if pv_fp8 else P_DEQUANT_FIXED
     # FP8 P is exp2 of the exponent plus log2(448) (in [0, 448]); the row sums carry the factor too.

@@ -5,6 +5,8 @@ quantized against the running maximum of the blocks seen so far), so the kernel 
 implementation must agree on it to compute the same thing.
 """
 
+import warnings
+
 INT8_MAX = 127
 """Symmetric INT8 range is [-127, 127]; -128 is never produced."""
 
@@ -36,12 +38,18 @@ def folds_query_scale(attn_mask: object, sm_scale: float) -> bool:
     return attn_mask is None and sm_scale > 0
 
 
+def padded_head_dim(head_dim: int) -> int:
+    """The head dim the kernels' tiles use (BLOCK_D): the next power of two, at least 32, the smallest
+    reduction an INT8 tensor-core GEMM takes."""
+    return max(32, 1 << (head_dim - 1).bit_length())
+
+
 def lazy_pv_accumulation(head_dim: int) -> bool:
     """Whether quantized P·V with the fixed P scale sums across key blocks in a second accumulator (INT32 for
     INT8, fp32 for FP8) folded into the fp32 one only when a row maximum grows. That accumulator needs as many
     registers as the fp32 one; above a padded head dim of 128 the two would spill, so there P·V is added
-    block by block (same values, other fp32 rounding). The kernel pads head dims to a power of two ≥ 32."""
-    return max(32, 1 << (head_dim - 1).bit_length()) <= 128
+    block by block (same values, other fp32 rounding)."""
+    return padded_head_dim(head_dim) <= 128
 
 P_FP8_SCALE = 448.0
 """pv_format="fp8": P (in [0, 1]) is scaled by e4m3's largest finite value before rounding to e4m3, so it uses
@@ -64,8 +72,6 @@ def normalize_pv_format(pv_format: object, quantize_pv: bool | None = None) -> s
     """The P·V format from ``pv_format`` and the deprecated ``quantize_pv`` (True = "int8", False = "fp16"; a
     bool passed as ``pv_format`` means the same). Warns on the deprecated spelling; raises ``ValueError`` on an
     unknown format or when the two disagree."""
-    import warnings
-
     if isinstance(pv_format, bool):
         quantize_pv, pv_format = pv_format, "int8"
     if pv_format not in PV_FORMATS:

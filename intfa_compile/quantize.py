@@ -21,15 +21,28 @@ def _int_max(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def _quantize_with_amax(xf: Tensor, amax: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    int_max = _int_max(bits)
+def _quantize_with_amax(xf: Tensor, amax: Tensor, limit: float, dtype: torch.dtype = torch.int8,
+                        ) -> tuple[Tensor, Tensor]:
+    """``xf`` scaled so that ``amax`` maps onto ±``limit`` and stored as ``dtype`` (integers are rounded to
+    nearest; e4m3 rounds in the cast), and the scale."""
     # An all-zero group gets scale 1 (no division by zero); NaN or Inf stays in the scale, so it reaches
     # the output positions that eager attention would poison too.
-    scale = torch.where(amax == 0, torch.ones_like(amax), amax / int_max)
-    # An infinite entry makes its group's scale infinite; it keeps its sign at full range (±int_max) and
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / limit)
+    scaled = xf / scale
+    if not dtype.is_floating_point:
+        scaled = torch.round(scaled)
+    # An infinite entry makes its group's scale infinite; it keeps its sign at full range (±limit) and
     # the finite entries become 0, so the scores it enters are ±inf exactly where eager's are.
-    xq = torch.where(torch.isinf(xf), torch.sign(xf) * int_max, torch.round(xf / scale).clamp(-int_max, int_max))
-    return xq.to(torch.int8), scale
+    xq = torch.where(torch.isinf(xf), torch.sign(xf) * limit, scaled.clamp(-limit, limit))
+    return xq.to(dtype), scale
+
+
+def _channel_amax(xf: Tensor, granularity: str) -> Tensor:
+    """max|v| over the tokens, per channel (..., 1, D); "per_tensor" shares one among a head's channels."""
+    amax = xf.abs().amax(dim=-2, keepdim=True)
+    if granularity == "per_tensor":
+        amax = amax.amax(dim=-1, keepdim=True).expand_as(amax)
+    return amax
 
 
 def _token_amax(xf: Tensor, granularity: str, block: int) -> Tensor:
@@ -54,7 +67,7 @@ def quantize_qk(x: Tensor, granularity: str = "per_token", bits: int = 8, block:
     ``bits`` = 4 limits the integers to [-7, 7].
     """
     xf = x.float()
-    xq, scale = _quantize_with_amax(xf, _token_amax(xf, granularity, block), bits)
+    xq, scale = _quantize_with_amax(xf, _token_amax(xf, granularity, block), _int_max(bits))
     return xq, scale.squeeze(-1)
 
 
@@ -62,10 +75,7 @@ def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Ten
     """INT8 values of V (..., N, D) and per-channel fp32 scales (..., D); "per_tensor" shares one scale
     among all channels of a (batch, head)."""
     xf = x.float()
-    amax = xf.abs().amax(dim=-2, keepdim=True)
-    if granularity == "per_tensor":
-        amax = amax.amax(dim=-1, keepdim=True).expand_as(amax)
-    xq, scale = _quantize_with_amax(xf, amax, 8)
+    xq, scale = _quantize_with_amax(xf, _channel_amax(xf, granularity), _int_max(8))
     return xq, scale.squeeze(-2)
 
 
@@ -81,13 +91,9 @@ def quantize_v_fp8(x: Tensor, granularity: str = "per_channel", amax: Tensor | N
     full range, and NaN stays NaN (e4m3 has one), so non-finite inputs reach the outputs eager attention poisons.
     """
     xf = x.float()
-    if amax is None:
-        amax = xf.abs().amax(dim=-2, keepdim=True)
-        if granularity == "per_tensor":
-            amax = amax.amax(dim=-1, keepdim=True).expand_as(amax)
-    scale = torch.where(amax == 0, torch.ones_like(amax), amax / FP8_MAX)
-    scaled = torch.where(torch.isinf(xf), torch.sign(xf) * FP8_MAX, (xf / scale).clamp(-FP8_MAX, FP8_MAX))
-    return scaled.to(torch.float8_e4m3fn), scale.expand(*xf.shape[:-2], 1, xf.shape[-1]).squeeze(-2)
+    amax = _channel_amax(xf, granularity) if amax is None else amax
+    xq, scale = _quantize_with_amax(xf, amax, FP8_MAX, torch.float8_e4m3fn)
+    return xq, scale.expand(*xf.shape[:-2], 1, xf.shape[-1]).squeeze(-2)
 
 
 def sequence_major(x: Tensor) -> Tensor:
@@ -120,5 +126,5 @@ def quantize_static(x: Tensor, amax: Tensor, bits: int = 8) -> tuple[Tensor, Ten
     """Integer values of ``x`` (B, H, N, D) against calibrated ranges ``amax`` that broadcast to (H, N, D);
     returns them and the scales broadcast to x's shape (values beyond the range saturate)."""
     xf = x.float()
-    xq, scale = _quantize_with_amax(xf, amax.expand(xf.shape[1:]).unsqueeze(0), bits)
+    xq, scale = _quantize_with_amax(xf, amax.expand(xf.shape[1:]).unsqueeze(0), _int_max(bits))
     return xq, scale.expand(xf.shape)

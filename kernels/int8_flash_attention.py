@@ -36,6 +36,7 @@ from intfa_compile.numerics import (
     P_DEQUANT_FIXED,
     PV_FP8_FOLD_BLOCKS,
     folds_query_scale,
+    padded_head_dim,
 )
 
 _MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
@@ -85,13 +86,25 @@ def _scores(q, k, qs, ks, MAGIC_I2F: tl.constexpr = False, FOLD_Q_SCALE: tl.cons
 
 
 @triton.jit
-def _exp2_arg(t, qs, neg_max, EMULATE_FMA: tl.constexpr):
+def _exp2_arg(t, qs, neg_max, INTERPRETER: tl.constexpr):
     """t · qs − qs · m as one FFMA (``neg_max`` = −(m · qs), per row): the base-2 softmax exponent of scores ``t``
     kept without the query's scale. Folding the scale here saves one multiply per score; it is exact up to that
     FFMA's single rounding (the interpreter, without a fused multiply-add, adds in fp64)."""
-    if EMULATE_FMA:
+    if INTERPRETER:
         return (t.to(tl.float64) * qs.to(tl.float64) + neg_max.to(tl.float64)).to(tl.float32)
     return tl.fma(t, qs, neg_max)
+
+
+@triton.jit
+def _rescale_factor(m_i, m_new, m_safe, qs, FOLD_Q_SCALE: tl.constexpr, INTERPRETER: tl.constexpr):
+    """exp2(m_old − m_new) per row, what the accumulator and row sums are multiplied by when maxima move.
+
+    With ``FOLD_Q_SCALE`` the maxima lack the query scale and the exponent is the same FFMA as P's; it is
+    exactly 1 where the maximum stood still (the FFMA would leave the rounding of m · qs).
+    """
+    if FOLD_Q_SCALE:
+        return tl.where(m_new == m_i, 1.0, tl.math.exp2(_exp2_arg(m_i, qs, -(m_safe * qs), INTERPRETER)))
+    return tl.math.exp2(m_i - m_safe)
 
 
 @triton.jit
@@ -109,7 +122,7 @@ def online_softmax_step(s, m_i, l_i):
 
 
 @triton.jit
-def round_to_int8(p, scale, EMULATE_FMA: tl.constexpr):
+def round_to_int8(p, scale, INTERPRETER: tl.constexpr):
     """round(p · scale) to INT8, ties to even, for p · scale in [0, 127.5): no F2I on the GPU.
 
     One FFMA adds 1.5·2²³ to the exact product and rounds once: fp32 numbers in [2²³, 2²⁴) are spaced by 1, so
@@ -118,7 +131,7 @@ def round_to_int8(p, scale, EMULATE_FMA: tl.constexpr):
     work on the ALU, where F2I would cost one slot of the 16/clock conversion unit per score, as many as exp2.
     The interpreter has no fused multiply-add, so it adds in fp64, where the product is exact.
     """
-    if EMULATE_FMA:
+    if INTERPRETER:
         exact = p.to(tl.float64) * scale + _FP64_ROUNDING_MAGIC
         return (exact - _FP64_ROUNDING_MAGIC).to(tl.int8)
     rounded = tl.fma(p, scale, _FP32_ROUNDING_MAGIC)
@@ -143,13 +156,15 @@ def _attention_block(
     stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
     N_K, HEAD_DIM, causal_offset, window_left,
     CAUSAL_MASK: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
-    PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, EMULATE_FMA: tl.constexpr,
+    PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, INTERPRETER: tl.constexpr,
     MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, BOUNDS: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, LAZY_PV: tl.constexpr, FOLD_BLOCKS: tl.constexpr,
 ):
     """One KV block of the online softmax: update the accumulators, row sums and running maxima.
 
     ``BOUNDS`` masks keys at and past N_K; the loop over full blocks leaves it off (no per-score select).
+    ``INTERPRETER``: running in Triton's interpreter, which has no fused multiply-add and rounds fp32 → e4m3
+    wrongly at carries; those two steps are then emulated exactly.
 
     The fp32 accumulator and the row sums are rescaled only when some row of the tile raised its maximum
     (otherwise every alpha is exactly 1). With ``LAZY_PV`` (the fixed P scale, head dims ≤ 128) the P·V
@@ -195,18 +210,14 @@ def _attention_block(
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     if FOLD_Q_SCALE:
-        neg_max = -(m_safe * qs)
-        neg_max_p = neg_max + _LOG2_P_FP8_SCALE if PV_FP8 else neg_max
+        neg_max = -(m_safe * qs) + _LOG2_P_FP8_SCALE if PV_FP8 else -(m_safe * qs)
     else:
         shift = m_safe - _LOG2_P_FP8_SCALE if PV_FP8 else m_safe
     # `!=` rather than `>`: a NaN maximum also rescales, so NaN reaches the accumulator as in eager attention.
     grew = tl.max((m_new != m_i).to(tl.int32), 0) != 0
     if LAZY_PV:
         if grew or pending >= FOLD_BLOCKS:
-            if FOLD_Q_SCALE:  # exactly 1 where the maximum stood still (the FFMA would leave m·qs's rounding)
-                alpha = tl.where(m_new == m_i, 1.0, tl.math.exp2(_exp2_arg(m_i, qs, neg_max, EMULATE_FMA)))
-            else:
-                alpha = tl.math.exp2(m_i - m_safe)
+            alpha = _rescale_factor(m_i, m_new, m_safe, qs, FOLD_Q_SCALE, INTERPRETER)
             if PV_FP8:
                 acc = (acc + acc_pv) * alpha[:, None]
             else:
@@ -215,14 +226,11 @@ def _attention_block(
             l_i = l_i * alpha
             pending = 0
     elif grew:
-        if FOLD_Q_SCALE:
-            alpha = tl.where(m_new == m_i, 1.0, tl.math.exp2(_exp2_arg(m_i, qs, neg_max, EMULATE_FMA)))
-        else:
-            alpha = tl.math.exp2(m_i - m_safe)
+        alpha = _rescale_factor(m_i, m_new, m_safe, qs, FOLD_Q_SCALE, INTERPRETER)
         acc = acc * alpha[:, None]
         l_i = l_i * alpha
     if FOLD_Q_SCALE:
-        p = tl.math.exp2(_exp2_arg(s, qs[:, None], neg_max_p[:, None], EMULATE_FMA))
+        p = tl.math.exp2(_exp2_arg(s, qs[:, None], neg_max[:, None], INTERPRETER))
     else:
         p = tl.math.exp2(s - shift[:, None])
     l_i = l_i + tl.sum(p, 1)
@@ -233,22 +241,22 @@ def _attention_block(
     else:
         v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
     if PV_FP8:
-        p8 = (round_to_e4m3(p) if EMULATE_FMA else p).to(v.dtype)
+        p8 = (round_to_e4m3(p) if INTERPRETER else p).to(v.dtype)
         if LAZY_PV:
             acc_pv = tl.dot(p8, v, acc=acc_pv, out_dtype=tl.float32)
             pending += 1
         else:
             acc = acc + tl.dot(p8, v, out_dtype=tl.float32)
     elif LAZY_PV:
-        acc_pv = tl.dot(round_to_int8(p, _INT8_MAX, EMULATE_FMA), v, acc=acc_pv, out_dtype=tl.int32)
+        acc_pv = tl.dot(round_to_int8(p, _INT8_MAX, INTERPRETER), v, acc=acc_pv, out_dtype=tl.int32)
         pending += 1
     elif QUANT_PV and not P_ROW_BLOCK:
-        pv = tl.dot(round_to_int8(p, _INT8_MAX, EMULATE_FMA), v, out_dtype=tl.int32).to(tl.float32)
+        pv = tl.dot(round_to_int8(p, _INT8_MAX, INTERPRETER), v, out_dtype=tl.int32).to(tl.float32)
         acc = acc + pv * _P_DEQUANT_FIXED
     elif QUANT_PV:
         p_max = tl.max(p, 1)
         inv = tl.where(p_max > 0, _INT8_MAX / p_max, 0.0)
-        pv = tl.dot(round_to_int8(p, inv[:, None], EMULATE_FMA), v, out_dtype=tl.int32).to(tl.float32)
+        pv = tl.dot(round_to_int8(p, inv[:, None], INTERPRETER), v, out_dtype=tl.int32).to(tl.float32)
         acc = acc + pv * (p_max / _INT8_MAX)[:, None]
     elif v.dtype == tl.float32:
         # fp32 V: an IEEE fp32 GEMM, not TF32, so P keeps its fp32 value as in the CPU implementation.
@@ -336,7 +344,7 @@ def _int8_attention_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     HEADS_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, HEAD_DIM, qk_scale, causal_offset, window_left,
     IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
-    PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, EMULATE_FMA: tl.constexpr,
+    PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, INTERPRETER: tl.constexpr,
     MAGIC_I2F: tl.constexpr,
     FOLD_Q_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -391,7 +399,7 @@ def _int8_attention_fwd(
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM, causal_offset, window_left,
-            False, False, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, EMULATE_FMA, MAGIC_I2F,
+            False, False, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER, MAGIC_I2F,
             FOLD_Q_SCALE, False, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS,
         )
     for start_n in range(tl.maximum(full_hi, lo), hi, BLOCK_N):
@@ -400,7 +408,7 @@ def _int8_attention_fwd(
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM, causal_offset, window_left,
-            IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, EMULATE_FMA, MAGIC_I2F,
+            IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER, MAGIC_I2F,
             FOLD_Q_SCALE, True, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS,
         )
 
@@ -420,11 +428,6 @@ def length_bucket(n: int) -> int:
     """The power of two at or above ``n``: what the autotuner keys sequence lengths on, so a new length within a
     bucket reuses the tuned tile instead of benchmarking every config again (the kernel itself never reads it)."""
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
-
-
-def _block_d(head_dim: int) -> int:
-    # INT8 tensor-core GEMMs take a reduction dimension of at least 32.
-    return max(32, triton.next_power_of_2(head_dim))
 
 
 def launch_arguments(
@@ -474,10 +477,10 @@ def launch_arguments(
         IS_CAUSAL=is_causal, WINDOW=is_causal and window_left >= 0, MASK_KIND=mask_kind, QUANT_PV=quant_pv,
         PV_FP8=v.dtype == torch.float8_e4m3fn,
         P_ROW_BLOCK=p_scale == "row_block",
-        UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16, EMULATE_FMA=_INTERPRETED,
+        UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16, INTERPRETER=_INTERPRETED,
         FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),
         MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
-        BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=_block_d(head_dim),
+        BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=padded_head_dim(head_dim),
     )
     return args, constexprs
 

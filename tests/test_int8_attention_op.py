@@ -198,3 +198,25 @@ def test_inf_makes_the_outputs_eager_makes_non_finite_non_finite(where, value):
         assert (extra_rows <= (q_rounds_to_zero & (torch.arange(2) == 1)[None, :, None])).all()
     else:
         assert not extra_rows.any()
+
+
+@pytest.mark.parametrize("pv_format", ["int8", "fp8", "fp16"])
+def test_static_scales_take_every_pv_format(pv_format):
+    """Calibrated ranges (Q, K per head; V per head and channel) with each P·V format. With the calibrated V range
+    equal to V's own per-channel maximum, the static e4m3 V is the dynamic one; against fp64 attention of the
+    original inputs each of Q, K, V, P carries at most one rounding of its format (≤ 2**-4 relative for e4m3), so the
+    cosine stays within 1 − (4·2**-4)²/2."""
+    from intfa_compile.ops import int8_sdpa_static
+    from intfa_compile.quantize import quantize_v_fp8
+
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 3, 48, 32, generator=gen) for _ in range(3))
+    q_amax, k_amax = q.abs().amax(dim=(0, 2, 3)), k.abs().amax(dim=(0, 2, 3))
+    v_amax = v.abs().amax(dim=(0, 2))
+    out = int8_sdpa_static(q, k, v, None, False, None, q_amax, k_amax, v_amax, pv_format)
+    exact = reference_attention(q.double(), k.double(), v.double(), None, False).out
+    assert cosine(out, exact) >= 1 - (4 * 2.0**-4) ** 2 / 2
+    if pv_format == "fp8":
+        dynamic, dynamic_scale = quantize_v_fp8(v)
+        static, static_scale = quantize_v_fp8(v, amax=v_amax[:, None, :].expand(1, -1, 1, -1))
+        assert torch.equal(static.float(), dynamic.float()) and torch.equal(static_scale, dynamic_scale)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, "benchmarks")
-    from inspect_sass import autotune_candidates, inspect_variant, launch_case
+    from inspect_sass import autotune_candidates, inspect_variant, launch_case, opcode_families
     from pipe_model import model
     out = {}
     for name, args in {
@@ -34,7 +34,9 @@ SCRIPT = textwrap.dedent("""
         info = inspect_variant(*args)
         row = model(info)
         out[name] = {"ptx": info.ptx_matrix, "sass": info.sass_counts, "loop": info.loop_histogram,
-                     "rare": info.loop_rare_histogram, "spills": info.spills, "local": info.local_bytes,
+                     "loop_families": opcode_families(info.loop_histogram),
+                     "rare_families": opcode_families(info.loop_rare_histogram),
+                     "spills": info.spills, "local": info.local_bytes,
                      "registers": info.registers, "slow_per_score": row.slow_unit_per_score,
                      "tensor": row.tensor, "pipes": row.pipes}
     spills = {}
@@ -62,13 +64,6 @@ def codegen():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _loop_families(entry: dict) -> dict[str, int]:
-    families: dict[str, int] = {}
-    for opcode, count in entry["loop"].items():
-        families[opcode.split(".")[0]] = families.get(opcode.split(".")[0], 0) + count
-    return families
-
-
 def test_hopper_uses_int8_wgmma_for_both_gemms_in_full_int8(codegen):
     full = codegen["90-full"]
     assert all(".s32.s8.s8" in instr for instr in full["ptx"]), full["ptx"]
@@ -80,13 +75,13 @@ def test_full_int8_rounds_p_without_f2i_and_issues_one_slow_unit_instruction_per
     """P's rounding is an FFMA with a magic number (no F2I), and the P·V sums stay INT32 between rescales (no
     per-block I2F of the P·V tile): the 16/clock unit sees only exp2, one per score (issue 11's ≤ 1.15)."""
     full = codegen["90-full"]
-    loop = _loop_families(full)
+    loop = full["loop_families"]
     assert "F2I" not in loop and "I2F" not in loop and "F2F" not in loop
     assert full["sass"].get("F2I", 0) <= 1  # outside the loop: one integer division's reciprocal trick
     assert loop.get("MUFU", 0) > 0
     assert full["slow_per_score"] <= 1.15
     # The P·V accumulator's conversion happens only on the rare rescale path, not every block.
-    assert _loop_families({"loop": full["rare"]}).get("I2FP", 0) > 0
+    assert full["rare_families"].get("I2FP", 0) > 0
 
 
 def test_int8_v_arrives_asynchronously_not_transposed_byte_by_byte(codegen):
@@ -101,7 +96,7 @@ def test_fp8_pv_uses_int8_wgmma_for_qk_and_fp8_wgmma_for_pv(codegen):
     needs no conversion in the steady state (accumulated in fp32 by the tensor cores)."""
     fp8 = codegen["90-fp8pv"]
     assert any(".s32.s8.s8" in instr for instr in fp8["ptx"]) and any(".e4m3.e4m3" in instr for instr in fp8["ptx"])
-    loop = _loop_families(fp8)
+    loop = fp8["loop_families"]
     assert loop.get("IGMMA", 0) > 0 and loop.get("QGMMA", 0) > 0 and loop.get("F2FP", 0) > 0
     assert fp8["slow_per_score"] <= 1.15
     # One I2FP per score (the Q·Kᵀ tile), none for P·V.
@@ -130,7 +125,7 @@ def test_ampere_uses_imma(codegen):
     assert full["ptx"] and all("mma.sync" in instr and "s8.s8" in instr for instr in full["ptx"])
     assert full["sass"].get("IMMA", 0) > 0
     # Ampere converts INT32 → fp32 on the 16/clock unit (I2F): the Q·Kᵀ tile uses the magic-number form instead.
-    loop = _loop_families(full)
+    loop = full["loop_families"]
     assert "F2I" not in loop and "I2F" not in loop and full["slow_per_score"] <= 1.15
 
 
