@@ -39,6 +39,7 @@ from plotting import Panels, plot_against_length  # noqa: E402
 from results_file import RunInfo  # noqa: E402
 from torch._inductor.utils import run_and_get_code  # noqa: E402
 
+from intfa_compile.numerics import KV_BLOCK_AUTOTUNE  # noqa: E402
 from intfa_compile.ops import int8_sdpa  # noqa: E402
 from intfa_compile.quantize import (  # noqa: E402
     quantize_per_channel,
@@ -112,8 +113,9 @@ def _intfa(pv_format: str, causal: bool) -> Attention:
     return attend
 
 
-def _intfa_prequantized(pv_format: str, causal: bool) -> tuple[Callable, Attention]:
-    """(prepare, attend): prepare quantizes once, outside the timed region."""
+def _intfa_prequantized(pv_format: str, causal: bool, kv_block: int = 0) -> tuple[Callable, Attention]:
+    """(prepare, attend): prepare quantizes once, outside the timed region. ``kv_block`` as the op's (0: the
+    default rule; ``KV_BLOCK_AUTOTUNE``: the autotuner picks, and ``tuned_tiles`` says what)."""
 
     def prepare(q, k, v):
         q8, qs = quantize_per_token(q)
@@ -126,7 +128,8 @@ def _intfa_prequantized(pv_format: str, causal: bool) -> tuple[Callable, Attenti
         return (q8, k8, v_in, qs, ks, vs, q.shape[-1] ** -0.5, q.dtype)
 
     def attend(q8, k8, v_in, qs, ks, vs, sm_scale, dtype):
-        return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale, "fixed", dtype)
+        return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale, "fixed", dtype, 0, -1,
+                                              kv_block)
 
     return prepare, attend
 
@@ -224,6 +227,9 @@ def providers(case: Case, device: str) -> dict[str, tuple[Callable | None, Atten
     else:
         table["fp8-triton"] = (None, None)
     if device == "cuda":
+        # The key block trade (``config.kv_block_size``): each size fixed, and the autotuner's own pick.
+        for name, kv_block in (("bn64", 64), ("bn128", 128), ("tune", KV_BLOCK_AUTOTUNE)):
+            table[f"intfa-full-prequant-{name}"] = _intfa_prequantized("int8", case.causal, kv_block)
         for lowering in ("custom_op", "triton_op"):
             table[f"intfa-full-compiled-{lowering}"] = (None, _Compiled(case.causal, lowering))
         table["sageattention-1.0.6"] = (None, _sageattention(case.causal))
@@ -341,6 +347,20 @@ def _plot(results: list[tuple[Case, list[Row]]], path: Path) -> str:
     return plot_against_length(panels, path, "TOPS")
 
 
+def _tuned_tiles_section(device: str) -> str:
+    """The tiles the INT8 kernel's autotuner chose, per autotune key (BLOCK_N among them when it was free)."""
+    if device != "cuda":
+        return ""
+    from intfa_compile.kernels.int8_flash_attention import _int8_attention_fwd, tuned_tiles
+
+    names = list(_int8_attention_fwd.keys)
+    lines = ["", "## Tiles the INT8 kernel's autotuner chose", "", f"autotune key: {', '.join(names)}, dtypes", "",
+             "| key | BLOCK_M | BLOCK_N | warps | stages |", "|---|---|---|---|---|"]
+    for key, tile in sorted(tuned_tiles().items(), key=str):
+        lines.append(f"| {key} | {tile['BLOCK_M']} | {tile['BLOCK_N']} | {tile['num_warps']} | {tile['num_stages']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, Triton interpreter")
@@ -363,7 +383,7 @@ def main() -> None:
         "TOPS = 4·B·H·N²·d / time (halved when causal); accuracy on batch 0, first "
         f"{ACCURACY_HEADS} heads, against fp64 attention of the same 16-bit inputs",
     )
-    table = _markdown(results, header)
+    table = _markdown(results, header) + _tuned_tiles_section(device)
     path = run.write(args.out, "", table, args.smoke)
     print(table)
     print(_plot(results, path.with_suffix(".png")))

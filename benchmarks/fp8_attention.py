@@ -67,9 +67,11 @@ def _fp8_block(
 
 
 def _prune_fp8_or_16bit(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """The INT8 kernel's pruning, with P·V counted as quantized when V is e4m3 (the 16-bit baseline's is not)."""
+    """The INT8 kernel's pruning, with P·V counted as quantized when V is e4m3 (the 16-bit baseline's is not), at
+    the key block size this kernel's CPU reference takes (``BLOCK_N``)."""
     v = named_args.get("V")
-    return prune_configs(configs, named_args, QUANT_PV=v is not None and v.dtype == FP8_DTYPE, **kwargs)
+    return prune_configs(configs, named_args, QUANT_PV=v is not None and v.dtype == FP8_DTYPE, KV_BLOCK=BLOCK_N,
+                         **kwargs)
 
 
 @triton.autotune(configs=autotune_configs(), key=["N_Q", "N_K", "HEAD_DIM", "IS_CAUSAL"],
@@ -144,7 +146,7 @@ def launch_arguments(
         heads, n_q, n_k, head_dim, sm_scale * LOG2E,
     )
     constexprs = dict(IS_CAUSAL=is_causal, EMULATE_CAST=_INTERPRETED and q8.dtype == FP8_DTYPE,
-                      BLOCK_N=BLOCK_N, BLOCK_D=padded_head_dim(head_dim))
+                      BLOCK_D=padded_head_dim(head_dim))
     return args, constexprs
 
 

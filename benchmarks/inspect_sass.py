@@ -49,6 +49,8 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intfa_compile.kernels import int8_flash_attention as int8_kernel  # noqa: E402
 
+from intfa_compile.key_splits import key_splits  # noqa: E402
+
 VARIANTS = ("full-int8", "half-int8", "fp8-pv", "fp8-baseline", "fp16-baseline")
 """Kernels this script compiles: ours (full / half INT8, fp8-pv) and the baselines of the speed table."""
 
@@ -61,7 +63,8 @@ _BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?BRA(?:\.[A-Z.
 _TENSOR_OPS = ("IGMMA", "HGMMA", "QGMMA", "IMMA", "HMMA")
 _DEFAULT_TILES = ((128, 8, 3), (64, 4, 2), (64, 8, 2))
 """(BLOCK_M, warps, stages) shown by default, in order of preference: the tile FlashAttention kernels use at
-d ≤ 128, and the pipelined 64-row tiles a 256-wide head fits in. ``--all-configs`` shows every one."""
+d ≤ 128, and the pipelined 64-row tiles a 256-wide head fits in (decode: 16 rows, 4 warps). BLOCK_N is the
+launch's (``numerics.default_kv_block``) or ``--block-n``; ``--all-configs`` shows every tile."""
 
 # Per-SM limits for occupancy (CUDA C++ Programming Guide, "Technical Specifications per Compute Capability").
 _SM_LIMITS = {
@@ -225,26 +228,31 @@ def load_kernel_module(revision: str | None):
 
 
 def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, window_left: int = -1,
-                arch: int = 90) -> tuple:
+                arch: int = 90, decode: bool = False) -> tuple:
     """(autotuned kernel, launch args, constexprs) for one variant at ``TYPICAL_SHAPE`` (``window_left``: a
-    sliding window behind the causal diagonal, INT8 kernels only)."""
+    sliding window behind the causal diagonal; ``decode``: one query per head, split-K; INT8 kernels only)."""
     batch, heads, seq = TYPICAL_SHAPE["batch"], TYPICAL_SHAPE["heads"], TYPICAL_SHAPE["seq"]
     sm_scale = head_dim**-0.5
     if variant in ("full-int8", "half-int8", "fp8-pv"):
         module = kernel_module or int8_kernel
-        q, k = (_meta(batch, heads, seq, head_dim, dtype=torch.int8) for _ in range(2))
+        q = _meta(batch, heads, 1 if decode else seq, head_dim, dtype=torch.int8)
+        k = _meta(batch, heads, seq, head_dim, dtype=torch.int8)
         full = variant != "half-int8"
         v_dtype = {"full-int8": torch.int8, "fp8-pv": torch.float8_e4m3fn}.get(variant, torch.float16)
         # Quantized V sequence-major, as the compiler passes lay it out (``quantize.sequence_major``); an
         # earlier revision of the kernel got it D-major.
         v = (_meta(batch, heads, head_dim, seq, dtype=v_dtype).transpose(-1, -2) if full and module is int8_kernel
              else _meta(batch, heads, seq, head_dim, dtype=v_dtype))
-        q_scale, k_scale = _meta(batch, heads, seq, dtype=torch.float32), _meta(batch, heads, seq, dtype=torch.float32)
+        q_scale, k_scale = _meta(*q.shape[:3], dtype=torch.float32), _meta(batch, heads, seq, dtype=torch.float32)
         v_scale = _meta(batch, heads, head_dim, dtype=torch.float32) if full else None
-        out = _meta(batch, heads, seq, head_dim, dtype=torch.float16)
+        out = _meta(*q.shape, dtype=torch.float16)
+        parts, split_keys = None, 0
+        if decode:  # one query per head: the 16-row tile, keys split as the launcher splits them
+            ranges, split_keys = key_splits(1, seq, batch * heads)
+            parts = (_meta(ranges, *q.shape, dtype=torch.float32), _meta(ranges, *q.shape[:3], 2, dtype=torch.float32))
         args, constexprs = int8_kernel.launch_arguments(q, k, v, q_scale, k_scale, v_scale, None, causal, sm_scale,
                                                         "fixed", out, window_left=window_left,
-                                                        target_arch=arch)
+                                                        target_arch=arch, parts=parts, split_keys=split_keys)
         kernel = module._int8_attention_fwd
         if module is not int8_kernel:  # an earlier revision: pass it the arguments it takes, by name
             takes = set(kernel.fn.arg_names)
@@ -271,9 +279,16 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
-def autotune_candidates(kernel, args: tuple, constexprs: dict) -> list[triton.Config]:
-    """The autotune configs a launch would try: the kernel's configs after its own pruning hook."""
+def autotune_candidates(kernel, args: tuple, constexprs: dict, block_n: int | None = None) -> list[triton.Config]:
+    """The autotune configs a launch would try: the kernel's configs after its own pruning hook (only those with
+    ``block_n`` keys per block, if given; a kernel revision that fixed BLOCK_N has it among ``constexprs``)."""
     configs = list(kernel.configs)
+    if block_n is not None:
+        if constexprs.get("BLOCK_N", block_n) != block_n:
+            raise ValueError(f"this kernel fixes BLOCK_N = {constexprs['BLOCK_N']}")
+        configs = [c for c in configs if c.kwargs.get("BLOCK_N", block_n) == block_n]
+        if "KV_BLOCK" in constexprs:  # the launch asks for this key block (the kernel never reads KV_BLOCK)
+            constexprs = {**constexprs, "KV_BLOCK": block_n}
     prune = getattr(kernel, "early_config_prune", None)
     if prune is not None:
         named = dict(zip(kernel.arg_names, args, strict=False))
@@ -282,14 +297,17 @@ def autotune_candidates(kernel, args: tuple, constexprs: dict) -> list[triton.Co
 
 
 def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool = False,
-                    config: triton.Config | None = None, kernel_module=None, window_left: int = -1) -> Codegen:
+                    config: triton.Config | None = None, kernel_module=None, window_left: int = -1,
+                    block_n: int | None = None, decode: bool = False) -> Codegen:
     """Compile one variant for sm_<arch> as a launch would (``config``: one of its autotune configs; by default
-    the first of ``_DEFAULT_TILES`` the pruning keeps, else the first surviving config)."""
-    kernel, args, constexprs = launch_case(variant, head_dim, causal, kernel_module, window_left, arch)
+    the first of ``_DEFAULT_TILES`` the pruning keeps, else the first surviving config; ``block_n``: only
+    configs with that many keys per block)."""
+    kernel, args, constexprs = launch_case(variant, head_dim, causal, kernel_module, window_left, arch, decode)
     if config is None:
-        candidates = autotune_candidates(kernel, args, constexprs)
+        candidates = autotune_candidates(kernel, args, constexprs, block_n)
         shapes = [(c.kwargs.get("BLOCK_M"), c.num_warps, c.num_stages) for c in candidates]
-        preferred = [shape for shape in _DEFAULT_TILES if shape in shapes]
+        tiles = [(16, 4, stages) if decode else (m, warps, stages) for m, warps, stages in _DEFAULT_TILES]
+        preferred = [shape for shape in tiles if shape in shapes]
         config = candidates[shapes.index(preferred[0])] if preferred else candidates[0]
     compiled, sass, registers, local_bytes = compile_like_launch(kernel.fn, args, constexprs, config, arch)
     instructions = _instructions(sass)
@@ -299,7 +317,7 @@ def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool =
     ptx_matrix = sorted(set(re.findall(r"((?:wgmma\.mma_async|mma\.sync)\.\S+)", compiled.asm["ptx"])))
     return Codegen(
         arch=arch, variant=variant, head_dim=head_dim, causal=causal,
-        block_m=config.kwargs["BLOCK_M"], block_n=config.kwargs.get("BLOCK_N", constexprs["BLOCK_N"]),
+        block_m=config.kwargs["BLOCK_M"], block_n=config.kwargs.get("BLOCK_N", constexprs.get("BLOCK_N")),
         num_warps=config.num_warps, num_stages=config.num_stages, ptx_matrix=ptx_matrix,
         sass_histogram=histogram, loop_histogram=_histogram(instructions, loop, exclude=rare) if loop else {},
         loop_rare_histogram=_histogram(instructions, loop, only=rare) if loop else {}, loop_range=loop,
@@ -345,21 +363,24 @@ def main() -> None:
     parser.add_argument("--variant", choices=VARIANTS, default="full-int8")
     parser.add_argument("--causal", action="store_true")
     parser.add_argument("--all-configs", action="store_true", help="every autotune config, not only the default")
+    parser.add_argument("--block-n", type=int, default=None, help="only tiles with this many keys per block")
+    parser.add_argument("--decode", action="store_true", help="one query per head (the decode tile, split-K)")
     parser.add_argument("--kernel-rev", default=None, help="compile the INT8 kernel as it was at this git revision")
     args = parser.parse_args()
     module = load_kernel_module(args.kernel_rev)
     if args.json:
         kernel, launch_args, constexprs = launch_case(args.variant, args.head_dim, args.causal, module,
-                                                      arch=args.arch)
-        info = inspect_variant(args.arch, args.variant, args.head_dim, args.causal, kernel_module=module)
+                                                      arch=args.arch, decode=args.decode)
+        info = inspect_variant(args.arch, args.variant, args.head_dim, args.causal, kernel_module=module,
+                               block_n=args.block_n, decode=args.decode)
         result = info.to_json()
         if args.all_configs:
             result["configs"] = [
                 {k: v for k, v in inspect_variant(args.arch, args.variant, args.head_dim, args.causal, config,
-                                                  module).to_json().items()
+                                                  module, decode=args.decode).to_json().items()
                  if k in ("block_m", "block_n", "num_warps", "num_stages", "registers", "spills", "local_bytes",
                           "shared_bytes", "occupancy_blocks")}
-                for config in autotune_candidates(kernel, launch_args, constexprs)
+                for config in autotune_candidates(kernel, launch_args, constexprs, args.block_n)
             ]
         result["triton"] = triton.__version__
         print(json.dumps(result))
@@ -372,10 +393,11 @@ def main() -> None:
             for head_dim in (64, 128):
                 if args.all_configs:
                     kernel, launch_args, constexprs = launch_case(variant, head_dim, args.causal, module, arch=arch)
-                    configs = autotune_candidates(kernel, launch_args, constexprs)
+                    configs = autotune_candidates(kernel, launch_args, constexprs, args.block_n)
                     rows += [inspect_variant(arch, variant, head_dim, args.causal, c, module) for c in configs]
                 else:
-                    rows.append(inspect_variant(arch, variant, head_dim, args.causal, kernel_module=module))
+                    rows.append(inspect_variant(arch, variant, head_dim, args.causal, kernel_module=module,
+                                                block_n=args.block_n))
     print_table(rows)
     print(f"\ntriton {triton.__version__}, python {sys.version.split()[0]}; launch specialized for "
           f"B {TYPICAL_SHAPE['batch']}, H {TYPICAL_SHAPE['heads']}, N {TYPICAL_SHAPE['seq']}")

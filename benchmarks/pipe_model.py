@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import inspect_sass  # noqa: E402
 import triton  # noqa: E402
 
-from intfa_compile.numerics import padded_head_dim  # noqa: E402
+from intfa_compile.numerics import default_kv_block, padded_head_dim  # noqa: E402
 
 BASELINE_REVISION = "4b29d76"
 """The INT8 kernel before issue 11's rework (F2I rounding of P, per-block P·V conversion, D-major V)."""
@@ -234,7 +234,9 @@ def predicted_tops(row: PipeCycles, serial: bool = False) -> float:
     return 2 * macs / cycles * sms * ghz * 1e9 / 1e12
 
 
-_LABELS = {"full-int8@before": "full INT8 (before, 4b29d76)", "full-int8": "full INT8", "half-int8": "half-INT8",
+_LABELS = {"full-int8@before": "full INT8 (before, 4b29d76)", "full-int8": "full INT8",
+           "full-int8@64": "full INT8, 64-key blocks", "half-int8@64": "half-INT8, 64-key blocks",
+           "half-int8": "half-INT8",
            "fp8-baseline": "FP8 baseline (e4m3)", "fp16-baseline": "16-bit Triton FA (fp16)",
            "fp8-pv": "INT8 Q·Kᵀ + FP8 P·V (fp8-pv)"}
 
@@ -248,6 +250,10 @@ def run(arch: int, head_dims: list[int], causal_cases: list[bool], variants: lis
                 if variant == "full-int8@before":
                     before = before or inspect_sass.load_kernel_module(BASELINE_REVISION)
                     info = inspect_sass.inspect_variant(arch, "full-int8", head_dim, causal, kernel_module=before)
+                elif variant.endswith("@64"):  # the 64-key tile the default rule replaced where 128 fits
+                    if default_kv_block(padded_head_dim(head_dim), False) == 64:
+                        continue
+                    info = inspect_sass.inspect_variant(arch, variant[:-3], head_dim, causal, block_n=64)
                 else:
                     info = inspect_sass.inspect_variant(arch, variant, head_dim, causal)
                 row = model(info)
@@ -289,7 +295,8 @@ def main() -> None:
     if args.smoke:
         rows = run(args.arch, [64], [False], ["full-int8"])
     else:
-        variants = ["fp16-baseline", "fp8-baseline", "full-int8@before", "full-int8", "half-int8", "fp8-pv"]
+        variants = ["fp16-baseline", "fp8-baseline", "full-int8@before", "full-int8@64", "full-int8", "half-int8@64",
+                    "half-int8", "fp8-pv"]
         if args.arch < 90:
             variants.remove("fp8-baseline")
             variants.remove("fp8-pv")

@@ -56,6 +56,14 @@ p_scale: Literal["fixed", "row_block"] = "fixed"
 max is subtracted). "row_block" scales each row of each KV block by its own maximum, which keeps
 resolution for rows whose maximum was set by an earlier block."""
 
+kv_block_size: Literal["auto", "tune", 16, 32, 64, 128] = "auto"
+"""Keys per block of the online softmax. The result depends on it (P is quantized against the running maximum
+of the blocks so far), so it is a setting. "auto": a rule of shapes (``numerics.default_kv_block``: 128 keys
+where such a tile fits without spills, the per-pipe model's faster choice, else 64), the same on every device,
+so the CPU implementation computes what the GPU kernel does. "tune": the CUDA kernel's autotuner picks 64 or
+128 by timing (its choice per shape: ``kernels.int8_flash_attention.tuned_tiles()``; results may then differ
+from the CPU's and between processes by one P quantization step); "auto" elsewhere. A number fixes it."""
+
 qk_granularity: Literal["per_token", "per_block", "per_head"] = "per_token"
 """Granularity of the Q and K scales; each factors out of Q·Kᵀ. "per_token": one scale per token and
 head (INT-FlashAttention's choice). "per_block": one per block of tokens (128 query rows, 64 keys,

@@ -11,7 +11,32 @@ INT8_MAX = 127
 """Symmetric INT8 range is [-127, 127]; -128 is never produced."""
 
 KV_BLOCK_SIZE = 64
-"""Keys per block of the online softmax (the kernel's BLOCK_N)."""
+"""Keys per block of the online softmax (the kernel's BLOCK_N) where 128 would not fit (see ``default_kv_block``)."""
+
+KV_BLOCK_SIZES = (16, 32, 64, 128)
+"""Key block sizes a caller may fix (``kv_block``). 64 and 128 are the fast ones (smaller blocks only add softmax
+overhead per tensor-core instruction); 16 and 32 exist for tests that compare kernel and CPU implementation at
+small shapes."""
+
+KV_BLOCK_AUTOTUNE = -1
+"""``kv_block`` value that lets the CUDA kernel's autotuner pick 64 or 128 keys per block by timing (recorded in
+``kernels.int8_flash_attention.tuned_tiles()``); the result then depends on that choice. Elsewhere it means
+``default_kv_block``."""
+
+
+def default_kv_block(block_d: int, pv_fp8: bool) -> int:
+    """Keys per block when the caller fixes none (``kv_block`` 0), from the padded head dim: 128 where a 128-key
+    tile compiles without spills (head dims up to 128; up to 64 with FP8 P·V, whose e4m3 P and second fp32
+    accumulator spill at 128), else 64. The per-pipe model (``benchmarks/pipe_model.py``) puts 128 keys at
+    1.53× the tensor time against 1.75× for 64 (d = 128, full INT8, sm_90): the block's bookkeeping is spread
+    over twice the scores. A rule of shapes only, so every device computes the same thing."""
+    return 128 if block_d <= (64 if pv_fp8 else 128) else KV_BLOCK_SIZE
+
+
+def resolve_kv_block(kv_block: int, block_d: int, pv_fp8: bool) -> int:
+    """The key block a call runs with: ``kv_block`` when it is fixed, ``default_kv_block`` for 0 and for
+    ``KV_BLOCK_AUTOTUNE`` (which only the CUDA kernel's autotuner acts on)."""
+    return kv_block if kv_block > 0 else default_kv_block(block_d, pv_fp8)
 
 LOG2E = 1.4426950408889634
 """log2(e): the kernel works in base 2 (exp2), with this folded into Q's scale."""

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .cpu_attention import int8_flash_attention_cpu
-from .numerics import P_SCALE_MODES, normalize_pv_format
+from .numerics import KV_BLOCK_AUTOTUNE, KV_BLOCK_SIZES, P_SCALE_MODES, normalize_pv_format
 from .quantize import (
     K_BLOCK_TOKENS,
     Q_BLOCK_TOKENS,
@@ -47,6 +47,7 @@ def _check(
     attn_mask: Tensor | None,
     p_scale: str,
     out_dtype: torch.dtype,
+    kv_block: int = 0,
 ) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("int8_attention expects 4-D (B, H, N, D) q, k, v")
@@ -70,6 +71,9 @@ def _check(
         raise ValueError("an e4m3 v (pv_format='fp8') takes P's fixed scale only (p_scale='fixed')")
     if p_scale not in P_SCALE_MODES:
         raise ValueError(f"p_scale must be one of {P_SCALE_MODES}, got {p_scale!r}")
+    if kv_block not in (0, KV_BLOCK_AUTOTUNE, *KV_BLOCK_SIZES):
+        raise ValueError(f"kv_block must be 0 (the default rule), {KV_BLOCK_AUTOTUNE} (autotuned on CUDA) or one of "
+                         f"{KV_BLOCK_SIZES}, got {kv_block}")
     if out_dtype not in _FLOAT_OUT:
         raise TypeError(f"out_dtype must be one of {_FLOAT_OUT}, got {out_dtype}")
     if attn_mask is not None and not mask_broadcasts_to(attn_mask.shape, (batch, heads_q, n_q, k.shape[2])):
@@ -96,6 +100,7 @@ def int8_attention(
     out_dtype: torch.dtype,
     causal_offset: int = 0,
     window_left: int = -1,
+    kv_block: int = 0,
 ) -> Tensor:
     """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs (INT-FlashAttention, Chen et al. 2024).
 
@@ -107,9 +112,13 @@ def int8_attention(
     j <= i + ``causal_offset``: 0 is SDPA's ``is_causal`` (top-left), Nk − Nq is bottom-right
     (``torch.nn.attention.bias.causal_lower_right``); ``window_left`` >= 0 also drops the keys
     j < i + causal_offset − window_left (sliding-window attention, as Mistral's). ``p_scale`` is
-    "fixed" (1/127) or "row_block". Returns ``out_dtype``, strided like q.
+    "fixed" (1/127) or "row_block". ``kv_block`` is the number of keys per block of the online softmax,
+    which the result depends on (P is quantized against the running maximum of the blocks so far): one of
+    ``KV_BLOCK_SIZES``, 0 for ``numerics.default_kv_block`` (a rule of shapes, the same on every device), or
+    ``KV_BLOCK_AUTOTUNE`` to let the CUDA kernel's autotuner pick by timing (elsewhere the rule).
+    Returns ``out_dtype``, strided like q.
     """
-    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype)
+    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block)
     if window_left >= 0 and not is_causal:
         raise ValueError("window_left is a sliding window behind the causal diagonal: it needs is_causal=True")
     out = _empty_out(q, out_dtype)
@@ -119,7 +128,7 @@ def int8_attention(
     else:
         run = int8_flash_attention_cpu
     return run(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out, causal_offset,
-               window_left)
+               window_left, kv_block)
 
 
 @int8_attention.register_fake
@@ -137,6 +146,7 @@ def _int8_attention_fake(
     out_dtype: torch.dtype,
     causal_offset: int = 0,
     window_left: int = -1,
+    kv_block: int = 0,
 ) -> Tensor:
     return _empty_out(q, out_dtype)
 
@@ -159,6 +169,7 @@ def int8_sdpa(
     causal_offset: int = 0,
     window_left: int = -1,
     quantize_pv: bool | None = None,
+    kv_block: int = 0,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
@@ -166,8 +177,8 @@ def int8_sdpa(
     per channel to INT8 (``pv_format="int8"``) or e4m3 (``"fp8"``) or not at all (``"fp16"``: half-INT8;
     ``quantize_pv`` is its deprecated spelling), then calls ``intfa::int8_attention`` (or ``attention_op``,
     an op of the same signature). ``causal_offset`` moves the causal diagonal and ``window_left``
-    limits how far back a query sees (see the op). This is what the compiler passes insert in place
-    of attention.
+    limits how far back a query sees, ``kv_block`` fixes the keys per block (see the op). This is what
+    the compiler passes insert in place of attention.
     """
     sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
     if smooth_k:
@@ -183,7 +194,7 @@ def int8_sdpa(
         v_in = sequence_major(v_in)
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
-              query.dtype, causal_offset, window_left)
+              query.dtype, causal_offset, window_left, kv_block)
 
 
 def int8_sdpa_static(
@@ -202,6 +213,7 @@ def int8_sdpa_static(
     attention_op: Any = None,
     causal_offset: int = 0,
     window_left: int = -1,
+    kv_block: int = 0,
 ) -> Tensor:
     """``int8_sdpa`` with calibrated ranges: Q and K per head (Hq,), (Hk,); V per head and channel (Hk, D).
 
@@ -222,4 +234,4 @@ def int8_sdpa_static(
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
-              float(sm_scale), p_scale, query.dtype, causal_offset, window_left)
+              float(sm_scale), p_scale, query.dtype, causal_offset, window_left, kv_block)

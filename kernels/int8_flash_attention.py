@@ -26,17 +26,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from intfa_compile.key_splits import combine_key_splits, key_splits, split_keys_evenly
 from intfa_compile.numerics import (
     FP32_LOWEST,
     FP32_TINY,
     INT8_MAX,
-    KV_BLOCK_SIZE,
+    KV_BLOCK_AUTOTUNE,
     LOG2_P_FP8_SCALE,
     LOG2E,
     P_DEQUANT_FIXED,
     PV_FP8_FOLD_BLOCKS,
+    default_kv_block,
     folds_query_scale,
     padded_head_dim,
+    resolve_kv_block,
 )
 
 _MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
@@ -272,39 +275,83 @@ def _attention_block(
 
 
 def autotune_configs() -> list[triton.Config]:
-    """Tile shapes worth trying on Ampere and Hopper (``prune_configs`` keeps those fit for a head dim); one
-    fixed tile under the interpreter.
+    """Tiles worth trying on Ampere and Hopper (``prune_configs`` keeps those fit for a head dim and the key
+    block asked for); under the interpreter, one 64-row tile per key block size the tests compare.
 
-    BLOCK_N is not tuned: the key block size is part of the result (see ``numerics.KV_BLOCK_SIZE``).
+    BLOCK_N is part of the result (P is quantized against the running maximum of the blocks seen so far), so a
+    launch fixes it (``numerics.default_kv_block`` unless the caller chose one, as the CPU implementation does)
+    and only the tiles of that size compete; with ``KV_BLOCK_AUTOTUNE`` the autotuner picks it by timing too.
     """
     if _INTERPRETED:
-        return [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=4, num_stages=1)
+                for block_m in (64, DECODE_BLOCK_M) for block_n in INTERPRETER_KV_BLOCKS]
     return [
-        triton.Config({"BLOCK_M": block_m}, num_warps=warps, num_stages=stages)
-        for block_m in (64, 128)
+        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+        for block_m in (DECODE_BLOCK_M, 64, 128)
+        for block_n in (64, 128)
         for warps in (4, 8)
         for stages in (1, 2, 3, 4)
         if stages > 1 or block_m == 64
     ]
 
 
+DECODE_BLOCK_M = 16
+"""Query rows of the tile for up to 16 queries per head (``N_Q_BUCKET`` ≤ 16: decode steps), where a 64-row tile
+would compute 63 rows of nothing for one query: the smallest M of an INT8 ``mma.sync`` (Hopper's ``wgmma`` needs
+64 rows, so this tile runs on the Ampere-style tensor-core instructions there too)."""
+
+
+INTERPRETER_KV_BLOCKS = (16, 32, 64, 128)
+"""Key block sizes the interpreter's configs offer (each test asks for one; by default ``default_kv_block``)."""
+
+
 def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep the tiles that compile without spills (``benchmarks/inspect_sass.py --all-configs``).
+    """Keep the tiles of the key block size asked for (``KV_BLOCK``; 0 lets the autotuner choose, except under
+    the interpreter, which takes ``default_kv_block``) that compile without spills
+    (``benchmarks/inspect_sass.py --all-configs``); up to 16 queries per head, the 16-row decode tiles only.
 
     128 rows take 8 warps (one warpgroup per 64 rows): on 4 warps the accumulators spill at d = 128. Head
     dims up to 128: two warpgroups on 64 rows would each repeat the Q·Kᵀ GEMM, so 64 rows take 4 warps; one
     stage is for the widest head only. A 256-wide head fits shared memory with 64 rows and at most two
     stages; with quantized P·V the 64×256 fp32 accumulator and the INT8/FP8 path spill on 4 warps, so they
-    take 8 (the repeated Q·Kᵀ is the price of no spills).
+    take 8 (the repeated Q·Kᵀ is the price of no spills). 128 keys per block at a 256-wide head spill; at
+    128 see ``_keys_128_fit``.
     """
-    wide = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0)) >= 256
+    kv_block = kwargs.get("KV_BLOCK", 0)
+    if _INTERPRETED and not kv_block:  # no timing without a GPU: the rule the CPU implementation follows
+        kv_block = default_kv_block(kwargs.get("BLOCK_D", 0), kwargs.get("PV_FP8", False))
+    if kv_block:
+        configs = [c for c in configs if c.kwargs["BLOCK_N"] == kv_block]
+        if not configs:
+            raise ValueError(f"no kernel tile has {kv_block} keys per block")
+    decode = named_args.get("N_Q_BUCKET", kwargs.get("N_Q_BUCKET", DECODE_BLOCK_M + 1)) <= DECODE_BLOCK_M
+    configs = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_BLOCK_M) == decode] or configs
+    if _INTERPRETED:
+        return configs[:1]
+    if decode:
+        return [c for c in configs if c.num_warps == 4 and c.num_stages > 1] or configs[:1]
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0))
+    wide = block_d >= 256
     if not wide:
-        kept = [c for c in configs if c.num_stages > 1 and c.num_warps == (8 if c.kwargs["BLOCK_M"] == 128 else 4)]
+        kept = [c for c in configs if c.num_stages > 1 and c.num_warps == (8 if c.kwargs["BLOCK_M"] == 128 else 4)
+                and (c.kwargs["BLOCK_N"] < 128 or block_d < 128 or _keys_128_fit(c, kwargs))]
     else:
         quantized_pv = kwargs.get("QUANT_PV", False)
-        kept = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.num_stages <= 2
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.kwargs["BLOCK_N"] == 64 and c.num_stages <= 2
                 and (c.num_warps == 8 or not quantized_pv)]
     return kept or configs[:1]
+
+
+def _keys_128_fit(config: triton.Config, kwargs: dict) -> bool:
+    """Whether a 128-key tile compiles without spills at a 128-wide head (sm_90, Triton 3.8, every variant and
+    tile checked with ``inspect_sass.py --all-configs --block-n 128``): 16-bit P·V always; INT8 P·V on 128 rows
+    and 8 warps with three stages or more (two spill 3–9 registers, as 64 rows on 4 warps do); FP8 P·V never
+    (13–48 spilled registers in every tile: the e4m3 P and its fp32 accumulator do not fit beside the other)."""
+    if not kwargs.get("QUANT_PV", False):
+        return True
+    if kwargs.get("PV_FP8", False):
+        return False
+    return config.kwargs["BLOCK_M"] == 128 and config.num_stages >= 3
 
 
 @triton.jit
@@ -328,12 +375,13 @@ def causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL: tl.constexpr, BLOCK
 
 @triton.autotune(
     configs=autotune_configs(),
-    key=["N_Q_BUCKET", "N_K_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "WINDOW", "MASK_KIND", "QUANT_PV", "PV_FP8"],
+    key=["N_Q_BUCKET", "N_K_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "WINDOW", "MASK_KIND", "QUANT_PV", "PV_FP8",
+         "KV_BLOCK", "SPLIT"],
     prune_configs_by={"early_config_prune": prune_configs},
 )
 @triton.jit
 def _int8_attention_fwd(
-    Q, K, V, QS, KS, VS, MASK, OUT,
+    Q, K, V, QS, KS, VS, MASK, OUT, ACC_PART, STAT_PART,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -342,11 +390,11 @@ def _int8_attention_fwd(
     stride_vsb, stride_vsh, stride_vsd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
-    HEADS_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, HEAD_DIM, qk_scale, causal_offset, window_left,
-    IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
+    HEADS_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, HEAD_DIM, qk_scale, causal_offset, window_left, SPLIT_KEYS,
+    SPLIT: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
     PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, INTERPRETER: tl.constexpr,
-    MAGIC_I2F: tl.constexpr,
-    FOLD_Q_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, KV_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -390,9 +438,15 @@ def _int8_attention_fwd(
     if WINDOW:  # sliding window: blocks left of the first row's window are skipped, every other one is masked
         lo = tl.minimum(tl.maximum(pid_m * BLOCK_M + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N, hi)
         diagonal_lo = lo
+    if SPLIT:  # this program's range of keys (SPLIT_KEYS is a multiple of BLOCK_N: ranges start on block edges)
+        split = tl.program_id(2)
+        lo = tl.maximum(lo, split * SPLIT_KEYS)
+        hi = tl.minimum(hi, (split + 1) * SPLIT_KEYS)
     # Full key blocks below the diagonal need no mask at all; the rest (the diagonal band, the partial last
     # block) are masked by position.
     full_hi = tl.minimum(diagonal_lo, N_K // BLOCK_N * BLOCK_N)
+    if SPLIT:
+        full_hi = tl.minimum(full_hi, hi)
     for start_n in range(lo, full_hi, BLOCK_N):
         acc, acc_pv, pending, l_i, m_i = _attention_block(
             acc, acc_pv, pending, l_i, m_i, q, qs, offs_m, start_n,
@@ -416,12 +470,20 @@ def _int8_attention_fwd(
         acc = acc + acc_pv
     elif LAZY_PV:
         acc = acc + acc_pv.to(tl.float32) * _P_DEQUANT_FIXED
-    out = acc / tl.where(l_i == 0, 1.0, l_i)[:, None]
-    if QUANT_PV:
-        vs = tl.load(VS + b * stride_vsb + h_kv * stride_vsh + offs_d * stride_vsd, mask=d_ok, other=0.0)
-        out = out * vs[None, :]
-    o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    if SPLIT:
+        # This range's part for ``key_splits.combine_key_splits``: the unnormalized output, the base-2 maximum
+        # (with the query scale, where the loop kept it apart) and the row sum; V's scales come after the merge.
+        part = (split * tl.num_programs(1) + pid_bh) * N_Q + offs_m
+        tl.store(ACC_PART + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=m_ok[:, None] & d_ok[None, :])
+        tl.store(STAT_PART + 2 * part, m_i * qs if FOLD_Q_SCALE else m_i, mask=m_ok)
+        tl.store(STAT_PART + 2 * part + 1, l_i, mask=m_ok)
+    else:
+        out = acc / tl.where(l_i == 0, 1.0, l_i)[:, None]
+        if QUANT_PV:
+            vs = tl.load(VS + b * stride_vsb + h_kv * stride_vsh + offs_d * stride_vsd, mask=d_ok, other=0.0)
+            out = out * vs[None, :]
+        o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
 def length_bucket(n: int) -> int:
@@ -445,12 +507,19 @@ def launch_arguments(
     causal_offset: int = 0,
     window_left: int = -1,
     target_arch: int | None = None,
+    kv_block: int = 0,
+    parts: tuple[Tensor, Tensor] | None = None,
+    split_keys: int = 0,
 ) -> tuple[tuple, dict]:
     """The kernel's positional arguments and constexpr keywords for one launch (autotuned ones excluded).
 
     One place builds them, so the launch and ``benchmarks/inspect_sass.py`` (which compiles the kernel
     offline with the specialization Triton derives from these very arguments) cannot drift apart.
     ``target_arch`` (e.g. 90) is the GPU the kernel is built for; by default, that of ``q``'s device.
+    ``kv_block``: keys per block (the result depends on it); 0 for ``default_kv_block``, ``KV_BLOCK_AUTOTUNE``
+    to let the autotuner choose. ``parts`` (the fp32
+    outputs (S, B, Hq, Nq, D) and (maximum, row sum) pairs (S, B, Hq, Nq, 2) of S key ranges) and ``split_keys``
+    (keys per range): split-K, the grid's third axis walks the ranges (``intfa_compile.key_splits``).
     """
     if target_arch is None:
         major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
@@ -465,22 +534,25 @@ def launch_arguments(
         mask = attn_mask.expand(batch, heads_q, n_q, n_k)  # broadcast by stride 0, no copy
         mask_kind = _MASK_BOOL if mask.dtype == torch.bool else _MASK_ADDITIVE
         mask_strides = mask.stride()
+    acc_part, stat_part = parts if parts is not None else (q_scale, q_scale)  # placeholders, never read
     args = (
-        q, k, v, q_scale, k_scale, vs, mask, out,
+        q, k, v, q_scale, k_scale, vs, mask, out, acc_part, stat_part,
         *q.stride(), *k.stride(), *v.stride(),
         *q_scale.stride(), *k_scale.stride(), *(vs.stride() if quant_pv else (0, 0, 0)),
         *mask_strides, *out.stride(),
         heads_q, heads_q // heads_k, n_q, n_k, length_bucket(n_q), length_bucket(n_k), head_dim, sm_scale * LOG2E,
-        causal_offset, window_left,
+        causal_offset, window_left, split_keys if parts is not None else n_k,
     )
     constexprs = dict(
-        IS_CAUSAL=is_causal, WINDOW=is_causal and window_left >= 0, MASK_KIND=mask_kind, QUANT_PV=quant_pv,
-        PV_FP8=v.dtype == torch.float8_e4m3fn,
+        SPLIT=parts is not None, IS_CAUSAL=is_causal, WINDOW=is_causal and window_left >= 0, MASK_KIND=mask_kind,
+        QUANT_PV=quant_pv, PV_FP8=v.dtype == torch.float8_e4m3fn,
         P_ROW_BLOCK=p_scale == "row_block",
         UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16, INTERPRETER=_INTERPRETED,
         FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),
         MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
-        BLOCK_N=KV_BLOCK_SIZE, BLOCK_D=padded_head_dim(head_dim),
+        KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE else resolve_kv_block(kv_block, padded_head_dim(head_dim),
+                                                                          v.dtype == torch.float8_e4m3fn),
+        BLOCK_D=padded_head_dim(head_dim),
     )
     return args, constexprs
 
@@ -499,22 +571,44 @@ def int8_flash_attention_triton(
     out: Tensor,
     causal_offset: int = 0,
     window_left: int = -1,
+    kv_block: int = 0,
     traceable: bool = False,
+    splits: int | None = None,
 ) -> Tensor:
     """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked).
 
     ``traceable`` launches through ``torch.library.wrap_triton``, so that torch.compile sees the kernel
-    (inside the ``intfa::int8_attention_triton`` triton_op) instead of an opaque call.
+    (inside the ``intfa::int8_attention_triton`` triton_op) instead of an opaque call. ``splits``: how many key
+    ranges to split into (decode shapes; by default ``key_splits``' rule, which the CPU implementation shares).
     """
     if out.numel() == 0:
         return out
+    batch, heads_q, n_q, head_dim = q.shape
+    n_k, batch_heads = k.shape[2], batch * heads_q
+    ranges, split_keys = key_splits(n_q, n_k, batch_heads) if splits is None else split_keys_evenly(n_k, splits)
+    parts = None
+    if ranges > 1:
+        parts = (torch.empty(ranges, batch, heads_q, n_q, head_dim, dtype=torch.float32, device=q.device),
+                 torch.empty(ranges, batch, heads_q, n_q, 2, dtype=torch.float32, device=q.device))
     args, constexprs = launch_arguments(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale,
-                                       p_scale, out, causal_offset, window_left)
-    n_q, batch_heads = q.shape[2], q.shape[0] * q.shape[1]
+                                       p_scale, out, causal_offset, window_left, kv_block=kv_block, parts=parts,
+                                       split_keys=split_keys)
 
-    def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch_heads)
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch_heads, ranges)
 
     kernel = torch.library.wrap_triton(_int8_attention_fwd) if traceable else _int8_attention_fwd
     kernel[grid](*args, **constexprs)
+    if parts is not None:
+        merged = combine_key_splits(parts[0], parts[1][..., 0], parts[1][..., 1])
+        if v_scale is not None:
+            merged = merged * v_scale.float().repeat_interleave(heads_q // k.shape[1], dim=1).unsqueeze(-2)
+        out.copy_(merged)
     return out
+
+
+def tuned_tiles() -> dict[tuple, dict[str, int]]:
+    """The tile the autotuner chose for each key it has tuned (its ``key`` values, then the argument dtypes):
+    BLOCK_M, BLOCK_N, warps and stages; what ``benchmarks/bench_attention.py`` records beside its timings."""
+    return {key: {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+            for key, config in _int8_attention_fwd.cache.items()}

@@ -11,6 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from intfa_compile.calibration import static_amax
+from intfa_compile.numerics import KV_BLOCK_AUTOTUNE
 from intfa_compile.ops import int8_sdpa, int8_sdpa_static
 from intfa_compile.sites import COUNTER_OF_PV_FORMAT, LEFT_ALONE, OUTCOME_OF_PV_FORMAT, record, retract
 
@@ -168,16 +169,18 @@ def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
             is_causal = False
         return torch.ops.intfa.observed_attention(query, key, value, attn_mask, is_causal, scale, s["calibrate"], name)
     op = _attention_op(query, s)
+    kv_block = {"auto": 0, "tune": KV_BLOCK_AUTOTUNE}.get(s["kv_block_size"], s["kv_block_size"])
     ranges = static_amax(s["scales"], name, query, key)
     if ranges is not None:
         fingerprint = s["scales"].fingerprint()
         q_amax, k_amax, v_amax = (torch.ops.intfa.static_amax(query, fingerprint, name, which) for which in "qkv")
         return int8_sdpa_static(query, key, value, attn_mask, is_causal, scale, q_amax, k_amax, v_amax,
                                 s["pv_format"], s["p_scale"], s["qk_bits"], attention_op=op,
-                                causal_offset=causal_offset, window_left=window_left)
+                                causal_offset=causal_offset, window_left=window_left, kv_block=kv_block)
     return int8_sdpa(query, key, value, attn_mask, is_causal, scale, s["pv_format"], s["p_scale"],
                      qk_granularity=s["qk_granularity"], v_granularity=s["v_granularity"], smooth_k=s["smooth_k"],
-                     qk_bits=s["qk_bits"], attention_op=op, causal_offset=causal_offset, window_left=window_left)
+                     qk_bits=s["qk_bits"], attention_op=op, causal_offset=causal_offset, window_left=window_left,
+                     kv_block=kv_block)
 
 
 def band_mask(n_q: int, n_k: int, causal_offset: int, window_left: int, device: torch.device) -> torch.Tensor:

@@ -28,7 +28,7 @@ def causal_call(offset: int, window_left: int = -1, head_dim: int = 32) -> str:
     """The tail of an ``int8_attention`` call in Inductor's code that runs with the causal flag and no mask
     (Inductor writes trailing defaults as keywords, others positionally)."""
     return (rf", None, True, {head_dim**-0.5}, 'fixed', torch.float32, (causal_offset=)?{offset}, "
-            rf"(window_left=)?{window_left}$")
+            rf"(window_left=)?{window_left}(, (kv_block=)?0)?$")
 
 
 class SelfAttention(torch.nn.Module):
@@ -204,7 +204,7 @@ def test_min_seq_len_leaves_short_attention_alone(model_and_input, caplog):
 
 @pytest.mark.parametrize("key, bad", [("qk_granularity", "per_tensor"), ("v_granularity", "per_token"),
                                       ("qk_bits", 16), ("smooth_k", 1), ("p_scale", "dynamic"), ("min_seq_len", -1),
-                                      ("fallback", "ignore"), ("enabled", 1)])
+                                      ("fallback", "ignore"), ("enabled", 1), ("kv_block_size", 48)])
 def test_bad_option_values_raise(key, bad):
     with pytest.raises(ValueError, match=key):
         config.validate({key: bad})
@@ -397,7 +397,8 @@ def test_masks_that_are_not_only_causal_stay_masks(spelling):
 
 
 @pytest.mark.parametrize("option, value", [("qk_granularity", "per_block"), ("qk_granularity", "per_head"),
-                                           ("v_granularity", "per_tensor"), ("smooth_k", True), ("qk_bits", 4)])
+                                           ("v_granularity", "per_tensor"), ("smooth_k", True), ("qk_bits", 4),
+                                           ("kv_block_size", 16)])
 def test_ablation_toggles_change_what_runs(model_and_input, option, value):
     model, x = model_and_input
     default, _ = _compile_and_run(model, x)

@@ -153,6 +153,7 @@ def test_output_dtype_and_layout_follow_the_query():
         (dict(p_scale="per_tensor"), "p_scale"),
         (dict(attn_mask=torch.ones(3, 1, 4, 4, dtype=torch.bool)), "broadcast"),
         (dict(k=torch.zeros(1, 3, 4, 8, dtype=torch.int8)), "shapes"),
+        (dict(kv_block=48), "kv_block"),
     ],
 )
 def test_bad_arguments_raise_with_a_message(change, message):
@@ -220,3 +221,30 @@ def test_static_scales_take_every_pv_format(pv_format):
         dynamic, dynamic_scale = quantize_v_fp8(v)
         static, static_scale = quantize_v_fp8(v, amax=v_amax[:, None, :].expand(1, -1, 1, -1))
         assert torch.equal(static.float(), dynamic.float()) and torch.equal(static_scale, dynamic_scale)
+
+
+def test_decode_splits_the_keys_by_the_shared_rule_and_stays_within_the_bound():
+    """One query over 2,048 keys in two heads: the op splits the keys (``key_splits``: four ranges of 512) as the
+    CUDA launcher would, so CPU and GPU quantize P against the same per-range maxima; the merged result stays
+    within the P-quantization bound of fp64 attention; a prefill-shaped call is not split."""
+    from intfa_compile.cpu_attention import int8_flash_attention_cpu
+    from intfa_compile.key_splits import key_splits
+
+    assert key_splits(1, 2048, 2) == (4, 512)
+    assert key_splits(17, 2048, 2) == (1, 2048) and key_splits(1, 2048, 264) == (1, 2048)
+    ranges, per_range = key_splits(3, 5000, 8)
+    assert per_range % 128 == 0 and (ranges - 1) * per_range < 5000 <= ranges * per_range
+    gen = torch.Generator().manual_seed(41)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=gen) for n in (1, 2048, 2048))
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    out = _run_op(inputs, None, False, None, "fixed")
+    args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
+
+    def cpu(splits):
+        return int8_flash_attention_cpu(*args, None, False, 64**-0.5, "fixed", torch.empty(q.shape), splits=splits)
+
+    assert torch.equal(out, cpu(4))
+    assert not torch.equal(out, cpu(1))
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, None, False)
+    _assert_within(out, ref.out, p_quantization_bound(q_hat, k_hat, v_hat, None, False, None, P_STEP))

@@ -38,14 +38,18 @@ SCRIPT = textwrap.dedent("""
                      "rare_families": opcode_families(info.loop_rare_histogram),
                      "spills": info.spills, "local": info.local_bytes,
                      "registers": info.registers, "slow_per_score": row.slow_unit_per_score,
-                     "tensor": row.tensor, "pipes": row.pipes}
+                     "tensor": row.tensor, "pipes": row.pipes, "block_m": info.block_m, "block_n": info.block_n}
     spills = {}
     for head_dim in (128, 256):
         kernel, args, constexprs = launch_case("full-int8", head_dim, False)
         for config in autotune_candidates(kernel, args, constexprs):
             info = inspect_variant(90, "full-int8", head_dim, config=config)
-            spills[f"{head_dim}/{config.kwargs['BLOCK_M']}x{config.num_warps}/{config.num_stages}"] = info.spills
+            tile = f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']}x{config.num_warps}/{config.num_stages}"
+            spills[f"{head_dim}/{tile}"] = info.spills
     out["spills"] = spills
+    decode = inspect_variant(90, "full-int8", 128, decode=True)
+    out["90-decode"] = {"ptx": decode.ptx_matrix, "spills": decode.spills, "block_m": decode.block_m,
+                        "sass": decode.sass_counts}
     window = inspect_variant(90, "full-int8", 128, causal=True, window_left=100)
     out["90-causal"] = {"ptx": window.ptx_matrix, "sass": window.sass_counts}
     print(json.dumps(out))
@@ -67,7 +71,8 @@ def codegen():
 def test_hopper_uses_int8_wgmma_for_both_gemms_in_full_int8(codegen):
     full = codegen["90-full"]
     assert all(".s32.s8.s8" in instr for instr in full["ptx"]), full["ptx"]
-    assert len(full["ptx"]) == 2 and all(instr.startswith("wgmma") for instr in full["ptx"])
+    # At 128 keys both GEMMs are m64n128k32 (one PTX form); pipe_model.model checks the loop does both GEMMs' MACs.
+    assert full["ptx"] and all(instr.startswith("wgmma") for instr in full["ptx"])
     assert full["sass"].get("IGMMA", 0) > 0 and "HMMA" not in full["sass"] and "IMMA" not in full["sass"]
 
 
@@ -140,10 +145,12 @@ def test_baselines_use_fp8_and_fp16_wgmma_on_hopper(codegen):
 
 def test_pipe_model_counts_the_tiles_macs_and_one_exp_per_score(codegen):
     """The model found the real loop: its matrix instructions do the tile's MACs (pipe_model.model raises
-    otherwise), and the 16/clock unit's cycles equal one exp2 per score at 16 per clock (128×64 tile, 8 warps)."""
+    otherwise), and the 16/clock unit's cycles equal one exp2 per score at 16 per clock (128×128 tile, 8 warps:
+    the default key block at d = 128, ``numerics.default_kv_block``)."""
     full = codegen["90-full"]
-    assert full["tensor"] == 2 * 128 * 64 * 128 / 4096
-    assert full["pipes"]["xu"] == 128 * 64 / 16
+    assert (full["block_m"], full["block_n"]) == (128, 128)
+    assert full["tensor"] == 2 * 128 * 128 * 128 / 4096
+    assert full["pipes"]["xu"] == 128 * 128 / 16
     # At d = 64 the GEMMs halve but the exps do not: the slow unit is twice the tensor time (NOTES.md).
     assert codegen["90-full-64"]["pipes"]["xu"] == 2 * codegen["90-full-64"]["tensor"]
 
@@ -152,8 +159,17 @@ def test_causal_sliding_window_variant_compiles_to_int8_wgmma_on_hopper(codegen)
     """The causal loops with a sliding window (only exercised by the interpreter on CPU) compile for sm_90 with
     both GEMMs on IGMMA."""
     causal = codegen["90-causal"]
-    assert len(causal["ptx"]) == 2 and all(".s32.s8.s8" in instr for instr in causal["ptx"])
+    assert causal["ptx"] and all(".s32.s8.s8" in instr for instr in causal["ptx"])
     assert causal["sass"].get("IGMMA", 0) > 0 and "HMMA" not in causal["sass"]
+
+
+def test_decode_tile_splits_keys_on_sixteen_rows_without_spills(codegen):
+    """One query per head: the 16-row decode tile (INT8 mma.sync, as wgmma needs 64 rows) with the split-K
+    epilogue compiles for sm_90 without spills; and 128-key tiles survive the pruning at d = 128 (spill-free)."""
+    decode = codegen["90-decode"]
+    assert decode["block_m"] == 16 and decode["spills"] == 0
+    assert decode["ptx"] and all(instr.startswith("mma.sync") and ".s32.s8.s8" in instr for instr in decode["ptx"])
+    assert any("128x128x8" in tile for tile in codegen["spills"] if tile.startswith("128/"))
 
 
 def test_inspect_sass_json_contract():
@@ -167,7 +183,7 @@ def test_inspect_sass_json_contract():
                 "spills"):
         assert key in info, key
     assert sum(info["loop_histogram"].values()) < sum(info["sass_histogram"].values())
-    assert info["block_n"] == 64 and info["registers"] > 0
+    assert info["block_n"] == 128 and info["registers"] > 0  # numerics.default_kv_block at d = 128
 
 
 def test_autotuning_keys_lengths_by_power_of_two_bucket():

@@ -19,7 +19,14 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from intfa_compile.kernels.int8_flash_attention import _INTERPRETED, _scores, int8_flash_attention_triton, round_to_int8
+from intfa_compile.kernels.int8_flash_attention import (
+    _INTERPRETED,
+    DECODE_BLOCK_M,
+    _int8_attention_fwd,
+    _scores,
+    int8_flash_attention_triton,
+    round_to_int8,
+)
 
 from intfa_compile import cpu_attention
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
@@ -102,17 +109,18 @@ def test_p_rounds_to_nearest_even_exactly_as_the_cpu_implementation():
     assert cpu_attention.round_to_int8(torch.tensor([0.5]), 127.0).item() == 64.0
 
 
-def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, causal_offset=0, window_left=-1):
+def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, causal_offset=0, window_left=-1,
+          kv_block=0, splits=None):
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
     sm_scale = scale if scale is not None else inputs["q"].shape[-1] ** -0.5
     shape = inputs["q"].shape
     cpu = int8_flash_attention_cpu(*args, mask, is_causal, sm_scale, p_scale, torch.empty(shape, dtype=out_dtype),
-                                   causal_offset, window_left)
+                                   causal_offset, window_left, kv_block, splits)
     gpu_args = [a.to(DEVICE) if a is not None else None for a in args]
     gpu_mask = mask.to(DEVICE) if mask is not None else None
     out = torch.empty(shape, dtype=out_dtype, device=DEVICE)
     kernel = int8_flash_attention_triton(*gpu_args, gpu_mask, is_causal, sm_scale, p_scale, out, causal_offset,
-                                         window_left)
+                                         window_left, kv_block, splits=splits)
     return kernel.cpu(), cpu
 
 
@@ -157,6 +165,88 @@ def test_fp8_pv_kernel(n_q, n_k, head_dim, is_causal):
     assert ((cpu.double() - ref.out).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("kv_block", [16, 32, 64])
+@pytest.mark.parametrize("pv_format", ["int8", "fp8", "fp16"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_key_block_size_is_a_parameter_kernel_and_cpu_share(kv_block, pv_format, is_causal):
+    """BLOCK_N is free (a caller, or the autotuner on a GPU, may choose it); kernel and CPU implementation at the
+    same key block size agree as at the default one (128 keys at this head dim), and the block size does change
+    the result (P is quantized against the
+    running maximum of the blocks so far), so a comparison at different sizes would be no comparison."""
+    gen = torch.Generator().manual_seed(kv_block + len(pv_format) + is_causal)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for n in (40, 300, 300))
+    inputs = quantized_inputs(q, k, v, pv_format=pv_format)
+    offset = 260 if is_causal else 0  # bottom-right: the 40 queries see most of the 300 keys
+    kernel, cpu = _both(inputs, None, is_causal, None, "fixed", causal_offset=offset, kv_block=kv_block)
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    keep = torch.ones(40, 300, dtype=torch.bool).tril(offset) if is_causal else None
+    ref = reference_attention(q_hat, k_hat, v_hat, keep, False)
+    if pv_format == "fp16":
+        bound = half_int8_bound(q_hat, k_hat, v_hat, keep, False, None, v.dtype)
+        assert ((cpu.double() - ref.out).abs() <= bound).all()
+    else:
+        step = P_STEP if pv_format == "int8" else E4M3_STEP_NEAR_ONE
+        _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref, p_step=step)
+        bound = (p_quantization_bound(q_hat, k_hat, v_hat, keep, False, None, P_STEP) if pv_format == "int8"
+                 else half_int8_bound(q_hat, k_hat, v_hat, keep, False, None, torch.float8_e4m3fn))
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+    if pv_format != "fp16":
+        _, cpu_default = _both(inputs, None, is_causal, None, "fixed", causal_offset=offset)
+        assert not torch.equal(cpu, cpu_default)
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("pv_format", ["int8", "fp8", "fp16"])
+@pytest.mark.parametrize("n_q,window_left", [(1, -1), (5, -1), (5, 60)])
+def test_split_keys_decode(splits, pv_format, n_q, window_left):
+    """Split-K for decode shapes (the 16-row decode tile; one program per key range, merged as FlashDecoding):
+    kernel and CPU implementation split alike and agree as unsplit; both stay within the method's bound of fp64
+    attention (each range quantizes P against its own maximum, never above the row's, so one INT8 step of P is
+    still at most 1/127 of the largest P). With a sliding window, the first ranges see no key at all."""
+    gen = torch.Generator().manual_seed(splits * 10 + n_q + len(pv_format))
+    n_k = 300
+    q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for n in (n_q, n_k, n_k))
+    inputs = quantized_inputs(q, k, v, pv_format=pv_format)
+    offset = n_k - n_q
+    kernel, cpu = _both(inputs, None, True, None, "fixed", causal_offset=offset, window_left=window_left,
+                        kv_block=32, splits=splits)
+    assert _int8_attention_fwd.best_config.kwargs == {"BLOCK_M": DECODE_BLOCK_M, "BLOCK_N": 32}
+    keep = torch.ones(n_q, n_k, dtype=torch.bool).tril(offset)
+    if window_left >= 0:
+        keep = keep.triu(offset - window_left)
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    ref = reference_attention(q_hat, k_hat, v_hat, keep, False)
+    if pv_format == "fp16":
+        bound = half_int8_bound(q_hat, k_hat, v_hat, keep, False, None, v.dtype)
+        assert ((cpu.double() - ref.out).abs() <= bound).all()
+        assert torch.allclose(kernel, cpu, rtol=1e-5, atol=1e-6)
+    else:
+        step = P_STEP if pv_format == "int8" else E4M3_STEP_NEAR_ONE
+        _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref, p_step=step)
+        bound = (p_quantization_bound(q_hat, k_hat, v_hat, keep, False, None, P_STEP) if pv_format == "int8"
+                 else half_int8_bound(q_hat, k_hat, v_hat, keep, False, None, torch.float8_e4m3fn))
+        _, unsplit = _both(inputs, None, True, None, "fixed", causal_offset=offset, window_left=window_left,
+                           kv_block=32, splits=1)
+        assert not torch.equal(cpu, unsplit)  # the ranges really ran apart
+    assert ((kernel.double() - ref.out).abs() <= bound).all()
+
+
+def test_split_keys_propagate_nan_and_fully_masked_rows_give_zeros():
+    """A NaN key reaches its query's output through the merge, as in eager attention; a query that sees no key in
+    any range gives zeros, as unsplit."""
+    gen = torch.Generator().manual_seed(31)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for n in (3, 300, 300))
+    k[0, 1, 200, 3] = float("nan")
+    keep = torch.ones(1, 1, 3, 300, dtype=torch.bool)
+    keep[..., 2, :] = False
+    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    kernel, cpu = _both(inputs, keep, False, None, "fixed", splits=3)
+    eager = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    for out in (kernel, cpu):
+        assert torch.equal(out[:, :, :2].isnan(), eager[:, :, :2].isnan())
+        assert (out[:, :, 2] == 0).all()
+
+
 @pytest.mark.parametrize("trend", ["rising", "falling"])
 def test_int32_pv_sums_fold_when_a_maximum_grows(trend):
     """P·V accumulates in INT32 across key blocks while no row's maximum grows and is folded into the fp32
@@ -171,7 +261,7 @@ def test_int32_pv_sums_fold_when_a_maximum_grows(trend):
     k = ramp * direction / direction.norm(dim=-1, keepdim=True) + 0.3 * torch.randn(1, 2, n_k, head_dim, generator=gen)
     v = torch.randn(1, 2, n_k, head_dim, generator=gen)
     inputs = quantized_inputs(q, k, v, quantize_pv=True)
-    kernel, cpu = _both(inputs, None, False, None, "fixed")
+    kernel, cpu = _both(inputs, None, False, None, "fixed", kv_block=64)
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, None, False)
     _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
