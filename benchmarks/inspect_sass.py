@@ -257,6 +257,8 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
         if module is not int8_kernel:  # an earlier revision: pass it the arguments it takes, by name
             takes = set(kernel.fn.arg_names)
             constexprs = {name: value for name, value in constexprs.items() if name in takes}
+            if "BLOCK_N" in takes and not any("BLOCK_N" in c.kwargs for c in kernel.configs):
+                constexprs["BLOCK_N"] = module.KV_BLOCK_SIZE  # that revision fixed the key block at launch
             today = [p.name for p in int8_kernel._int8_attention_fwd.fn.params if not p.is_constexpr]
             named = dict(zip(today, args, strict=True))
             missing = [p.name for p in kernel.fn.params if not p.is_constexpr and p.name not in named]
