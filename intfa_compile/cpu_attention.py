@@ -1,9 +1,8 @@
 """The INT8 attention kernel's arithmetic, run with PyTorch ops on any device (the op's CPU implementation).
 
 It walks the keys in blocks of ``block_n`` (``numerics.default_kv_block`` unless fixed) exactly as the Triton
-kernel does: the same online
-softmax in base 2, the same quantization of each P block against the running maximum, the same
-order of the fp32 scalings. Query rows are independent, so it processes all of them at once instead
+kernel does: the same online softmax in base 2, the same quantization of each P block against the running
+maximum, the same order of the fp32 scalings. Query rows are independent, so it processes all of them at once instead
 of in the kernel's BLOCK_M tiles; that changes nothing.
 
 Both integer GEMMs are exact: they are computed as fp32 GEMMs on integer-valued operands, and every

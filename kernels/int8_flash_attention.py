@@ -36,7 +36,6 @@ from intfa_compile.numerics import (
     LOG2E,
     P_DEQUANT_FIXED,
     PV_FP8_FOLD_BLOCKS,
-    default_kv_block,
     folds_query_scale,
     padded_head_dim,
     resolve_kv_block,
@@ -306,9 +305,9 @@ INTERPRETER_KV_BLOCKS = (16, 32, 64, 128)
 
 
 def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep the tiles of the key block size asked for (``KV_BLOCK``; 0 lets the autotuner choose, except under
-    the interpreter, which takes ``default_kv_block``) that compile without spills
-    (``benchmarks/inspect_sass.py --all-configs``); up to 16 queries per head, the 16-row decode tiles only.
+    """Keep the tiles of the key block size asked for (``KV_BLOCK``; 0 lets the autotuner choose) that compile
+    without spills (``benchmarks/inspect_sass.py --all-configs``); up to 16 queries per head, the 16-row decode
+    tiles only.
 
     128 rows take 8 warps (one warpgroup per 64 rows): on 4 warps the accumulators spill at d = 128. Head
     dims up to 128: two warpgroups on 64 rows would each repeat the Q·Kᵀ GEMM, so 64 rows take 4 warps; one
@@ -318,8 +317,6 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     128 see ``_keys_128_fit``.
     """
     kv_block = kwargs.get("KV_BLOCK", 0)
-    if _INTERPRETED and not kv_block:  # no timing without a GPU: the rule the CPU implementation follows
-        kv_block = default_kv_block(kwargs.get("BLOCK_D", 0), kwargs.get("PV_FP8", False))
     if kv_block:
         configs = [c for c in configs if c.kwargs["BLOCK_N"] == kv_block]
         if not configs:
@@ -517,9 +514,10 @@ def launch_arguments(
     offline with the specialization Triton derives from these very arguments) cannot drift apart.
     ``target_arch`` (e.g. 90) is the GPU the kernel is built for; by default, that of ``q``'s device.
     ``kv_block``: keys per block (the result depends on it); 0 for ``default_kv_block``, ``KV_BLOCK_AUTOTUNE``
-    to let the autotuner choose. ``parts`` (the fp32
-    outputs (S, B, Hq, Nq, D) and (maximum, row sum) pairs (S, B, Hq, Nq, 2) of S key ranges) and ``split_keys``
-    (keys per range): split-K, the grid's third axis walks the ranges (``intfa_compile.key_splits``).
+    to let the autotuner choose (under the interpreter, which times nothing, the rule again).
+    ``parts``, the fp32 outputs (S, B, Hq, Nq, D) and (maximum, row sum) pairs (S, B, Hq, Nq, 2) of S key
+    ranges, and ``split_keys``, keys per range: split-K, the grid's third axis walks the ranges
+    (``intfa_compile.key_splits``).
     """
     if target_arch is None:
         major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
@@ -550,8 +548,8 @@ def launch_arguments(
         UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16, INTERPRETER=_INTERPRETED,
         FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),
         MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
-        KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE else resolve_kv_block(kv_block, padded_head_dim(head_dim),
-                                                                          v.dtype == torch.float8_e4m3fn),
+        KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE and not _INTERPRETED
+        else resolve_kv_block(kv_block, padded_head_dim(head_dim), v.dtype == torch.float8_e4m3fn),
         BLOCK_D=padded_head_dim(head_dim),
     )
     return args, constexprs

@@ -30,7 +30,7 @@ from intfa_compile.kernels.int8_flash_attention import (
 
 from intfa_compile import cpu_attention
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
-from intfa_compile.numerics import LOG2E
+from intfa_compile.numerics import KV_BLOCK_AUTOTUNE, LOG2E
 from intfa_compile.reference import reference_attention
 from tests.helpers import (
     E4M3_STEP_NEAR_ONE,
@@ -193,6 +193,21 @@ def test_key_block_size_is_a_parameter_kernel_and_cpu_share(kv_block, pv_format,
     if pv_format != "fp16":
         _, cpu_default = _both(inputs, None, is_causal, None, "fixed", causal_offset=offset)
         assert not torch.equal(cpu, cpu_default)
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason="on CUDA the autotuner chooses the key block by timing")
+@pytest.mark.parametrize("pv_format", ["int8", "fp8"])
+def test_autotuned_key_block_follows_the_rule_under_the_interpreter(pv_format):
+    """With nothing to time, ``KV_BLOCK_AUTOTUNE`` runs the rule the CPU implementation follows: the same result,
+    bit for bit, as the default key block, which differs from a 16-key one on these inputs."""
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 1, n, 32, generator=gen) for n in (20, 300, 300))
+    inputs = quantized_inputs(q, k, v, pv_format=pv_format)
+    tuned, cpu = _both(inputs, None, False, None, "fixed", kv_block=KV_BLOCK_AUTOTUNE)
+    default, _ = _both(inputs, None, False, None, "fixed")
+    small, _ = _both(inputs, None, False, None, "fixed", kv_block=16)
+    assert torch.equal(tuned, default)
+    assert not torch.equal(tuned, small)
 
 
 @pytest.mark.parametrize("splits", [2, 3])
