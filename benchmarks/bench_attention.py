@@ -113,9 +113,11 @@ def _intfa(pv_format: str, causal: bool) -> Attention:
     return attend
 
 
-def _intfa_prequantized(pv_format: str, causal: bool, kv_block: int = 0) -> tuple[Callable, Attention]:
+def _intfa_prequantized(pv_format: str, causal: bool, kv_block: int = 0, tma: bool = False
+                        ) -> tuple[Callable, Attention]:
     """(prepare, attend): prepare quantizes once, outside the timed region. ``kv_block`` as the op's (0: the
-    default rule; ``KV_BLOCK_AUTOTUNE``: the autotuner picks, and ``tuned_tiles`` says what)."""
+    default rule; ``KV_BLOCK_AUTOTUNE``: the autotuner picks, and ``tuned_tiles`` says what); ``tma``: K and V
+    through tensor descriptors (``config.tma_loads``)."""
 
     def prepare(q, k, v):
         q8, qs = quantize_per_token(q)
@@ -129,7 +131,7 @@ def _intfa_prequantized(pv_format: str, causal: bool, kv_block: int = 0) -> tupl
 
     def attend(q8, k8, v_in, qs, ks, vs, sm_scale, dtype):
         return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale, "fixed", dtype, 0, -1,
-                                              kv_block)
+                                              kv_block, tma)
 
     return prepare, attend
 
@@ -230,6 +232,9 @@ def providers(case: Case, device: str) -> dict[str, tuple[Callable | None, Atten
         # The key block trade (``config.kv_block_size``): each size fixed, and the autotuner's own pick.
         for name, kv_block in (("bn64", 64), ("bn128", 128), ("tune", KV_BLOCK_AUTOTUNE)):
             table[f"intfa-full-prequant-{name}"] = _intfa_prequantized("int8", case.causal, kv_block)
+        # K/V by TMA (``config.tma_loads``), full INT8 and half-INT8, at the default key block.
+        table["intfa-full-prequant-tma"] = _intfa_prequantized("int8", case.causal, tma=True)
+        table["intfa-half-prequant-tma"] = _intfa_prequantized("fp16", case.causal, tma=True)
         for lowering in ("custom_op", "triton_op"):
             table[f"intfa-full-compiled-{lowering}"] = (None, _Compiled(case.causal, lowering))
         table["sageattention-1.0.6"] = (None, _sageattention(case.causal))

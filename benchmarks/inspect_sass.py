@@ -228,9 +228,10 @@ def load_kernel_module(revision: str | None):
 
 
 def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, window_left: int = -1,
-                arch: int = 90, decode: bool = False) -> tuple:
+                arch: int = 90, decode: bool = False, tma: bool = False) -> tuple:
     """(autotuned kernel, launch args, constexprs) for one variant at ``TYPICAL_SHAPE`` (``window_left``: a
-    sliding window behind the causal diagonal; ``decode``: one query per head, split-K; INT8 kernels only)."""
+    sliding window behind the causal diagonal; ``decode``: one query per head, split-K; ``tma``: K and V through
+    tensor descriptors; INT8 kernels only)."""
     batch, heads, seq = TYPICAL_SHAPE["batch"], TYPICAL_SHAPE["heads"], TYPICAL_SHAPE["seq"]
     sm_scale = head_dim**-0.5
     if variant in ("full-int8", "half-int8", "fp8-pv"):
@@ -252,7 +253,8 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
             parts = (_meta(ranges, *q.shape, dtype=torch.float32), _meta(ranges, *q.shape[:3], 2, dtype=torch.float32))
         args, constexprs = int8_kernel.launch_arguments(q, k, v, q_scale, k_scale, v_scale, None, causal, sm_scale,
                                                         "fixed", out, window_left=window_left,
-                                                        target_arch=arch, parts=parts, split_keys=split_keys)
+                                                        target_arch=arch, parts=parts, split_keys=split_keys,
+                                                        tma=tma)
         kernel = module._int8_attention_fwd
         if module is not int8_kernel:  # an earlier revision: pass it the arguments it takes, by name
             takes = set(kernel.fn.arg_names)
@@ -300,11 +302,11 @@ def autotune_candidates(kernel, args: tuple, constexprs: dict, block_n: int | No
 
 def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool = False,
                     config: triton.Config | None = None, kernel_module=None, window_left: int = -1,
-                    block_n: int | None = None, decode: bool = False) -> Codegen:
+                    block_n: int | None = None, decode: bool = False, tma: bool = False) -> Codegen:
     """Compile one variant for sm_<arch> as a launch would (``config``: one of its autotune configs; by default
     the first of ``_DEFAULT_TILES`` the pruning keeps, else the first surviving config; ``block_n``: only
     configs with that many keys per block)."""
-    kernel, args, constexprs = launch_case(variant, head_dim, causal, kernel_module, window_left, arch, decode)
+    kernel, args, constexprs = launch_case(variant, head_dim, causal, kernel_module, window_left, arch, decode, tma)
     if config is None:
         candidates = autotune_candidates(kernel, args, constexprs, block_n)
         shapes = [(c.kwargs.get("BLOCK_M"), c.num_warps, c.num_stages) for c in candidates]
@@ -367,19 +369,20 @@ def main() -> None:
     parser.add_argument("--all-configs", action="store_true", help="every autotune config, not only the default")
     parser.add_argument("--block-n", type=int, default=None, help="only tiles with this many keys per block")
     parser.add_argument("--decode", action="store_true", help="one query per head (the decode tile, split-K)")
+    parser.add_argument("--tma", action="store_true", help="K and V through TMA tensor descriptors (sm_90)")
     parser.add_argument("--kernel-rev", default=None, help="compile the INT8 kernel as it was at this git revision")
     args = parser.parse_args()
     module = load_kernel_module(args.kernel_rev)
     if args.json:
         kernel, launch_args, constexprs = launch_case(args.variant, args.head_dim, args.causal, module,
-                                                      arch=args.arch, decode=args.decode)
+                                                      arch=args.arch, decode=args.decode, tma=args.tma)
         info = inspect_variant(args.arch, args.variant, args.head_dim, args.causal, kernel_module=module,
-                               block_n=args.block_n, decode=args.decode)
+                               block_n=args.block_n, decode=args.decode, tma=args.tma)
         result = info.to_json()
         if args.all_configs:
             result["configs"] = [
                 {k: v for k, v in inspect_variant(args.arch, args.variant, args.head_dim, args.causal, config,
-                                                  module, decode=args.decode).to_json().items()
+                                                  module, decode=args.decode, tma=args.tma).to_json().items()
                  if k in ("block_m", "block_n", "num_warps", "num_stages", "registers", "spills", "local_bytes",
                           "shared_bytes", "occupancy_blocks")}
                 for config in autotune_candidates(kernel, launch_args, constexprs, args.block_n)

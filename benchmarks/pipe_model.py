@@ -238,7 +238,8 @@ _LABELS = {"full-int8@before": "full INT8 (before, 4b29d76)", "full-int8": "full
            "full-int8@64": "full INT8, 64-key blocks", "half-int8@64": "half-INT8, 64-key blocks",
            "half-int8": "half-INT8",
            "fp8-baseline": "FP8 baseline (e4m3)", "fp16-baseline": "16-bit Triton FA (fp16)",
-           "fp8-pv": "INT8 Q·Kᵀ + FP8 P·V (fp8-pv)"}
+           "fp8-pv": "INT8 Q·Kᵀ + FP8 P·V (fp8-pv)", "full-int8+tma": "full INT8, K/V by TMA",
+           "half-int8+tma": "half-INT8, K/V by TMA", "fp8-pv+tma": "fp8-pv, K/V by TMA"}
 
 
 def run(arch: int, head_dims: list[int], causal_cases: list[bool], variants: list[str]) -> list[PipeCycles]:
@@ -250,6 +251,10 @@ def run(arch: int, head_dims: list[int], causal_cases: list[bool], variants: lis
                 if variant == "full-int8@before":
                     before = before or inspect_sass.load_kernel_module(BASELINE_REVISION)
                     info = inspect_sass.inspect_variant(arch, "full-int8", head_dim, causal, kernel_module=before)
+                elif variant.endswith("+tma"):  # K and V through tensor descriptors (config.tma_loads)
+                    if arch < 90:
+                        continue
+                    info = inspect_sass.inspect_variant(arch, variant[:-4], head_dim, causal, tma=True)
                 elif variant.endswith("@64"):  # the 64-key tile the default rule replaced where 128 fits
                     if default_kv_block(padded_head_dim(head_dim), False) == 64:
                         continue
@@ -295,8 +300,8 @@ def main() -> None:
     if args.smoke:
         rows = run(args.arch, [64], [False], ["full-int8"])
     else:
-        variants = ["fp16-baseline", "fp8-baseline", "full-int8@before", "full-int8@64", "full-int8", "half-int8@64",
-                    "half-int8", "fp8-pv"]
+        variants = ["fp16-baseline", "fp8-baseline", "full-int8@before", "full-int8@64", "full-int8", "full-int8+tma",
+                    "half-int8@64", "half-int8", "half-int8+tma", "fp8-pv", "fp8-pv+tma"]
         if args.arch < 90:
             variants.remove("fp8-baseline")
             variants.remove("fp8-pv")

@@ -64,6 +64,14 @@ so the CPU implementation computes what the GPU kernel does. "tune": the CUDA ke
 128 by timing (its choice per shape: ``kernels.int8_flash_attention.tuned_tiles()``; results may then differ
 from the CPU's and between processes by one P quantization step); "auto" elsewhere. A number fixes it."""
 
+tma_loads: bool = False
+"""Load K and V in the CUDA kernel through Hopper's tensor memory accelerator (tensor descriptors, ``UTMALDG``)
+where the layout allows (``kernels.int8_flash_attention.tensor_descriptors_fit``), instead of per-thread
+asynchronous copies. The result is the same (the load path only; no effect on CPU or before sm_90). The
+per-pipe model predicts 6.5% fewer issue cycles per key block for full INT8 at d = 128 and 2% more at d = 64
+(``benchmarks/NOTES.md``); off by default until a GPU run has measured it (``benchmarks/gpu_session.sh`` runs
+and times it)."""
+
 qk_granularity: Literal["per_token", "per_block", "per_head"] = "per_token"
 """Granularity of the Q and K scales; each factors out of Q·Kᵀ. "per_token": one scale per token and
 head (INT-FlashAttention's choice). "per_block": one per block of tokens (128 query rows, 64 keys,

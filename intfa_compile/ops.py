@@ -101,6 +101,7 @@ def int8_attention(
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
+    tma: bool = False,
 ) -> Tensor:
     """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs (INT-FlashAttention, Chen et al. 2024).
 
@@ -115,8 +116,9 @@ def int8_attention(
     "fixed" (1/127) or "row_block". ``kv_block`` is the number of keys per block of the online softmax,
     which the result depends on (P is quantized against the running maximum of the blocks so far): one of
     ``KV_BLOCK_SIZES``, 0 for ``numerics.default_kv_block`` (a rule of shapes, the same on every device), or
-    ``KV_BLOCK_AUTOTUNE`` to let the CUDA kernel's autotuner pick by timing (elsewhere the rule).
-    Returns ``out_dtype``, strided like q.
+    ``KV_BLOCK_AUTOTUNE`` to let the CUDA kernel's autotuner pick by timing (elsewhere the rule). ``tma``
+    loads K and V through Hopper's tensor memory accelerator where the layout allows (a launch detail of the
+    CUDA kernel: the result is the same; ignored elsewhere). Returns ``out_dtype``, strided like q.
     """
     _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block)
     if window_left >= 0 and not is_causal:
@@ -124,11 +126,12 @@ def int8_attention(
     out = _empty_out(q, out_dtype)
     if q.device.type == "cuda":
         # Imported here: Triton reads TRITON_INTERPRET when the kernel is defined.
-        from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton as run
-    else:
-        run = int8_flash_attention_cpu
-    return run(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out, causal_offset,
-               window_left, kv_block)
+        from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
+
+        return int8_flash_attention_triton(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale,
+                                           p_scale, out, causal_offset, window_left, kv_block, tma=tma)
+    return int8_flash_attention_cpu(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out,
+                                    causal_offset, window_left, kv_block)
 
 
 @int8_attention.register_fake
@@ -147,6 +150,7 @@ def _int8_attention_fake(
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
+    tma: bool = False,
 ) -> Tensor:
     return _empty_out(q, out_dtype)
 
@@ -170,6 +174,7 @@ def int8_sdpa(
     window_left: int = -1,
     quantize_pv: bool | None = None,
     kv_block: int = 0,
+    tma: bool = False,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
@@ -177,7 +182,8 @@ def int8_sdpa(
     per channel to INT8 (``pv_format="int8"``) or e4m3 (``"fp8"``) or not at all (``"fp16"``: half-INT8;
     ``quantize_pv`` is its deprecated spelling), then calls ``intfa::int8_attention`` (or ``attention_op``,
     an op of the same signature). ``causal_offset`` moves the causal diagonal and ``window_left``
-    limits how far back a query sees, ``kv_block`` fixes the keys per block (see the op). This is what
+    limits how far back a query sees, ``kv_block`` fixes the keys per block, ``tma`` picks the CUDA kernel's
+    load path (see the op). This is what
     the compiler passes insert in place of attention.
     """
     sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
@@ -194,7 +200,7 @@ def int8_sdpa(
         v_in = sequence_major(v_in)
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
-              query.dtype, causal_offset, window_left, kv_block)
+              query.dtype, causal_offset, window_left, kv_block, tma)
 
 
 def int8_sdpa_static(
@@ -214,6 +220,7 @@ def int8_sdpa_static(
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
+    tma: bool = False,
 ) -> Tensor:
     """``int8_sdpa`` with calibrated ranges: Q and K per head (Hq,), (Hk,); V per head and channel (Hk, D).
 
@@ -234,4 +241,4 @@ def int8_sdpa_static(
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
-              float(sm_scale), p_scale, query.dtype, causal_offset, window_left, kv_block)
+              float(sm_scale), p_scale, query.dtype, causal_offset, window_left, kv_block, tma)

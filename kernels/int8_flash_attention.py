@@ -19,6 +19,7 @@ arrives sequence-major (``quantize.sequence_major``) so Hopper's INT8/FP8 ``wgmm
 
 from __future__ import annotations
 
+import contextvars
 import os
 
 import torch
@@ -160,9 +161,14 @@ def _attention_block(
     CAUSAL_MASK: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
     PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, INTERPRETER: tl.constexpr,
     MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, BOUNDS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, LAZY_PV: tl.constexpr, FOLD_BLOCKS: tl.constexpr,
+    BLOCK_D: tl.constexpr, LAZY_PV: tl.constexpr, FOLD_BLOCKS: tl.constexpr, k_desc, v_desc, TMA: tl.constexpr,
+    V_SEQUENCE_MAJOR: tl.constexpr,
 ):
     """One KV block of the online softmax: update the accumulators, row sums and running maxima.
+
+    ``TMA``: K and V arrive through the tensor descriptors ``k_desc`` (N_K, HEAD_DIM) and ``v_desc``
+    ((HEAD_DIM, N_K) when ``V_SEQUENCE_MAJOR``, else (N_K, HEAD_DIM)) instead of pointer loads; the
+    descriptors fill what lies past N_K and HEAD_DIM with zeros, as the masked loads do.
 
     ``BOUNDS`` masks keys at and past N_K; the loop over full blocks leaves it off (no per-score select).
     ``INTERPRETER``: running in Triton's interpreter, which has no fused multiply-add and rounds fp32 → e4m3
@@ -183,11 +189,15 @@ def _attention_block(
     n_ok = offs_n < N_K
     d_ok = offs_d < HEAD_DIM
     k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-    if BOUNDS:
+    if TMA:
+        k = k_desc.load([start_n, 0]).T
+    elif BOUNDS:
         k = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0)
-        ks = tl.load(ks_base + offs_n * stride_ksn, mask=n_ok, other=0.0)
     else:
         k = tl.load(k_ptrs, mask=d_ok[:, None], other=0)
+    if BOUNDS:
+        ks = tl.load(ks_base + offs_n * stride_ksn, mask=n_ok, other=0.0)
+    else:
         ks = tl.load(ks_base + offs_n * stride_ksn)
     _, s = _scores(q, k, qs, ks, MAGIC_I2F, FOLD_Q_SCALE)
     if MASK_KIND != 0:
@@ -238,7 +248,11 @@ def _attention_block(
     l_i = l_i + tl.sum(p, 1)
 
     v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-    if BOUNDS:
+    if TMA and V_SEQUENCE_MAJOR:
+        v = v_desc.load([0, start_n]).T
+    elif TMA:
+        v = v_desc.load([start_n, 0])
+    elif BOUNDS:
         v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     else:
         v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
@@ -373,7 +387,7 @@ def causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL: tl.constexpr, BLOCK
 @triton.autotune(
     configs=autotune_configs(),
     key=["N_Q_BUCKET", "N_K_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "WINDOW", "MASK_KIND", "QUANT_PV", "PV_FP8",
-         "KV_BLOCK", "SPLIT"],
+         "KV_BLOCK", "SPLIT", "TMA"],
     prune_configs_by={"early_config_prune": prune_configs},
 )
 @triton.jit
@@ -390,8 +404,8 @@ def _int8_attention_fwd(
     HEADS_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, HEAD_DIM, qk_scale, causal_offset, window_left, SPLIT_KEYS,
     SPLIT: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
     PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, INTERPRETER: tl.constexpr,
-    MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, KV_BLOCK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, KV_BLOCK: tl.constexpr, TMA: tl.constexpr,
+    V_SEQUENCE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -413,6 +427,17 @@ def _int8_attention_fwd(
     v_base = V + b * stride_vb + h_kv * stride_vh
     ks_base = KS + b * stride_ksb + h_kv * stride_ksh
     mask_base = MASK + b * stride_mb + h * stride_mh
+    k_desc = k_base  # placeholders, never read without TMA
+    v_desc = v_base
+    if TMA:  # one (batch, KV head)'s K and V; the launcher checked the alignment TMA needs
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[N_K, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        if V_SEQUENCE_MAJOR:
+            v_desc = tl.make_tensor_descriptor(v_base, shape=[HEAD_DIM, N_K], strides=[stride_vd, 1],
+                                               block_shape=[BLOCK_D, BLOCK_N])
+        else:
+            v_desc = tl.make_tensor_descriptor(v_base, shape=[N_K, HEAD_DIM], strides=[stride_vn, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -451,7 +476,7 @@ def _int8_attention_fwd(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM, causal_offset, window_left,
             False, False, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER, MAGIC_I2F,
-            FOLD_Q_SCALE, False, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS,
+            FOLD_Q_SCALE, False, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS, k_desc, v_desc, TMA, V_SEQUENCE_MAJOR,
         )
     for start_n in range(tl.maximum(full_hi, lo), hi, BLOCK_N):
         acc, acc_pv, pending, l_i, m_i = _attention_block(
@@ -460,7 +485,7 @@ def _int8_attention_fwd(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_K, HEAD_DIM, causal_offset, window_left,
             IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER, MAGIC_I2F,
-            FOLD_Q_SCALE, True, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS,
+            FOLD_Q_SCALE, True, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS, k_desc, v_desc, TMA, V_SEQUENCE_MAJOR,
         )
 
     if LAZY_PV and PV_FP8:
@@ -489,6 +514,22 @@ def length_bucket(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
+def tensor_descriptors_fit(k: Tensor, v: Tensor) -> bool:
+    """Whether K and V meet what a TMA tensor descriptor needs of the memory it reads: unit stride along the
+    loaded rows' contiguous axis (head dim for K; keys or head dim for V), other strides and the start address
+    multiples of 16 bytes (CUDA driver API, ``cuTensorMapEncodeTiled``). Sequence-major INT8/e4m3 V needs
+    the key count to be a multiple of 16; where these fail the kernel loads through pointers."""
+
+    def fits(x: Tensor, contiguous_axis: int) -> bool:
+        if x.stride(contiguous_axis) != 1 or (x.data_ptr() % 16 if x.device.type != "meta" else 0):
+            return False
+        others = [x.stride(axis) for axis in range(x.dim()) if axis != contiguous_axis % x.dim()]
+        return all(stride * x.element_size() % 16 == 0 for stride in others)
+
+    v_axis = -2 if v.stride(-2) == 1 and v.shape[-2] > 1 else -1
+    return fits(k, -1) and fits(v, v_axis)
+
+
 def launch_arguments(
     q: Tensor,
     k: Tensor,
@@ -507,6 +548,7 @@ def launch_arguments(
     kv_block: int = 0,
     parts: tuple[Tensor, Tensor] | None = None,
     split_keys: int = 0,
+    tma: bool = False,
 ) -> tuple[tuple, dict]:
     """The kernel's positional arguments and constexpr keywords for one launch (autotuned ones excluded).
 
@@ -517,7 +559,8 @@ def launch_arguments(
     to let the autotuner choose (under the interpreter, which times nothing, the rule again).
     ``parts``, the fp32 outputs (S, B, Hq, Nq, D) and (maximum, row sum) pairs (S, B, Hq, Nq, 2) of S key
     ranges, and ``split_keys``, keys per range: split-K, the grid's third axis walks the ranges
-    (``intfa_compile.key_splits``).
+    (``intfa_compile.key_splits``). ``tma``: load K and V through tensor descriptors where the target has TMA
+    (sm_90 on) and ``tensor_descriptors_fit`` (the interpreter runs them too); the result is the same.
     """
     if target_arch is None:
         major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
@@ -550,6 +593,8 @@ def launch_arguments(
         MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
         KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE and not _INTERPRETED
         else resolve_kv_block(kv_block, padded_head_dim(head_dim), v.dtype == torch.float8_e4m3fn),
+        TMA=tma and (target_arch >= 90 or _INTERPRETED) and tensor_descriptors_fit(k, v),
+        V_SEQUENCE_MAJOR=v.stride(-2) == 1 and n_k > 1,
         BLOCK_D=padded_head_dim(head_dim),
     )
     return args, constexprs
@@ -572,12 +617,15 @@ def int8_flash_attention_triton(
     kv_block: int = 0,
     traceable: bool = False,
     splits: int | None = None,
+    tma: bool = False,
 ) -> Tensor:
     """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked).
 
     ``traceable`` launches through ``torch.library.wrap_triton``, so that torch.compile sees the kernel
     (inside the ``intfa::int8_attention_triton`` triton_op) instead of an opaque call. ``splits``: how many key
     ranges to split into (decode shapes; by default ``key_splits``' rule, which the CPU implementation shares).
+    ``tma``: K and V through tensor descriptors where possible (``launch_arguments``); the descriptors are built
+    in the kernel, in a scratch buffer from an allocator set for this launch only.
     """
     if out.numel() == 0:
         return out
@@ -590,19 +638,30 @@ def int8_flash_attention_triton(
                  torch.empty(ranges, batch, heads_q, n_q, 2, dtype=torch.float32, device=q.device))
     args, constexprs = launch_arguments(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale,
                                        p_scale, out, causal_offset, window_left, kv_block=kv_block, parts=parts,
-                                       split_keys=split_keys)
+                                       split_keys=split_keys, tma=tma)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch_heads, ranges)
 
     kernel = torch.library.wrap_triton(_int8_attention_fwd) if traceable else _int8_attention_fwd
-    kernel[grid](*args, **constexprs)
+    if constexprs["TMA"]:
+        contextvars.copy_context().run(_launch_with_scratch, kernel, grid, args, constexprs, q.device)
+    else:
+        kernel[grid](*args, **constexprs)
     if parts is not None:
         merged = combine_key_splits(parts[0], parts[1][..., 0], parts[1][..., 1])
         if v_scale is not None:
             merged = merged * v_scale.float().repeat_interleave(heads_q // k.shape[1], dim=1).unsqueeze(-2)
         out.copy_(merged)
     return out
+
+
+def _launch_with_scratch(kernel, grid, args: tuple, constexprs: dict, device: torch.device) -> None:
+    """Launch a kernel that builds tensor descriptors on the device, which need global scratch memory from
+    ``triton.set_allocator``: set here, in the copied context the caller runs this in, so the process's own
+    allocator (if any) is left as it was. Under torch.compile, Inductor's launcher sets one itself."""
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+    kernel[grid](*args, **constexprs)
 
 
 def tuned_tiles() -> dict[tuple, dict[str, int]]:

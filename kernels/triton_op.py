@@ -31,9 +31,10 @@ def int8_attention_triton(
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
+    tma: bool = False,
 ) -> Tensor:
     """Same contract as ``intfa::int8_attention``; always runs the Triton kernel."""
     _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block)
     out = _empty_out(q, out_dtype)
     return int8_flash_attention_triton(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale,
-                                       out, causal_offset, window_left, kv_block, traceable=True)
+                                       out, causal_offset, window_left, kv_block, traceable=True, tma=tma)

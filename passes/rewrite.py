@@ -176,11 +176,12 @@ def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         q_amax, k_amax, v_amax = (torch.ops.intfa.static_amax(query, fingerprint, name, which) for which in "qkv")
         return int8_sdpa_static(query, key, value, attn_mask, is_causal, scale, q_amax, k_amax, v_amax,
                                 s["pv_format"], s["p_scale"], s["qk_bits"], attention_op=op,
-                                causal_offset=causal_offset, window_left=window_left, kv_block=kv_block)
+                                causal_offset=causal_offset, window_left=window_left, kv_block=kv_block,
+                                tma=s["tma_loads"])
     return int8_sdpa(query, key, value, attn_mask, is_causal, scale, s["pv_format"], s["p_scale"],
                      qk_granularity=s["qk_granularity"], v_granularity=s["v_granularity"], smooth_k=s["smooth_k"],
                      qk_bits=s["qk_bits"], attention_op=op, causal_offset=causal_offset, window_left=window_left,
-                     kv_block=kv_block)
+                     kv_block=kv_block, tma=s["tma_loads"])
 
 
 def band_mask(n_q: int, n_k: int, causal_offset: int, window_left: int, device: torch.device) -> torch.Tensor:

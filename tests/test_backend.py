@@ -28,7 +28,7 @@ def causal_call(offset: int, window_left: int = -1, head_dim: int = 32) -> str:
     """The tail of an ``int8_attention`` call in Inductor's code that runs with the causal flag and no mask
     (Inductor writes trailing defaults as keywords, others positionally)."""
     return (rf", None, True, {head_dim**-0.5}, 'fixed', torch.float32, (causal_offset=)?{offset}, "
-            rf"(window_left=)?{window_left}(, (kv_block=)?0)?$")
+            rf"(window_left=)?{window_left}(, (kv_block=)?0)?(, (tma=)?False)?$")
 
 
 class SelfAttention(torch.nn.Module):
@@ -411,6 +411,20 @@ def test_ablation_toggles_change_what_runs(model_and_input, option, value):
     # INT4 Q/K has a step 127/7 ≈ 18x coarser than INT8, so its score error is ~18x larger; 1 − cosine
     # grows with the square of the error. 0.9 is a loose floor for that case, 0.999 the INT8 bar.
     assert cosine(toggled, eager) >= (0.9 if option == "qk_bits" else 0.999)
+
+
+def test_tma_loads_reaches_the_op_and_leaves_the_result_alone(model_and_input):
+    """``tma_loads`` is a launch detail of the CUDA kernel: the op receives it (so it is part of what was compiled),
+    and the CPU implementation, like the kernel's other load path, computes the same values."""
+    model, x = model_and_input
+    default, default_code = _compile_and_run(model, x)
+    torch._dynamo.reset()
+    with_tma, code = _compile_and_run(model, x, tma_loads=True)
+    calls = [line for line in code.splitlines() if f"{OP_NAME}(" in line]
+    assert calls and all(re.search(r"(tma=)?True\)$", line) for line in calls), calls
+    assert not any(re.search(r"(tma=)?True\)$", line) for line in default_code.splitlines()
+                   if f"{OP_NAME}(" in line)
+    assert torch.equal(default, with_tma)
 
 
 @pytest.mark.parametrize("model_factory", ["sdpa", "hand-written"])

@@ -71,3 +71,20 @@ def test_both_cuda_lowerings_compile_and_agree(lowering):
     else:
         assert "intfa.int8_attention.default" in code
     assert cosine(out, reference_attention(q, k, v, None, True).out) >= 0.999
+
+
+@pytest.mark.parametrize("lowering", ["custom_op", "triton_op"])
+def test_tma_loads_compile_and_match_pointer_loads(lowering):
+    """``tma_loads`` on a GPU: tensor descriptors built in the kernel (scratch from the launch's allocator, or
+    Inductor's under triton_op) give what the pointer loads give, to fp32 rounding (tiles may differ)."""
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    q, k, v = torch.randn(3, 2, 8, 1024, 128, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        plain = torch.compile(attend, backend="intfa", options={"cuda_lowering": lowering})(q, k, v)
+        torch._dynamo.reset()
+        tma = torch.compile(attend, backend="intfa", options={"cuda_lowering": lowering, "tma_loads": True})(q, k, v)
+    torch.testing.assert_close(tma, plain, rtol=1e-2, atol=1e-3)
+    assert cosine(tma, reference_attention(q, k, v, None, True).out) >= 0.999

@@ -50,6 +50,10 @@ SCRIPT = textwrap.dedent("""
     decode = inspect_variant(90, "full-int8", 128, decode=True)
     out["90-decode"] = {"ptx": decode.ptx_matrix, "spills": decode.spills, "block_m": decode.block_m,
                         "sass": decode.sass_counts}
+    for name, arch in (("90-full-tma", 90), ("80-full-tma", 80)):
+        tma = inspect_variant(arch, "full-int8", 128, tma=True)
+        out[name] = {"sass": tma.sass_counts, "loop": tma.loop_histogram, "spills": tma.spills,
+                     "pipes": model(tma).pipes}
     window = inspect_variant(90, "full-int8", 128, causal=True, window_left=100)
     out["90-causal"] = {"ptx": window.ptx_matrix, "sass": window.sass_counts}
     print(json.dumps(out))
@@ -204,3 +208,17 @@ def test_autotuning_keys_lengths_by_power_of_two_bucket():
         named = {**dict(zip(_int8_attention_fwd.arg_names, args, strict=False)), **constexprs}
         keys.add(tuple(named[name] for name in _int8_attention_fwd.keys))
     assert len(keys) == 2
+
+
+def test_tma_loads_k_and_v_with_tensor_descriptors_on_hopper_only(codegen):
+    """``tma_loads``: on sm_90 K and V arrive by ``UTMALDG`` (one thread issues a whole tile; the per-thread async
+    copies left are the key scales'), without spills and with fewer issue cycles per key block than the per-thread
+    copies (what the per-pipe model keeps it for); before Hopper the same launch keeps pointer loads."""
+    tma, plain = codegen["90-full-tma"], codegen["90-full"]
+    assert tma["sass"].get("UTMALDG", 0) > 0 and plain["sass"].get("UTMALDG", 0) == 0
+    copies = sum(count for op, count in tma["loop"].items() if op.startswith("LDGSTS"))
+    plain_copies = sum(count for op, count in plain["loop"].items() if op.startswith("LDGSTS"))
+    assert copies < plain_copies
+    assert tma["spills"] == 0
+    assert tma["pipes"]["issue"] < plain["pipes"]["issue"]
+    assert codegen["80-full-tma"]["sass"].get("UTMALDG", 0) == 0

@@ -25,12 +25,15 @@ from intfa_compile.kernels.int8_flash_attention import (
     _int8_attention_fwd,
     _scores,
     int8_flash_attention_triton,
+    launch_arguments,
     round_to_int8,
+    tensor_descriptors_fit,
 )
 
 from intfa_compile import cpu_attention
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.numerics import KV_BLOCK_AUTOTUNE, LOG2E
+from intfa_compile.quantize import sequence_major
 from intfa_compile.reference import reference_attention
 from tests.helpers import (
     E4M3_STEP_NEAR_ONE,
@@ -110,7 +113,7 @@ def test_p_rounds_to_nearest_even_exactly_as_the_cpu_implementation():
 
 
 def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, causal_offset=0, window_left=-1,
-          kv_block=0, splits=None):
+          kv_block=0, splits=None, tma=False):
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
     sm_scale = scale if scale is not None else inputs["q"].shape[-1] ** -0.5
     shape = inputs["q"].shape
@@ -120,7 +123,7 @@ def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, caus
     gpu_mask = mask.to(DEVICE) if mask is not None else None
     out = torch.empty(shape, dtype=out_dtype, device=DEVICE)
     kernel = int8_flash_attention_triton(*gpu_args, gpu_mask, is_causal, sm_scale, p_scale, out, causal_offset,
-                                         window_left, kv_block, splits=splits)
+                                         window_left, kv_block, splits=splits, tma=tma)
     return kernel.cpu(), cpu
 
 
@@ -208,6 +211,56 @@ def test_autotuned_key_block_follows_the_rule_under_the_interpreter(pv_format):
     small, _ = _both(inputs, None, False, None, "fixed", kv_block=16)
     assert torch.equal(tuned, default)
     assert not torch.equal(tuned, small)
+
+
+@pytest.mark.parametrize("pv_format", ["int8", "fp8", "fp16"])
+@pytest.mark.parametrize("n_q,n_k,head_dim,is_causal,splits", [
+    (40, 320, 80, True, None),   # padded head dim, bottom-right causal, a partial last block
+    (70, 144, 32, False, None),  # keys past N_K in the last 128-key block
+    (1, 1536, 64, True, 3),      # decode tile, split-K
+])
+def test_tma_loads_give_the_pointer_loads_result(pv_format, n_q, n_k, head_dim, is_causal, splits):
+    """K and V through tensor descriptors (``tma``): zeros past N_K and HEAD_DIM as the masked loads give, V read
+    sequence-major (INT8, e4m3) or head-dim-major (16-bit), so the kernel's result is the pointer loads' result."""
+    gen = torch.Generator().manual_seed(n_q + n_k + head_dim + len(pv_format))
+    q, k, v = (torch.randn(1, 2, n, head_dim, generator=gen) for n in (n_q, n_k, n_k))
+    inputs = quantized_inputs(q, k, v, pv_format=pv_format)
+    if pv_format != "fp16":
+        inputs["v"] = sequence_major(inputs["v"])
+    offset = n_k - n_q if is_causal else 0
+    args = [inputs[name].to(DEVICE) for name in ("q", "k", "v", "q_scale", "k_scale")]
+    v_scale = inputs["v_scale"].to(DEVICE) if inputs["v_scale"] is not None else None
+    _, constexprs = launch_arguments(*args, v_scale, None, is_causal, 0.1, "fixed", torch.empty(q.shape), offset,
+                                     tma=True, target_arch=90)
+    assert constexprs["TMA"] and constexprs["V_SEQUENCE_MAJOR"] == (pv_format != "fp16")
+    with_tma, cpu = _both(inputs, None, is_causal, None, "fixed", causal_offset=offset, splits=splits, tma=True)
+    pointers, _ = _both(inputs, None, is_causal, None, "fixed", causal_offset=offset, splits=splits)
+    if _INTERPRETED:
+        assert torch.equal(with_tma, pointers)
+    else:  # the autotuner may pick other tiles for either (rows and reduction order differ: fp32 rounding)
+        assert torch.allclose(with_tma, pointers, rtol=1e-5, atol=1e-6)
+    if pv_format == "fp16":
+        assert torch.allclose(with_tma, cpu, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_descriptors_need_sixteen_byte_strides():
+    """Where TMA's alignment fails, the launch keeps pointer loads: a sequence-major INT8 V of 300 keys (rows of
+    300 bytes), an 8-wide INT8 head (rows of 8 bytes), a V with no unit stride."""
+    k = torch.zeros(1, 2, 320, 64, dtype=torch.int8)
+    assert tensor_descriptors_fit(k, sequence_major(k))
+    assert tensor_descriptors_fit(k, k.half())
+    assert not tensor_descriptors_fit(k, sequence_major(k[:, :, :300]))
+    narrow = torch.zeros(1, 2, 320, 8, dtype=torch.int8)
+    assert not tensor_descriptors_fit(narrow, sequence_major(narrow))
+    assert not tensor_descriptors_fit(k, torch.zeros(1, 2, 320, 128, dtype=torch.half)[..., ::2])
+    assert not tensor_descriptors_fit(k[..., 1:], sequence_major(k))  # K rows start off a 16-byte boundary
+    scales = torch.ones(1, 2, 40), torch.ones(1, 2, 300), torch.ones(1, 2, 64)
+    _, constexprs = launch_arguments(k[:, :, :40], k[:, :, :300], sequence_major(k[:, :, :300]), *scales, None, False,
+                                     0.1, "fixed", torch.empty(1, 2, 40, 64), tma=True, target_arch=90)
+    assert not constexprs["TMA"]
+    _, constexprs = launch_arguments(k[:, :, :40], k, sequence_major(k), scales[0], torch.ones(1, 2, 320), scales[2],
+                                     None, False, 0.1, "fixed", torch.empty(1, 2, 40, 64), tma=True, target_arch=80)
+    assert constexprs["TMA"] == _INTERPRETED  # no TMA before Hopper (the interpreter runs it anywhere)
 
 
 @pytest.mark.parametrize("splits", [2, 3])
