@@ -19,12 +19,12 @@ def _inductor_patches(settings: dict[str, Any], mode: str | None) -> dict[str, A
     from torch._inductor import config as inductor_config
     from torch._inductor import list_mode_options
 
-    from intfa_compile.passes.custom_passes import ChainedPass, IntfaJointPass, IntfaPostGradPass
+    from intfa_compile.passes.custom_passes import ChainedPass, IntfaPostGradPass, IntfaStructuralPass
 
     patches: dict[str, Any] = {}
     if mode not in (None, "default"):
         patches.update(list_mode_options(mode))
-    for slot, ours in (("joint_custom_post_pass", IntfaJointPass(settings)),
+    for slot, ours in (("joint_custom_pre_pass", IntfaStructuralPass(settings)),
                        ("post_grad_custom_post_pass", IntfaPostGradPass(settings))):
         theirs = getattr(inductor_config, slot)
         patches[slot] = ours if theirs is None else ChainedPass(theirs, ours)

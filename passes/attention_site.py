@@ -35,6 +35,9 @@ class AttentionSite:
     """Other outputs of the attention (logsumexp, RNG state) are used: a training graph."""
     batch_of_one: bool = False
     """q, k, v are 3-D (B·H, N, D) and run as 4-D with a batch of one."""
+    values: tuple[torch.Tensor | None, ...] | None = None
+    """Fake (B, H, N, D) values of q, k, v and the mask, where the nodes hold them in another layout (the
+    structural matcher's sites, whose nodes are the products' operands)."""
 
     def _val(self, node: torch.fx.Node | None) -> torch.Tensor | None:
         value = node.meta.get("val") if node is not None else None
@@ -45,10 +48,14 @@ class AttentionSite:
     @property
     def tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Fake values of q, k, v (None where the graph carries none)."""
+        if self.values is not None:
+            return self.values[0], self.values[1], self.values[2]
         return self._val(self.query), self._val(self.key), self._val(self.value)
 
     @property
     def mask_tensor(self) -> torch.Tensor | None:
+        if self.values is not None and self.attn_mask is not None:
+            return self.values[3]
         return self._val(self.attn_mask)
 
     def record(self, outcome: str, reason: str = "") -> SiteRecord:

@@ -13,22 +13,19 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 import intfa_compile
 
-from .handwritten import handwritten_patterns
 from .leftovers import report_unrewritten_attention
-from .rewrite import last_approved, rewrite_failed, rewriting_under
+from .rewrite import note_declined, rewriting_under
 from .sdpa_to_int8 import sdpa_patterns
+from .structural import rewrite_attention
 
 log = logging.getLogger("intfa_compile")
 
-# Every file whose code decides what the rewritten graph holds.
+# Every source file of the package (its passes and kernels too, wherever they are installed): a change to any
+# of them may change what the rewritten graph holds, and a hand-kept list would miss one.
 _PASS_DIR = Path(__file__).resolve().parent
 _PACKAGE_DIR = Path(intfa_compile.__file__).resolve().parent
-_SOURCE_FILES = tuple(
-    str(path)
-    for path in sorted(_PASS_DIR.glob("*.py"))
-    + [_PACKAGE_DIR / name for name in ("ops.py", "quantize.py", "numerics.py", "config.py", "sites.py",
-                                      "calibration.py")]
-)
+_SOURCE_FILES = tuple(sorted({str(path) for folder in (_PACKAGE_DIR, _PASS_DIR, _PASS_DIR.parent / "kernels")
+                              if folder.is_dir() for path in folder.rglob("*.py")}))
 
 
 class _SettingsPass(CustomGraphPass):
@@ -58,32 +55,16 @@ class _SettingsPass(CustomGraphPass):
         return digest.hexdigest()
 
 
-class IntfaJointPass(_SettingsPass):
-    """Joint-graph stage: hand-written attention → INT8.
+class IntfaStructuralPass(_SettingsPass):
+    """Joint-graph stage, before Inductor's own pattern passes: attention recognised by its structure
+    (``structural``), in whatever style it was written, → INT8. Running first, it sees the graph as the model
+    wrote it, and its coverage does not depend on which attention forms Inductor fuses into SDPA."""
 
-    It runs after Inductor's own joint passes: no-op copies (eval-mode dropout) are gone by then, and
-    attention Inductor already turned into SDPA reaches the post-grad stage as SDPA; what Inductor
-    does not know (or does not run, with its pattern matcher off) is matched here."""
-
-    stage = "joint"
+    stage = "joint_pre"
 
     def run(self, graph: torch.fx.Graph) -> None:
-        # register_replacement traces a replacement before it changes the graph; a failure leaves the
-        # site as it was. Apply again after one so the other sites still get their chance.
-        for _ in range(len(graph.nodes) + 1):
-            try:
-                handwritten_patterns().apply(graph)
-                return
-            except Exception as error:
-                site = last_approved()
-                if site is not None:
-                    rewrite_failed(site, error)
-                    continue
-                if self.settings["fallback"] == "error":
-                    raise
-                log.warning("intfa: the hand-written attention pass failed (%s: %s); the sites it had not "
-                            "reached are left as they were", type(error).__name__, error)
-                return
+        for softmax, reason in rewrite_attention(graph):
+            note_declined(softmax, reason)
 
 
 class IntfaPostGradPass(_SettingsPass):

@@ -12,7 +12,8 @@ from torch._dynamo.utils import counters
 
 from intfa_compile.sites import LEFT_ALONE, SiteRecord, module_path, record, source_line
 
-from .rewrite import already_reported
+from .rewrite import already_reported, declined_reason
+from .structural import softmax_at
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -23,19 +24,6 @@ _TRANSPARENT = {
     aten.clone.default, aten._to_copy.default, prims.convert_element_type.default,
 }
 _MATMULS = {aten.bmm.default, aten.mm.default}
-
-
-def _is_softmax(node: torch.fx.Node) -> bool:
-    if node.op != "call_function":
-        return False
-    if node.target in (aten._softmax.default, aten.softmax.int):
-        return True
-    # Inductor's decomposition: exp(x - amax(x)) / sum(exp(x - amax(x)))
-    if node.target is not aten.div.Tensor or len(node.args) != 2:
-        return False
-    exp, total = node.args
-    return (isinstance(exp, torch.fx.Node) and exp.target is aten.exp.default
-            and isinstance(total, torch.fx.Node) and total.target is aten.sum.dim_IntList and total.args[0] is exp)
 
 
 def _follow_to_matmul(probs: torch.fx.Node) -> tuple[torch.fx.Node | None, str]:
@@ -89,7 +77,7 @@ def report_unrewritten_attention(graph: torch.fx.Graph) -> None:
         for name, op in _FUSED_FAST_PATHS.items():
             if node.target is op:
                 _report_fused_fast_path(node, name)
-        if not _is_softmax(node):
+        if softmax_at(node, exact=False) is None:
             continue
         matmul, between = _follow_to_matmul(node)
         if matmul is None and len(node.users) > 1:
@@ -100,6 +88,8 @@ def report_unrewritten_attention(graph: torch.fx.Graph) -> None:
                     matmul = candidate
                     break
             reason = "its attention weights are also used elsewhere (returned by the model or saved for backward)"
+        elif declined_reason(node) is not None:
+            reason = declined_reason(node)
         elif between:
             reason = f"'{between}' stands between the softmax and P·V (dropout in training?)"
         else:

@@ -35,17 +35,32 @@ _last_approved: contextvars.ContextVar[AttentionSite | None] = contextvars.Conte
 
 # Stable names of the sites of this compile: module path and call order ("layers.0.self_attn#0").
 _site_keys: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("intfa_site_keys", default=None)
+# Why the structural matcher declined each softmax it looked at, by node name: the report of what stayed says so.
+_declined: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("intfa_declined", default=None)
 
 
 @contextlib.contextmanager
 def compiling() -> Iterator[None]:
     """One compile of one graph: its stages share the record of sites already reported and their keys."""
-    tokens = (_decided_names.set(set()), _site_keys.set({}))
+    tokens = (_decided_names.set(set()), _site_keys.set({}), _declined.set({}))
     try:
         yield
     finally:
         _decided_names.reset(tokens[0])
         _site_keys.reset(tokens[1])
+        _declined.reset(tokens[2])
+
+
+def note_declined(node: torch.fx.Node, reason: str) -> None:
+    """Keep why the softmax at ``node`` was not taken as attention, for the report of what stayed."""
+    declined = _declined.get()
+    if declined is not None:
+        declined[node.name] = reason
+
+
+def declined_reason(node: torch.fx.Node) -> str | None:
+    """Why the structural matcher did not take the softmax at ``node``, if it looked at it in this compile."""
+    return (_declined.get() or {}).get(node.name)
 
 
 def site_key(site: AttentionSite) -> str:

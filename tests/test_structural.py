@@ -1,0 +1,184 @@
+"""The structural matcher (``passes/structural.py``) on small attention functions: what it takes, what it reads
+(scale, terms, layout, repeated heads) and the reasons it gives for what it does not take."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from intfa_compile.passes.structural import scalar_value, softmax_at
+from torch._dynamo.utils import counters
+from torch._inductor import config as inductor_config
+
+from intfa_compile.sites import collect_sites
+from tests.helpers import cosine
+
+
+class _Fn(torch.nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
+def _compile(fn, *args, training: bool = False):
+    """(eager output, compiled output, site records), Inductor's own attention fusion off."""
+    torch._dynamo.reset()
+    counters.clear()
+    module = _Fn(fn).train(training)
+    with inductor_config.patch(pattern_matcher=False, fx_graph_cache=False), collect_sites() as sites:
+        if training:
+            compiled = torch.compile(module, backend="intfa")(*args)
+            eager = module(*args)
+        else:
+            with torch.no_grad():
+                eager = module(*args)
+                compiled = torch.compile(module, backend="intfa")(*args)
+    return eager, compiled, list(sites)
+
+
+def _qkv(batch=2, heads=4, n=32, dim=16, kv_heads=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    kv_heads = kv_heads or heads
+    return (torch.randn(batch, heads, n, dim, generator=gen), torch.randn(batch, kv_heads, n, dim, generator=gen),
+            torch.randn(batch, kv_heads, n, dim, generator=gen))
+
+
+def _only_site(sites):
+    (site,) = sites
+    return site
+
+
+@pytest.mark.parametrize("style", ["mul", "div", "full-divisor", "no-scale", "query-scaled", "sqrt-both"])
+def test_the_scale_is_read_wherever_it_is(style):
+    """The scale on the scores (multiplied, divided, by a ``torch.full`` tensor, absent) or on Q or split as √ over
+    Q and K: the same attention either way, INT8 and close to eager."""
+    def attend(q, k, v):
+        d = q.shape[-1]
+        if style == "query-scaled":
+            q = q * d**-0.5
+        if style == "sqrt-both":
+            q, k = q * d**-0.25, k * d**-0.25
+        s = q @ k.transpose(-1, -2)
+        if style == "mul":
+            s = s * d**-0.5
+        elif style == "div":
+            s = s / math.sqrt(d)
+        elif style == "full-divisor":
+            s = s / torch.full([], d**0.5, dtype=s.dtype)
+        return s.softmax(-1) @ v
+
+    eager, compiled, sites = _compile(attend, *_qkv())
+    assert _only_site(sites).outcome == "INT8"
+    assert cosine(compiled, eager) >= 0.999
+
+
+def test_a_softmax_over_the_queries_is_not_attention():
+    """Transposing the scores before the softmax normalizes over queries: the probe of the layout sees it and the
+    site keeps its original computation, with that reason."""
+    def attend(q, k, v):
+        return (q @ k.transpose(-1, -2)).transpose(-1, -2).softmax(-1) @ v
+
+    eager, compiled, sites = _compile(attend, *_qkv())
+    site = _only_site(sites)
+    assert site.outcome == "left alone" and "each query's keys" in site.reason
+    assert torch.allclose(compiled, eager, atol=1e-5)
+
+
+def test_returned_weights_and_two_products_are_left_alone_with_their_reason():
+    def returns_weights(q, k, v):
+        weights = (q @ k.transpose(-1, -2) * 0.25).softmax(-1)
+        return weights @ v, weights
+
+    _, _, sites = _compile(returns_weights, *_qkv())
+    assert "used elsewhere" in _only_site(sites).reason
+
+    def two_products(q, k, v):
+        return (q @ k.transpose(-1, -2) + k @ q.transpose(-1, -2)).softmax(-1) @ v
+
+    _, _, sites = _compile(two_products, *_qkv())
+    assert "two matrix products" in _only_site(sites).reason
+
+
+def test_dropout_in_training_is_named_as_the_reason():
+    def attend(q, k, v):
+        return F.dropout((q @ k.transpose(-1, -2) * 0.25).softmax(-1), p=0.1, training=True) @ v
+
+    q, k, v = _qkv()
+    _, _, sites = _compile(attend, q, k, v)
+    assert "dropout" in _only_site(sites).reason
+
+
+def test_repeated_kv_heads_reach_the_kernel_unrepeated():
+    """Hugging Face's repeat_kv (GQA): the site's K and V are the 2 KV heads, not the 4 repeated ones."""
+    def attend(q, k, v):
+        k = k[:, :, None].expand(2, 2, 2, 32, 16).reshape(2, 4, 32, 16)
+        v = v[:, :, None].expand(2, 2, 2, 32, 16).reshape(2, 4, 32, 16)
+        return (q @ k.transpose(2, 3) * 0.25).softmax(-1) @ v
+
+    eager, compiled, sites = _compile(attend, *_qkv(kv_heads=2))
+    site = _only_site(sites)
+    assert site.outcome == "INT8" and site.gqa == "4/2" and "repeated KV heads" in site.form
+    assert cosine(compiled, eager) >= 0.999
+
+
+@pytest.mark.parametrize("layout", ["bhid", "bihd", "(bh)id"])
+def test_einsum_in_any_layout(layout):
+    def attend(q, k, v):
+        b, h, n, d = q.shape
+        if layout == "bhid":
+            s = torch.einsum("bhid,bhjd->bhij", q, k) * d**-0.5
+            return torch.einsum("bhij,bhjd->bhid", s.softmax(-1), v)
+        if layout == "bihd":
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            s = torch.einsum("bihd,bjhd->bhij", q, k) * d**-0.5
+            return torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v)
+        q, k, v = (t.reshape(b * h, n, d) for t in (q, k, v))
+        s = torch.einsum("xid,xjd->xij", q, k) * d**-0.5
+        return torch.einsum("xij,xjd->xid", s.softmax(-1), v)
+
+    eager, compiled, sites = _compile(attend, *_qkv())
+    assert _only_site(sites).outcome == "INT8"
+    assert cosine(compiled, eager) >= 0.999
+
+
+def test_an_additive_term_in_the_products_frame_is_laid_out_as_the_softmax_sees_it():
+    """``baddbmm`` adds its input over (B·H, Nq, Nk) while the softmax runs over (B, H, Nq, Nk): the term is
+    carried into the softmax's layout, head by head (a bias that differs per head tells a wrong layout)."""
+    gen = torch.Generator().manual_seed(3)
+    bias = torch.randn(8, 32, 32, generator=gen)
+
+    def attend(q, k, v):
+        q3, k3, v3 = (t.reshape(8, 32, 16) for t in (q, k, v))
+        s = torch.baddbmm(bias, q3, k3.transpose(1, 2), beta=0.5, alpha=0.25).view(2, 4, 32, 32)
+        return torch.bmm(s.softmax(-1).view(8, 32, 32), v3)
+
+    eager, compiled, sites = _compile(attend, *_qkv())
+    assert _only_site(sites).outcome == "INT8"
+    assert cosine(compiled, eager) >= 0.999
+
+
+def test_softmax_forms_and_constants_are_recognised_on_a_traced_graph():
+    """``softmax_at`` takes the op forms and the decomposition over the last dimension only; ``scalar_value``
+    reads numbers and one-element constants."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def decomposed(x):
+        shifted = x - x.amax(-1, keepdim=True)
+        return shifted.exp() / shifted.exp().sum(-1, keepdim=True)
+
+    x = torch.randn(2, 3, 5)
+    for fn, last in ((lambda t: torch.softmax(t, -1), True), (lambda t: torch.softmax(t, 0), False),
+                     (decomposed, False)):
+        graph = make_fx(fn)(x).graph
+        found = [softmax_at(node) for node in graph.nodes if node.op == "call_function"]
+        assert any(f is not None for f in found) == last
+    graph = make_fx(lambda t: torch.ops.aten._softmax(t, -1, False))(x).graph
+    assert sum(softmax_at(node) is not None for node in graph.nodes) == 1
+    graph = make_fx(lambda t: t / torch.full([], 4.0))(x).graph
+    (full,) = [n for n in graph.nodes if n.target is torch.ops.aten.full.default]
+    assert scalar_value(full) == 4.0 and scalar_value(2) == 2.0 and scalar_value(True) is None
