@@ -90,6 +90,22 @@ the main fp32 accumulator. Hopper's FP8 MMA keeps about 22 significant bits in i
 DeepSeek-V3 report the same); folding every 16 blocks bounds what that loses to far below P's e4m3 rounding."""
 
 PV_FORMATS = ("int8", "fp8", "fp16")
+
+QK_GRANULARITIES = ("per_token", "per_block", "per_head")
+"""Groups of tokens sharing one Q or K scale (``config.qk_granularity``)."""
+
+V_GRANULARITIES = ("per_channel", "per_tensor")
+"""Groups of channels sharing one V scale (``config.v_granularity``)."""
+
+QK_BITS = (8, 4)
+"""Bits of the Q and K integers (``config.qk_bits``)."""
+
+
+def check_choice(name: str, value: object, allowed: tuple) -> None:
+    """Raise ``ValueError`` naming ``name`` and the allowed values unless ``value`` is one of them: an unknown
+    granularity, format or bit width must not fall through to some default."""
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 """How P·V runs: INT8 P and V (full INT8), e4m3 P and V (fp8), or 16-bit P and V (half-INT8)."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .numerics import QK_BITS, QK_GRANULARITIES, V_GRANULARITIES, check_choice
+
 Q_BLOCK_TOKENS = 128
 """Query tokens that share one scale under "per_block" granularity (SageAttention's choice)."""
 K_BLOCK_TOKENS = 64
@@ -66,6 +68,8 @@ def quantize_qk(x: Tensor, granularity: str = "per_token", bits: int = 8, block:
     tokens but still hand the kernel one scale per token, so the kernel is the same for all of them.
     ``bits`` = 4 limits the integers to [-7, 7].
     """
+    check_choice("qk_granularity", granularity, QK_GRANULARITIES)
+    check_choice("qk_bits", bits, QK_BITS)
     xf = x.float()
     xq, scale = _quantize_with_amax(xf, _token_amax(xf, granularity, block), _int_max(bits))
     return xq, scale.squeeze(-1)
@@ -74,6 +78,7 @@ def quantize_qk(x: Tensor, granularity: str = "per_token", bits: int = 8, block:
 def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Tensor]:
     """INT8 values of V (..., N, D) and per-channel fp32 scales (..., D); "per_tensor" shares one scale
     among all channels of a (batch, head)."""
+    check_choice("v_granularity", granularity, V_GRANULARITIES)
     xf = x.float()
     xq, scale = _quantize_with_amax(xf, _channel_amax(xf, granularity), _int_max(8))
     return xq, scale.squeeze(-2)
@@ -90,6 +95,7 @@ def quantize_v_fp8(x: Tensor, granularity: str = "per_channel", amax: Tensor | N
     a calibrated range saturate. As for INT8, a zero channel gets scale 1, an infinite entry keeps its sign at
     full range, and NaN stays NaN (e4m3 has one), so non-finite inputs reach the outputs eager attention poisons.
     """
+    check_choice("v_granularity", granularity, V_GRANULARITIES)
     xf = x.float()
     amax = _channel_amax(xf, granularity) if amax is None else amax
     xq, scale = _quantize_with_amax(xf, amax, FP8_MAX, torch.float8_e4m3fn)
@@ -125,6 +131,7 @@ def smooth(k: Tensor) -> Tensor:
 def quantize_static(x: Tensor, amax: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
     """Integer values of ``x`` (B, H, N, D) against calibrated ranges ``amax`` that broadcast to (H, N, D);
     returns them and the scales broadcast to x's shape (values beyond the range saturate)."""
+    check_choice("qk_bits", bits, QK_BITS)
     xf = x.float()
     xq, scale = _quantize_with_amax(xf, amax.expand(xf.shape[1:]).unsqueeze(0), _int_max(bits))
     return xq, scale.expand(xf.shape)

@@ -26,6 +26,7 @@ import torch
 from torch.fx import Node
 
 from .attention_site import AttentionSite
+from .graph_values import uniform_value
 
 aten = torch.ops.aten
 
@@ -40,18 +41,6 @@ _SCALAR_COMPARISONS = {aten.le.Scalar: aten.le.Tensor, aten.lt.Scalar: aten.lt.T
 _MIRROR = {aten.le.Tensor: aten.ge.Tensor, aten.ge.Tensor: aten.le.Tensor, aten.lt.Tensor: aten.gt.Tensor,
            aten.gt.Tensor: aten.lt.Tensor}
 _LOWEST = {torch.finfo(dtype).min for dtype in (torch.float16, torch.bfloat16, torch.float32)}
-
-
-def _constant(arg: object) -> float | None:
-    """The value of a Python number or of a uniform constant node (``scalar_tensor``, ``full``)."""
-    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-        return float(arg)
-    if isinstance(arg, Node):
-        if arg.target is aten.scalar_tensor.default:
-            return _constant(arg.args[0])
-        if arg.target is aten.full.default:
-            return _constant(arg.args[1])
-    return None
 
 
 def _shape(node: object) -> tuple[int, ...] | None:
@@ -247,7 +236,7 @@ def causal_band_of(mask: Node | None, n_q: object, n_k: object, drops: bool = Fa
         return None
     else:
         condition, if_true, if_false = node.args
-        values = (_constant(if_true), _constant(if_false))
+        values = (uniform_value(if_true), uniform_value(if_false))
         if values[0] == 0.0 and _is_dropping_fill(values[1]):
             band, fill = _band(condition, n_q, n_k), values[1]
         elif values[1] == 0.0 and _is_dropping_fill(values[0]):

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 from torch._inductor.pattern_matcher import fwd_only
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .attention_site import AttentionSite
 from .causal_masks import fold_causal_mask
+from .graph_values import uniform_value
 from .rewrite import decide, forget_last_approved, int8_attention, rewrite_failed
 
 aten = torch.ops.aten
@@ -47,8 +47,6 @@ _LAYOUT = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, a
            aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
            aten.expand.default, aten.t.default)
 _SOFTMAX_OPS = (aten._softmax.default, aten.softmax.int, aten._safe_softmax.default)
-_DROPOUT = (aten.native_dropout.default, aten.bernoulli.p, aten.bernoulli_.float, aten.rand_like.default,
-            prims.inductor_random.default)
 
 DROPPING_FILL = -1e4
 """A fill at or below this drops its score (exp underflows to 0 against any real score maximum): −inf,
@@ -108,31 +106,6 @@ def softmax_at(node: torch.fx.Node, exact: bool = True) -> Softmax | None:
     return Softmax(scores, node, frozenset((exp, total, shifted, peak)))
 
 
-def scalar_value(arg: Any) -> float | None:
-    """A number, or a node holding a one-element constant (``full``, ``scalar_tensor``, ``torch.tensor(x)``
-    lifted into the graph, a cast of one)."""
-    if isinstance(arg, bool):
-        return None
-    if isinstance(arg, (int, float)):
-        return float(arg)
-    if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":  # a tensor constant the model built
-        constant = getattr(arg.graph.owning_module, arg.target, None)
-        if not isinstance(constant, torch.Tensor) or constant.numel() != 1:
-            return None
-        with unset_fake_temporarily():  # passes run under the graph's fake mode; this is a real tensor
-            return float(constant.item())
-    if not isinstance(arg, torch.fx.Node) or arg.op != "call_function":
-        return None
-    if arg.target is aten.full.default and math.prod(arg.args[0]) == 1:
-        return scalar_value(arg.args[1])
-    if arg.target is aten.scalar_tensor.default:
-        return scalar_value(arg.args[0])
-    if arg.target in (prims.convert_element_type.default, aten._to_copy.default, aten.clone.default,
-                      aten.lift_fresh_copy.default):
-        return scalar_value(arg.args[0])
-    return None
-
-
 def _reaches_product(node: Any, depth: int = 16) -> bool:
     """Whether ``node`` is a matrix product, or computed from one through the ops a scores chain may hold."""
     if depth == 0 or not isinstance(node, torch.fx.Node) or node.op != "call_function":
@@ -152,7 +125,7 @@ def _reaches_product(node: Any, depth: int = 16) -> bool:
 def _is_random(node: torch.fx.Node) -> bool:
     """A random op (``rand``, ``bernoulli``, ``native_dropout``, Inductor's random ops…): dropout's ingredients."""
     name = str(node.target)
-    return node.target in _DROPOUT or any(word in name for word in ("rand", "bernoulli", "dropout", "uniform"))
+    return any(word in name for word in ("rand", "bernoulli", "dropout", "uniform"))
 
 
 def _random_within(node: Any, depth: int = 4) -> bool:
@@ -188,7 +161,11 @@ class _Probe:
         target = node.target
         with self.fake_mode:
             if target in (aten.view.default, aten._unsafe_view.default, aten.reshape.default):
-                self.tensor = x.view(rest[0])
+                try:
+                    self.tensor = x.view(rest[0])
+                except RuntimeError as error:  # the regrouping mixes dimensions a strided map cannot follow
+                    raise NotAttention("the scores are re-laid out in a way the layout check cannot follow") \
+                        from error
             elif target is aten.permute.default:
                 self.tensor = x.permute(rest[0])
             elif target is aten.transpose.int:
@@ -206,6 +183,12 @@ class _Probe:
                     raise NotAttention("the scores are broadcast between Q·Kᵀ and P·V")
             else:  # pragma: no cover - callers pass layout ops only
                 raise NotAttention(f"unexpected layout op {target}")
+
+    def layout(self) -> tuple:
+        """Shape and strides (strides of size-1 dimensions left out: they map nothing): two points of a walk
+        with the same layout see the product's elements at the same positions."""
+        return tuple((size, None if statically_known_true(size == 1) else stride)
+                     for size, stride in zip(self.tensor.shape, self.tensor.stride(), strict=True))
 
     def row_major(self) -> bool:
         """Whether the current tensor lists the product's elements in their order (its strides are those of a
@@ -225,9 +208,9 @@ class _Scores:
     product: torch.fx.Node
     scale: float = 1.0
     additive: list[tuple[torch.fx.Node, float, tuple]] = field(default_factory=list)
-    """(term, coefficient, shape of the scores where it was added)."""
+    """(term, coefficient, layout of the scores where it was added: ``_Probe.layout``)."""
     drops: list[tuple[torch.fx.Node, bool, tuple]] = field(default_factory=list)
-    """(boolean mask, True if True drops a score, shape of the scores where it applied)."""
+    """(boolean mask, True if True drops a score, layout of the scores where it applied)."""
 
 
 def _other(node: torch.fx.Node, chain: torch.fx.Node) -> Any:
@@ -236,9 +219,10 @@ def _other(node: torch.fx.Node, chain: torch.fx.Node) -> Any:
 
 
 def _scores_chain(scores: torch.fx.Node, inner: frozenset[torch.fx.Node], probs: torch.fx.Node
-                  ) -> tuple[torch.fx.Node, list[torch.fx.Node]]:
-    """The product behind the softmax input and the ops from it to the softmax, in the order they run."""
-    chain: list[torch.fx.Node] = []
+                  ) -> tuple[torch.fx.Node, list[tuple[torch.fx.Node, torch.fx.Node]]]:
+    """The product behind the softmax input and the ops from it to the softmax, in the order they run, each with
+    its argument the scores flow through."""
+    chain: list[tuple[torch.fx.Node, torch.fx.Node]] = []
     node, allowed_users = scores, set(inner) | {probs}
     while True:
         if not isinstance(node, torch.fx.Node) or node.op != "call_function":
@@ -247,11 +231,11 @@ def _scores_chain(scores: torch.fx.Node, inner: frozenset[torch.fx.Node], probs:
             raise NotAttention("the scores are also used elsewhere")
         if node.target in _PRODUCTS:
             return node, chain[::-1]
-        chain.append(node)
         allowed_users = {node}
         target = node.target
+        _check_cast(node)
         if target in _SAME_VALUES or target in _LAYOUT:
-            node = node.args[0]
+            source = node.args[0]
         elif target in (aten.mul.Tensor, aten.div.Tensor, aten.add.Tensor, aten.sub.Tensor):
             tensors = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
             leading = [a for a in tensors if _reaches_product(a)]
@@ -262,20 +246,36 @@ def _scores_chain(scores: torch.fx.Node, inner: frozenset[torch.fx.Node], probs:
                 raise NotAttention("the scores divide a number")
             if target is aten.sub.Tensor and node.args[1] is leading[0]:
                 raise NotAttention("the scores are subtracted from a term")
-            node = leading[0]
+            source = leading[0]
         elif target is aten.where.self:
             leading = [a for a in node.args[1:] if _reaches_product(a)]
             if len(leading) != 1:
                 raise NotAttention("a where() between Q·Kᵀ and softmax does not select scores against a fill")
-            node = leading[0]
+            source = leading[0]
         elif target in (aten.masked_fill.Scalar, aten.masked_fill.Tensor):
-            node = node.args[0]
+            source = node.args[0]
         else:
             raise NotAttention(f"'{_op_name(node)}' stands between Q·Kᵀ and the softmax")
+        chain.append((node, source))
+        node = source
+
+
+def _check_cast(node: torch.fx.Node) -> None:
+    """A cast on the way is a change of precision only if it stays floating point."""
+    value = _val(node)
+    if node.target in _SAME_VALUES and value is not None and not value.dtype.is_floating_point:
+        raise NotAttention(f"the scores or weights are cast to {value.dtype}")
 
 
 def _same_shape(a: Sequence[Any], b: Sequence[Any]) -> bool:
     return len(a) == len(b) and all(statically_known_true(x == y) for x, y in zip(a, b, strict=True))
+
+
+def _same_layout(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(
+        _same_shape((size_a,), (size_b,)) and (stride_a is None) == (stride_b is None)
+        and (stride_a is None or statically_known_true(stride_a == stride_b))
+        for (size_a, stride_a), (size_b, stride_b) in zip(a, b, strict=True))
 
 
 def _op_name(node: torch.fx.Node) -> str:
@@ -286,24 +286,24 @@ def read_scores(softmax: Softmax, fake_mode: Any) -> tuple[_Scores, _Probe]:
     """The product, scale and terms of the scores a softmax normalizes, and the probe of their layout."""
     product, chain = _scores_chain(softmax.scores, softmax.inner, softmax.probs)
     found = _Scores(product)
+    probe = _Probe(product.meta["val"].shape, fake_mode)
     if product.target is aten.baddbmm.default:
-        alpha = scalar_value(product.kwargs.get("alpha", 1.0))
-        beta = scalar_value(product.kwargs.get("beta", 1.0))
+        alpha = uniform_value(product.kwargs.get("alpha", 1.0))
+        beta = uniform_value(product.kwargs.get("beta", 1.0))
         if alpha is None or beta is None:
             raise NotAttention("baddbmm's alpha or beta is not a number")
         found.scale = alpha
         if beta != 0.0 and not _is_zeros(product.args[0]):
-            found.additive.append((product.args[0], beta, tuple(product.meta["val"].shape)))
-    probe = _Probe(product.meta["val"].shape, fake_mode)
-    for node in chain:
-        target, shape = node.target, tuple(probe.tensor.shape)
+            found.additive.append((product.args[0], beta, probe.layout()))
+    for node, chain_input in chain:
+        target, shape = node.target, probe.layout()
         if target in _LAYOUT:
             probe.replay(node)
         elif target in _SAME_VALUES:
             continue
         elif target in (aten.mul.Tensor, aten.div.Tensor):
-            other = _other(node, _chain_input(node))
-            factor = scalar_value(other)
+            other = _other(node, chain_input)
+            factor = uniform_value(other)
             if factor is None:
                 value = _val(other)
                 if value is not None and value.numel() == 1:
@@ -316,22 +316,24 @@ def read_scores(softmax: Softmax, fake_mode: Any) -> tuple[_Scores, _Probe]:
             if factor <= 0 and found.drops:
                 raise NotAttention("dropped scores are scaled by a non-positive number")
         elif target in (aten.add.Tensor, aten.sub.Tensor):
-            term = _other(node, _chain_input(node))
+            term = _other(node, chain_input)
+            number = uniform_value(term)
+            if (number is not None and math.isfinite(number)) or _is_zeros(term):
+                continue  # the same for every score: softmax does not see it
             if not isinstance(term, torch.fx.Node) or _val(term) is None:
-                raise NotAttention("a number is added to the scores")  # softmax ignores it, but say so
-            if _is_zeros(term):
-                continue
-            alpha = scalar_value(node.kwargs.get("alpha", 1.0)) or 1.0
+                raise NotAttention("something other than a tensor or a finite number is added to the scores")
+            alpha = uniform_value(node.kwargs.get("alpha", 1.0))
+            if alpha is None:
+                raise NotAttention("a term is added to the scores with a tensor alpha")
             found.additive.append((term, alpha if target is aten.add.Tensor else -alpha, shape))
         elif target is aten.where.self:
             condition, kept, filled = node.args
-            chain_input = _chain_input(node)
-            fill = scalar_value(filled if kept is chain_input else kept)
+            fill = uniform_value(filled if kept is chain_input else kept)
             if fill is None or fill > DROPPING_FILL:
                 raise NotAttention("a where() fills scores with something other than a dropping value")
             found.drops.append((condition, kept is not chain_input, shape))
         elif target in (aten.masked_fill.Scalar, aten.masked_fill.Tensor):
-            fill = scalar_value(node.args[2])
+            fill = uniform_value(node.args[2])
             if fill is None or fill > DROPPING_FILL:
                 raise NotAttention("masked_fill fills scores with something other than a dropping value")
             found.drops.append((node.args[1], True, shape))
@@ -344,15 +346,7 @@ def _is_zeros(node: Any) -> bool:
     """A tensor of zeros made in the graph (GPT-NeoX's ``baddbmm`` input): adding it changes nothing."""
     return (isinstance(node, torch.fx.Node) and node.op == "call_function"
             and node.target in (aten.full.default, aten.zeros.default)
-            and (node.target is aten.zeros.default or scalar_value(node.args[1]) == 0.0))
-
-
-def _chain_input(node: torch.fx.Node) -> torch.fx.Node:
-    """The argument of ``node`` the scores flow through (the one computed from the product)."""
-    for arg in node.args:
-        if _reaches_product(arg):
-            return arg
-    raise NotAttention("lost the scores")  # pragma: no cover - the chain was built through this argument
+            and (node.target is aten.zeros.default or uniform_value(node.args[1]) == 0.0))
 
 
 def probs_to_value_product(softmax: Softmax, fake_mode: Any, lead: Sequence[Any], product_shape: Sequence[Any]
@@ -375,6 +369,7 @@ def probs_to_value_product(softmax: Softmax, fake_mode: Any, lead: Sequence[Any]
             return user
         if _is_random(user) or (user.target is aten.mul.Tensor and _random_within(user)):
             raise NotAttention("dropout in training mode between the softmax and P·V; the INT8 kernel has none")
+        _check_cast(user)
         if user.target in _LAYOUT:
             probe.replay(user)
         elif user.target not in _SAME_VALUES:
@@ -513,10 +508,18 @@ def recognise(node: torch.fx.Node, fake_mode: Any) -> Recognised | None:
     value_kv = _repeated_heads(value, lead, False, fake_mode) if key_kv is not None else None
     if value_kv is None:
         key_kv = None  # both or neither: the kernel takes K and V with the same heads
-    additive = tuple((term, coefficient, _same_shape(at, product_shape) and not _same_shape(at, final))
-                     for term, coefficient, at in scores.additive)
-    drops = tuple((mask, true_drops, _same_shape(at, product_shape) and not _same_shape(at, final))
-                  for mask, true_drops, at in scores.drops)
+    final_layout, product_layout = probe.layout(), _Probe(product_shape, fake_mode).layout()
+
+    def in_product_frame(at: tuple) -> bool:
+        """Whether a term met the scores laid out as Q·Kᵀ made them rather than as the softmax reads them."""
+        if _same_layout(at, final_layout):
+            return False
+        if _same_layout(at, product_layout):
+            return True
+        raise NotAttention("a term meets the scores in a layout that is neither Q·Kᵀ's nor the softmax's")
+
+    additive = tuple((term, coefficient, in_product_frame(at)) for term, coefficient, at in scores.additive)
+    drops = tuple((mask, true_drops, in_product_frame(at)) for mask, true_drops, at in scores.drops)
     heads = _heads_layout(lead, bool(additive or drops))
     with fake_mode:
         q_val, kt_val, v_val = (n.meta["val"] for n in (query, key_t, value))

@@ -57,3 +57,29 @@ def test_smoothing_k_leaves_attention_unchanged():
     q, k, v = torch.randn(3, 1, 2, 50, 16, dtype=torch.float64)
     k = k + 5.0
     assert torch.allclose(reference_attention(q, smooth(k), v).out, reference_attention(q, k, v).out, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"qk_granularity": "per_tokens"}, "qk_granularity"),
+                                          ({"v_granularity": "per_chanel"}, "v_granularity"),
+                                          ({"qk_bits": 6}, "qk_bits"), ({"qk_bits": True}, "qk_bits"),
+                                          ({"pv_format": "int4"}, "pv_format")])
+def test_unknown_choices_raise_where_they_enter(kwargs, name):
+    """A misspelt granularity, bit width or format raises at the public entry, naming the setting, instead of
+    falling through to some other granularity."""
+    from intfa_compile.ops import int8_sdpa
+
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(ValueError, match=name):
+        int8_sdpa(q, q, q, **kwargs)
+
+
+def test_config_choices_are_the_ones_the_quantizers_accept():
+    import typing
+
+    from intfa_compile import config
+    from intfa_compile.numerics import PV_FORMATS, QK_BITS, QK_GRANULARITIES, V_GRANULARITIES
+
+    hints = typing.get_type_hints(config)
+    for setting, allowed in (("qk_granularity", QK_GRANULARITIES), ("v_granularity", V_GRANULARITIES),
+                             ("qk_bits", QK_BITS), ("pv_format", PV_FORMATS)):
+        assert set(typing.get_args(hints[setting])) == set(allowed), setting

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from intfa_compile.passes.structural import scalar_value, softmax_at
+from intfa_compile.passes.graph_values import uniform_value
+from intfa_compile.passes.structural import softmax_at
 from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
@@ -163,7 +164,7 @@ def test_an_additive_term_in_the_products_frame_is_laid_out_as_the_softmax_sees_
 
 
 def test_softmax_forms_and_constants_are_recognised_on_a_traced_graph():
-    """``softmax_at`` takes the op forms and the decomposition over the last dimension only; ``scalar_value``
+    """``softmax_at`` takes the op forms and the decomposition over the last dimension only; ``uniform_value``
     reads numbers and one-element constants."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -181,4 +182,27 @@ def test_softmax_forms_and_constants_are_recognised_on_a_traced_graph():
     assert sum(softmax_at(node) is not None for node in graph.nodes) == 1
     graph = make_fx(lambda t: t / torch.full([], 4.0))(x).graph
     (full,) = [n for n in graph.nodes if n.target is torch.ops.aten.full.default]
-    assert scalar_value(full) == 4.0 and scalar_value(2) == 2.0 and scalar_value(True) is None
+    assert uniform_value(full) == 4.0 and uniform_value(2) == 2.0 and uniform_value(True) is None
+
+
+def test_a_term_added_in_another_layout_is_refused_and_a_number_is_ignored():
+    """A bias added while the (square) scores are transposed lands on other positions than one added in the
+    softmax's layout: the matcher refuses it rather than guess. A number added to every score changes nothing
+    the softmax sees: still INT8."""
+    gen = torch.Generator().manual_seed(5)
+    bias = torch.randn(32, 32, generator=gen)
+
+    def transposed_bias(q, k, v):
+        s = (q @ k.transpose(-1, -2) * 0.25).transpose(-1, -2) + bias
+        return s.transpose(-1, -2).softmax(-1) @ v
+
+    eager, compiled, sites = _compile(transposed_bias, *_qkv())
+    site = _only_site(sites)
+    assert site.outcome == "left alone" and "layout" in site.reason
+    assert torch.allclose(compiled, eager, atol=1e-5)
+
+    def plus_number(q, k, v):
+        return (q @ k.transpose(-1, -2) * 0.25 + 3.0).softmax(-1) @ v
+
+    eager, compiled, sites = _compile(plus_number, *_qkv())
+    assert _only_site(sites).outcome == "INT8" and cosine(compiled, eager) >= 0.999
