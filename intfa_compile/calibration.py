@@ -111,12 +111,16 @@ def collect(prepared: torch.nn.Module) -> AttentionScales:
 
 @torch.library.custom_op("intfa::observed_attention", mutates_args=())
 def observed_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool,
-                       scale: float | None, session: str, site: str) -> Tensor:
-    """Calibration stand-in for an attention site: records Q, K, V ranges, returns fp attention."""
+                       scale: float | None, session: str, site: str, scale_factor: Tensor | None = None) -> Tensor:
+    """Calibration stand-in for an attention site: records Q, K, V ranges, returns fp attention. A scale known
+    only at run time is ``scale`` times the 0-d ``scale_factor``; Q's range is recorded without it, as the INT8
+    rewrite quantizes Q before applying it."""
     observers = _sessions[session].observers_for(site)
     observers.q(q)
     observers.k(k)
     observers.v(v)
+    if scale_factor is not None:
+        q = (q.float() * scale_factor.float()).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                                          enable_gqa=q.shape[1] != k.shape[1])
     result = torch.empty_like(q)  # strided like q, as the fake says
@@ -125,7 +129,7 @@ def observed_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
 
 
 @observed_attention.register_fake
-def _observed_attention_fake(q, k, v, attn_mask, is_causal, scale, session, site):
+def _observed_attention_fake(q, k, v, attn_mask, is_causal, scale, session, site, scale_factor=None):
     return torch.empty_like(q)
 
 
@@ -148,6 +152,10 @@ def static_amax(scales: AttentionScales | None, site: str, q: Tensor, k: Tensor)
         log.info("intfa: no static scales for attention site %s; it quantizes with dynamic scales", site)
         return None
     heads_q, heads_k, head_dim = q.shape[1], k.shape[1], k.shape[-1]
+    if not all(isinstance(size, int) for size in (heads_q, heads_k, head_dim)):
+        log.warning("intfa: attention site %s has symbolic head counts or head dim (q %s, k %s); static scales "
+                    "hold one shape, so it quantizes with dynamic scales", site, tuple(q.shape), tuple(k.shape))
+        return None
     v = entry["v"]
     if len(entry["q"]) != heads_q or len(entry["k"]) != heads_k or len(v) != heads_k or len(v[0]) != head_dim:
         log.warning("intfa: static scales for %s do not fit its shapes (q %s, k %s); it quantizes with dynamic "

@@ -63,6 +63,10 @@ def folds_query_scale(attn_mask: object, sm_scale: float) -> bool:
     return attn_mask is None and sm_scale > 0
 
 
+MAX_HEAD_DIM = 256
+"""The largest head dim the INT8 kernel takes (its tiles' registers and shared memory)."""
+
+
 def padded_head_dim(head_dim: int) -> int:
     """The head dim the kernels' tiles use (BLOCK_D): the next power of two, at least 32, the smallest
     reduction an INT8 tensor-core GEMM takes."""

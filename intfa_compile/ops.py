@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .cpu_attention import int8_flash_attention_cpu
-from .numerics import KV_BLOCK_AUTOTUNE, KV_BLOCK_SIZES, P_SCALE_MODES, normalize_pv_format
+from .exact_fallback import exact_attention
+from .numerics import KV_BLOCK_AUTOTUNE, KV_BLOCK_SIZES, MAX_HEAD_DIM, P_SCALE_MODES, normalize_pv_format
 from .quantize import (
     K_BLOCK_TOKENS,
     Q_BLOCK_TOKENS,
@@ -35,6 +37,36 @@ def mask_broadcasts_to(mask_shape: Sequence[int], scores_shape: Sequence[int]) -
     if len(mask_shape) > len(scores_shape):
         return False
     return all(m in (1, s) for m, s in zip(reversed(mask_shape), reversed(scores_shape), strict=False))
+
+
+def mask_never_broadcasts(mask_shape: Sequence[Any], scores_shape: Sequence[Any]) -> bool:
+    """Whether a mask of ``mask_shape`` cannot expand to ``scores_shape`` whatever values symbolic sizes take
+    (a size known to be neither 1 nor the scores')."""
+    if len(mask_shape) > len(scores_shape):
+        return True
+    return any(statically_known_true(m != 1) and statically_known_true(m != s)
+               for m, s in zip(reversed(mask_shape), reversed(scores_shape), strict=False))
+
+
+def kernel_shape_problem(q_shape: Sequence[Any], k_shape: Sequence[Any], v_shape: Sequence[Any]
+                         ) -> tuple[str | None, bool]:
+    """Whether the INT8 kernel takes q, k, v of these (B, H, N, D) shapes: (the reason it cannot for any value
+    of their symbols, or None; True if it can for every value). Plain sizes decide at once; symbolic ones
+    (dynamic shapes) may leave it open, and then the op decides when it runs (``exact_*`` arguments). No guard
+    is added."""
+    conditions = (
+        (q_shape[-1] == v_shape[-1], f"value head dim {v_shape[-1]} differs from query head dim {q_shape[-1]}"),
+        (q_shape[-1] <= MAX_HEAD_DIM, f"head dim {q_shape[-1]} is above the INT8 kernel's {MAX_HEAD_DIM}"),
+        (q_shape[-1] == k_shape[-1], f"key head dim {k_shape[-1]} differs from query head dim {q_shape[-1]}"),
+        (q_shape[0] == k_shape[0], f"query batch {q_shape[0]} differs from key batch {k_shape[0]}"),
+        (q_shape[1] % k_shape[1] == 0, f"{q_shape[1]} query heads are not a multiple of {k_shape[1]} KV heads"),
+        *((k == v, f"key {tuple(k_shape)} and value {tuple(v_shape)} shapes differ")
+          for k, v in zip(k_shape, v_shape, strict=True)),
+    )
+    for condition, reason in conditions:
+        if statically_known_true(torch.sym_not(condition)):
+            return reason, False
+    return None, all(statically_known_true(condition) for condition, _ in conditions)
 
 
 def _check(
@@ -80,9 +112,14 @@ def _check(
         raise ValueError(f"attn_mask {tuple(attn_mask.shape)} does not broadcast to the scores")
 
 
-def _empty_out(q: Tensor, out_dtype: torch.dtype) -> Tensor:
-    # Same strides as q, so a (B, N, H, D)-major query gives a (B, N, H, D)-major output, as SDPA does.
-    return torch.empty_like(q, dtype=out_dtype)
+def _empty_out(q: Tensor, out_dtype: torch.dtype, exact_value: Tensor | None = None) -> Tensor:
+    """The op's output. Strided like q, so a (B, N, H, D)-major query gives a (B, N, H, D)-major output, as SDPA
+    does; where the shapes were symbolic at compile time (``exact_value`` given) it is contiguous with value's
+    head dim instead, the one layout the compile-time description and the run can agree on whatever the sizes
+    turn out to be."""
+    if exact_value is None:
+        return torch.empty_like(q, dtype=out_dtype)
+    return q.new_empty((*q.shape[:-1], exact_value.shape[-1]), dtype=out_dtype)
 
 
 @torch.library.custom_op("intfa::int8_attention", mutates_args=())
@@ -102,6 +139,10 @@ def int8_attention(
     window_left: int = -1,
     kv_block: int = 0,
     tma: bool = False,
+    exact_query: Tensor | None = None,
+    exact_key: Tensor | None = None,
+    exact_value: Tensor | None = None,
+    scale_factor: Tensor | None = None,
 ) -> Tensor:
     """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs (INT-FlashAttention, Chen et al. 2024).
 
@@ -118,12 +159,25 @@ def int8_attention(
     ``KV_BLOCK_SIZES``, 0 for ``numerics.default_kv_block`` (a rule of shapes, the same on every device), or
     ``KV_BLOCK_AUTOTUNE`` to let the CUDA kernel's autotuner pick by timing (elsewhere the rule). ``tma``
     loads K and V through Hopper's tensor memory accelerator where the layout allows (a launch detail of the
-    CUDA kernel: the result is the same; ignored elsewhere). Returns ``out_dtype``, strided like q.
+    CUDA kernel: the result is the same; ignored elsewhere). ``exact_query``, ``exact_key``, ``exact_value``:
+    the 16/32-bit tensors the INT8 inputs were quantized from, and ``scale_factor`` the 0-d factor of a scale
+    known only at run time (already folded into q_scale; the softmax scale is ``sm_scale`` times it), given
+    where the shapes were symbolic at compile time: if the kernel turns out unable to take them (a head dim
+    above ``MAX_HEAD_DIM``, value's head dim other than query's: ``kernel_shape_problem``) the op computes the
+    attention exactly from them (``exact_fallback``). Returns ``out_dtype``, strided like q.
     """
+    if (exact_query is None) != (exact_value is None) or (exact_query is None) != (exact_key is None):
+        raise ValueError("exact_query, exact_key and exact_value come together")
+    out = _empty_out(q, out_dtype, exact_value)
+    if exact_query is not None:
+        problem, _ = kernel_shape_problem(q.shape, k.shape, v.shape)
+        if problem is not None:
+            exact = exact_query, exact_key, exact_value, scale_factor
+            out.copy_(exact_attention(exact, attn_mask, is_causal, sm_scale, causal_offset, window_left, problem))
+            return out
     _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block)
     if window_left >= 0 and not is_causal:
         raise ValueError("window_left is a sliding window behind the causal diagonal: it needs is_causal=True")
-    out = _empty_out(q, out_dtype)
     if q.device.type == "cuda":
         # Imported here: Triton reads TRITON_INTERPRET when the kernel is defined.
         from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
@@ -151,8 +205,48 @@ def _int8_attention_fake(
     window_left: int = -1,
     kv_block: int = 0,
     tma: bool = False,
+    exact_query: Tensor | None = None,
+    exact_key: Tensor | None = None,
+    exact_value: Tensor | None = None,
+    scale_factor: Tensor | None = None,
 ) -> Tensor:
-    return _empty_out(q, out_dtype)
+    return _empty_out(q, out_dtype, exact_value)
+
+
+def scale_and_factor(scale: Any, query: Tensor) -> tuple[float, Tensor | None]:
+    """The op's ``sm_scale`` (a Python float) and, for a scale known only at run time, a 0-d fp32 factor that
+    multiplies it: a one-element tensor (a learned temperature, a scale computed from sizes), a symbolic float,
+    or the default 1/√D of a symbolic head dim (``torch.compile(..., dynamic=True)``)."""
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    if isinstance(scale, bool):
+        raise TypeError("scale must be a number, a one-element tensor or None, got a bool")
+    if isinstance(scale, (int, float)):
+        return float(scale), None
+    if isinstance(scale, Tensor):
+        if not statically_known_true(scale.numel() == 1):
+            raise ValueError(f"a tensor scale must hold one number, got shape {tuple(scale.shape)}")
+        return 1.0, scale.reshape(()).to(device=query.device, dtype=torch.float32)
+    if isinstance(scale, (torch.SymFloat, torch.SymInt)):
+        return 1.0, torch.scalar_tensor(scale, dtype=torch.float32, device=query.device)
+    raise TypeError(f"scale must be a number, a one-element tensor or None, got {type(scale).__name__}")
+
+
+def fold_factor(q_int8: Tensor, q_scale: Tensor, factor: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Q's integers and scales with a run-time scale factor folded in: the kernel multiplies Q·Kᵀ by the query
+    scale, so |factor| joins it, and a negative factor flips the integers' signs (symmetric: ±127 stay in
+    range), keeping every query scale ≥ 0 as the kernel's folded exponent needs."""
+    if factor is None:
+        return q_int8, q_scale
+    return torch.where(factor < 0, -q_int8, q_int8), q_scale * factor.abs()
+
+
+def _exact_inputs(query: Tensor, key: Tensor, value: Tensor, factor: Tensor | None) -> dict[str, Tensor | None]:
+    """The op's ``exact_*`` arguments where symbolic shapes leave open whether the kernel takes them (a head dim
+    may turn out above its limit when the op runs); nothing where it is decided (the rewrite checked it)."""
+    if kernel_shape_problem(query.shape, key.shape, value.shape)[1]:
+        return {}
+    return {"exact_query": query, "exact_key": key, "exact_value": value, "scale_factor": factor}
 
 
 def int8_sdpa(
@@ -161,7 +255,7 @@ def int8_sdpa(
     value: Tensor,
     attn_mask: Tensor | None = None,
     is_causal: bool = False,
-    scale: float | None = None,
+    scale: float | Tensor | None = None,
     pv_format: str = "int8",
     p_scale: str = "fixed",
     *,
@@ -183,14 +277,14 @@ def int8_sdpa(
     ``quantize_pv`` is its deprecated spelling), then calls ``intfa::int8_attention`` (or ``attention_op``,
     an op of the same signature). ``causal_offset`` moves the causal diagonal and ``window_left``
     limits how far back a query sees, ``kv_block`` fixes the keys per block, ``tma`` picks the CUDA kernel's
-    load path (see the op). This is what
-    the compiler passes insert in place of attention.
+    load path (see the op). ``scale`` may also be a one-element tensor (or, in a traced graph, a symbolic float):
+    it then joins Q's quantization scales (``fold_factor``). This is what the compiler passes insert in place
+    of attention.
     """
-    sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
-    if smooth_k:
-        key = smooth(key)
-    q_int8, q_scale = quantize_qk(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS)
-    k_int8, k_scale = quantize_qk(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
+    sm_scale, factor = scale_and_factor(scale, query)
+    exact = _exact_inputs(query, key, value, factor)
+    q_int8, q_scale = fold_factor(*quantize_qk(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS), factor)
+    k_int8, k_scale = quantize_qk(smooth(key) if smooth_k else key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
     pv_format = normalize_pv_format(pv_format, quantize_pv)
     if pv_format == "fp16":
         v_in, v_scale = value, None
@@ -199,8 +293,8 @@ def int8_sdpa(
         v_in, v_scale = quantize(value, v_granularity)
         v_in = sequence_major(v_in)
     op = attention_op or torch.ops.intfa.int8_attention
-    return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, float(sm_scale), p_scale,
-              query.dtype, causal_offset, window_left, kv_block, tma)
+    return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale,
+              query.dtype, causal_offset, window_left, kv_block, tma, **exact)
 
 
 def int8_sdpa_static(
@@ -209,7 +303,7 @@ def int8_sdpa_static(
     value: Tensor,
     attn_mask: Tensor | None,
     is_causal: bool,
-    scale: float | None,
+    scale: float | Tensor | None,
     q_amax: Tensor,
     k_amax: Tensor,
     v_amax: Tensor,
@@ -227,8 +321,9 @@ def int8_sdpa_static(
     Quantization is elementwise only (values beyond the calibrated range saturate), so no reduction
     over the inputs runs per call.
     """
-    sm_scale = scale if scale is not None else query.shape[-1] ** -0.5
-    q_int8, q_scale = quantize_static(query, q_amax[:, None, None], qk_bits)
+    sm_scale, factor = scale_and_factor(scale, query)
+    exact = _exact_inputs(query, key, value, factor)
+    q_int8, q_scale = fold_factor(*quantize_static(query, q_amax[:, None, None], qk_bits), factor)
     k_int8, k_scale = quantize_static(key, k_amax[:, None, None], qk_bits)
     pv_format = normalize_pv_format(pv_format)
     if pv_format == "int8":
@@ -241,4 +336,4 @@ def int8_sdpa_static(
         v_in, v_scale = value, None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
-              float(sm_scale), p_scale, query.dtype, causal_offset, window_left, kv_block, tma)
+              sm_scale, p_scale, query.dtype, causal_offset, window_left, kv_block, tma, **exact)

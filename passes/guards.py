@@ -6,11 +6,10 @@ from typing import Any
 
 import torch
 
-from intfa_compile.ops import mask_broadcasts_to
+from intfa_compile.ops import kernel_shape_problem, mask_never_broadcasts
 
 from .attention_site import AttentionSite
 
-MAX_HEAD_DIM = 256
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -27,23 +26,19 @@ def unsupported_reason(site: AttentionSite) -> str | None:
         return f"q, k, v are {q.dim()}-D; the INT8 kernel takes (B, H, N, D)"
     if q.dtype not in FLOAT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"dtypes {q.dtype}, {k.dtype}, {v.dtype}; the INT8 kernel takes one of fp16, bf16, fp32"
-    head_dim, v_head_dim = q.shape[-1], v.shape[-1]
-    if head_dim != v_head_dim:
-        return f"value head dim {v_head_dim} differs from query head dim {head_dim}"
-    if not isinstance(head_dim, int) or head_dim > MAX_HEAD_DIM:
-        return f"head dim {head_dim} is above the INT8 kernel's {MAX_HEAD_DIM}"
-    heads_q, heads_k = q.shape[1], k.shape[1]
-    if heads_q % heads_k != 0:
-        return f"{heads_q} query heads are not a multiple of {heads_k} KV heads"
-    if k.shape != v.shape:
-        return f"key {tuple(k.shape)} and value {tuple(v.shape)} shapes differ"
+    # Symbolic sizes (dynamic shapes) are refused only for what fails whatever values they take; what they
+    # leave open the op decides when it runs, computing exactly where the kernel cannot (exact_fallback).
+    reason, _ = kernel_shape_problem(q.shape, k.shape, v.shape)
+    if reason is not None:
+        return reason
+    heads_q = q.shape[1]
     if site.attn_mask is not None:
         mask = site.mask_tensor
         if mask is None:
             return "the mask has no shape information"
         if mask.dtype != torch.bool and mask.dtype not in FLOAT_DTYPES:
             return f"mask dtype {mask.dtype} is neither bool nor floating"
-        if not mask_broadcasts_to(mask.shape, (q.shape[0], heads_q, q.shape[2], k.shape[2])):
+        if mask_never_broadcasts(mask.shape, (q.shape[0], heads_q, q.shape[2], k.shape[2])):
             return f"mask shape {tuple(mask.shape)} does not broadcast to the scores"
     return None
 

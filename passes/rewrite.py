@@ -11,8 +11,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from intfa_compile.calibration import static_amax
+from intfa_compile.exact_fallback import band_mask
 from intfa_compile.numerics import KV_BLOCK_AUTOTUNE
-from intfa_compile.ops import int8_sdpa, int8_sdpa_static
+from intfa_compile.ops import int8_sdpa, int8_sdpa_static, scale_and_factor
 from intfa_compile.sites import COUNTER_OF_PV_FORMAT, LEFT_ALONE, OUTCOME_OF_PV_FORMAT, record, retract
 
 from .attention_site import AttentionSite
@@ -172,7 +173,7 @@ def decide(site: AttentionSite) -> bool:
 
 
 def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
-                   is_causal: bool, scale: float | None, causal_offset: int = 0, window_left: int = -1
+                   is_causal: bool, scale: float | torch.Tensor | None, causal_offset: int = 0, window_left: int = -1
                    ) -> torch.Tensor:
     """What replaces a site: quantization and ``intfa::int8_attention`` under the settings in force."""
     s = current_settings()
@@ -182,7 +183,9 @@ def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         if is_causal and (causal_offset != 0 or window_left >= 0):  # SDPA's is_causal is top-left, unbounded
             attn_mask = band_mask(query.shape[-2], key.shape[-2], causal_offset, window_left, query.device)
             is_causal = False
-        return torch.ops.intfa.observed_attention(query, key, value, attn_mask, is_causal, scale, s["calibrate"], name)
+        sm_scale, factor = scale_and_factor(scale, query)
+        return torch.ops.intfa.observed_attention(query, key, value, attn_mask, is_causal, sm_scale, s["calibrate"],
+                                                  name, factor)
     op = _attention_op(query, s)
     kv_block = {"auto": 0, "tune": KV_BLOCK_AUTOTUNE}.get(s["kv_block_size"], s["kv_block_size"])
     ranges = static_amax(s["scales"], name, query, key)
@@ -199,17 +202,10 @@ def int8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
                      kv_block=kv_block, tma=s["tma_loads"])
 
 
-def band_mask(n_q: int, n_k: int, causal_offset: int, window_left: int, device: torch.device) -> torch.Tensor:
-    """The boolean (n_q, n_k) mask of what ``is_causal`` with ``causal_offset`` and ``window_left`` keeps."""
-    keep = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(causal_offset)
-    if window_left >= 0:
-        keep = keep.triu(causal_offset - window_left)
-    return keep
-
-
 def _attention_op(query: torch.Tensor, settings: dict[str, Any]) -> Any:
     """The INT8 op to insert: the triton_op Inductor traces into, on CUDA when configured; else the custom op."""
-    if settings["cuda_lowering"] == "triton_op" and query.device.type == "cuda":
+    # The triton_op is traced at compile time with the head dim as its tile size: a symbolic one keeps the custom op.
+    if settings["cuda_lowering"] == "triton_op" and query.device.type == "cuda" and isinstance(query.shape[-1], int):
         import intfa_compile.kernels.triton_op  # noqa: F401  (registers intfa::int8_attention_triton)
 
         return torch.ops.intfa.int8_attention_triton

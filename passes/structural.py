@@ -35,6 +35,7 @@ from .attention_site import AttentionSite
 from .causal_masks import fold_causal_mask
 from .graph_values import uniform_value
 from .rewrite import decide, forget_last_approved, int8_attention, rewrite_failed
+from .symbolic_sizes import SizeNodes, is_symbolic, value_users
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -88,6 +89,8 @@ def softmax_at(node: torch.fx.Node, exact: bool = True) -> Softmax | None:
         return None
     if node.target in _SOFTMAX_OPS:
         return Softmax(node.args[0], node, frozenset()) if _last_dim(node.args[1], value.dim()) else None
+    if node.target is aten.where.self:
+        return _safe_softmax_at(node, exact)
     if node.target is not aten.div.Tensor or len(node.args) != 2:
         return None
     exp, total = node.args
@@ -104,6 +107,31 @@ def softmax_at(node: torch.fx.Node, exact: bool = True) -> Softmax | None:
     if not (isinstance(peak, torch.fx.Node) and peak.target is aten.amax.default and peak.args[0] is scores):
         return None
     return Softmax(scores, node, frozenset((exp, total, shifted, peak)))
+
+
+def _safe_softmax_at(node: torch.fx.Node, exact: bool) -> Softmax | None:
+    """``_safe_softmax`` decomposed (SDPA's math path): where(no key of the row is kept, 0, softmax(x)), the row
+    test read from x as ``logical_not(any(logical_not(x == −inf)))``. The INT8 kernel gives such rows 0 too."""
+    condition, zeros, probs = node.args
+    if uniform_value(zeros) != 0.0 or not isinstance(probs, torch.fx.Node) or probs.target is aten.where.self:
+        return None
+    inner = softmax_at(probs, exact)
+    if inner is None or not isinstance(condition, torch.fx.Node):
+        return None
+    test = [condition]
+    for target in (aten.logical_not.default, aten.any.dim, aten.logical_not.default, aten.eq.Scalar):
+        node_in_test = test[-1]
+        if not isinstance(node_in_test, torch.fx.Node) or node_in_test.target is not target:
+            return None
+        if target is aten.any.dim and not _last_dim(node_in_test.args[1], _val(node_in_test).dim()):
+            return None
+        if target is aten.eq.Scalar:
+            break
+        test.append(node_in_test.args[0])
+    compared = test[-1]
+    if compared.args[0] is not inner.scores or compared.args[1] != float("-inf"):
+        return None
+    return Softmax(inner.scores, node, frozenset({*inner.inner, inner.probs, *test, zeros}))
 
 
 def _reaches_product(node: Any, depth: int = 16) -> bool:
@@ -211,6 +239,11 @@ class _Scores:
     """(term, coefficient, layout of the scores where it was added: ``_Probe.layout``)."""
     drops: list[tuple[torch.fx.Node, bool, tuple]] = field(default_factory=list)
     """(boolean mask, True if True drops a score, layout of the scores where it applied)."""
+    factors: list[tuple[torch.fx.Node, int]] = field(default_factory=list)
+    """Parts of the scale known only at run time, (node, +1 if it multiplies, −1 if it divides): a one-element
+    tensor (a learned temperature, √D computed from a symbolic size) or a symbolic float."""
+    region: set[torch.fx.Node] = field(default_factory=set)
+    """The product and the ops from it to the softmax: what the rewrite removes."""
 
 
 def _other(node: torch.fx.Node, chain: torch.fx.Node) -> Any:
@@ -227,7 +260,7 @@ def _scores_chain(scores: torch.fx.Node, inner: frozenset[torch.fx.Node], probs:
     while True:
         if not isinstance(node, torch.fx.Node) or node.op != "call_function":
             raise NotAttention("the softmax input does not come from a matrix product")
-        if any(user not in allowed_users for user in node.users):
+        if any(user not in allowed_users for user in value_users(node)):
             raise NotAttention("the scores are also used elsewhere")
         if node.target in _PRODUCTS:
             return node, chain[::-1]
@@ -285,7 +318,7 @@ def _op_name(node: torch.fx.Node) -> str:
 def read_scores(softmax: Softmax, fake_mode: Any) -> tuple[_Scores, _Probe]:
     """The product, scale and terms of the scores a softmax normalizes, and the probe of their layout."""
     product, chain = _scores_chain(softmax.scores, softmax.inner, softmax.probs)
-    found = _Scores(product)
+    found = _Scores(product, region={product, *(node for node, _ in chain)})
     probe = _Probe(product.meta["val"].shape, fake_mode)
     if product.target is aten.baddbmm.default:
         alpha = uniform_value(product.kwargs.get("alpha", 1.0))
@@ -305,11 +338,12 @@ def read_scores(softmax: Softmax, fake_mode: Any) -> tuple[_Scores, _Probe]:
             other = _other(node, chain_input)
             factor = uniform_value(other)
             if factor is None:
-                value = _val(other)
-                if value is not None and value.numel() == 1:
-                    raise NotAttention("the scale is a one-element tensor computed at run time (a symbolic size "
-                                       "under dynamic shapes, or a learned temperature); the rewrite needs a number")
-                raise NotAttention("the scores are multiplied by a tensor, not a number")
+                if not _run_time_number(other):
+                    raise NotAttention("the scores are multiplied by a tensor, not a number")
+                if found.additive or found.drops:
+                    raise NotAttention("a term is added to the scores before a scale known only at run time")
+                found.factors.append((other, 1 if target is aten.mul.Tensor else -1))
+                continue
             factor = factor if target is aten.mul.Tensor else 1.0 / factor
             found.scale *= factor
             found.additive = [(term, coefficient * factor, at) for term, coefficient, at in found.additive]
@@ -342,6 +376,17 @@ def read_scores(softmax: Softmax, fake_mode: Any) -> tuple[_Scores, _Probe]:
     return found, probe
 
 
+def _run_time_number(node: Any) -> bool:
+    """A number the graph computes when it runs: a one-element floating tensor or a symbolic float or int."""
+    if not isinstance(node, torch.fx.Node):
+        return False
+    value = node.meta.get("val")
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return True
+    return (isinstance(value, torch.Tensor) and value.dtype.is_floating_point
+            and statically_known_true(value.numel() == 1))
+
+
 def _is_zeros(node: Any) -> bool:
     """A tensor of zeros made in the graph (GPT-NeoX's ``baddbmm`` input): adding it changes nothing."""
     return (isinstance(node, torch.fx.Node) and node.op == "call_function"
@@ -350,13 +395,13 @@ def _is_zeros(node: Any) -> bool:
 
 
 def probs_to_value_product(softmax: Softmax, fake_mode: Any, lead: Sequence[Any], product_shape: Sequence[Any]
-                           ) -> torch.fx.Node:
-    """The product P·V the probabilities feed as left operand, checking on the way that it receives them laid
-    out as Q·Kᵀ produced them (``product_shape``)."""
-    node = softmax.probs
+                           ) -> tuple[torch.fx.Node, list[torch.fx.Node]]:
+    """The product P·V the probabilities feed as left operand, and the ops on the way to it; checks that it
+    receives them laid out as Q·Kᵀ produced them (``product_shape``)."""
+    node, walked = softmax.probs, []
     probe = _Probe([*lead, *node.meta["val"].shape[-2:]], fake_mode)
     while True:
-        users = list(node.users)
+        users = value_users(node)
         if len(users) != 1:
             raise NotAttention("its attention weights are also used elsewhere (returned by the model or saved "
                                "for backward)")
@@ -366,7 +411,7 @@ def probs_to_value_product(softmax: Softmax, fake_mode: Any, lead: Sequence[Any]
                 raise NotAttention("the attention weights are the right operand of their product")
             if not probe.row_major() or not _same_shape(probe.tensor.shape, product_shape):
                 raise NotAttention("the attention weights are re-laid out before P·V")
-            return user
+            return user, walked
         if _is_random(user) or (user.target is aten.mul.Tensor and _random_within(user)):
             raise NotAttention("dropout in training mode between the softmax and P·V; the INT8 kernel has none")
         _check_cast(user)
@@ -374,6 +419,7 @@ def probs_to_value_product(softmax: Softmax, fake_mode: Any, lead: Sequence[Any]
             probe.replay(user)
         elif user.target not in _SAME_VALUES:
             raise NotAttention(f"'{_op_name(user)}' stands between the softmax and P·V")
+        walked.append(user)
         node = user
 
 
@@ -435,6 +481,29 @@ class Recognised:
     kv_heads_found: tuple[bool, bool] = (False, False)
     """Whether the site's key and value are the un-repeated (B, Hk, N, D) tensors behind repeated heads (GQA)
     rather than the products' operands."""
+    factors: tuple[tuple[torch.fx.Node, int], ...] = ()
+    """Parts of the scale known only at run time: (node, +1 multiplies / −1 divides)."""
+    region: frozenset[torch.fx.Node] = frozenset()
+    """The nodes from Q·Kᵀ to P·V that the rewrite removes."""
+
+    @property
+    def inputs(self) -> list[torch.fx.Node]:
+        """The nodes the replacement reads: q, k, v, the terms of the mask (unless folded into causality) and
+        the run-time scale factors."""
+        inputs = [self.site.query, self.site.key, self.site.value]
+        if self.site.attn_mask is not None and not self.site.is_causal:
+            inputs += [t for t, _, _ in self.additive] + [m for m, _, _ in self.drops]
+        return inputs + [node for node, _ in self.factors]
+
+    def symbolic_sizes(self) -> list[torch.SymInt]:
+        """The symbolic sizes the replacement needs beyond its inputs' shapes: the batch dimensions and the
+        output's shape (distinct by value)."""
+        heads = _heads_layout(self.lead, bool(self.additive or self.drops))
+        sizes: list[torch.SymInt] = []
+        for size in (*heads, *self.lead, *self.value_product.meta["val"].shape):
+            if is_symbolic(size) and not any(statically_known_true(size == seen) for seen in sizes):
+                sizes.append(size)
+        return sizes
 
 
 def _heads_layout(lead: tuple[int, ...], masked: bool) -> tuple[int, int]:
@@ -494,11 +563,8 @@ def recognise(node: torch.fx.Node, fake_mode: Any) -> Recognised | None:
     if not probe.row_major() or not _same_shape(final[-2:], product_shape[-2:]):
         raise NotAttention("the softmax does not run over each query's keys as Q·Kᵀ laid them out")
     lead = final[:-2]
-    value_product = probs_to_value_product(softmax, fake_mode, lead, product_shape)
-    if not all(isinstance(size, int) for size in lead):
-        raise NotAttention("symbolic batch or head counts (dynamic shapes) are not supported by the structural "
-                           "matcher yet")
-    lead = tuple(int(size) for size in lead)
+    value_product, walked = probs_to_value_product(softmax, fake_mode, lead, product_shape)
+    lead = tuple(lead)
     if scores.product.target is aten.baddbmm.default:
         query, key_t = scores.product.args[1], scores.product.args[2]
     else:
@@ -542,8 +608,13 @@ def recognise(node: torch.fx.Node, fake_mode: Any) -> Recognised | None:
     if len(terms) == 1 and not (additive and (additive[0][1] != 1.0 or additive[0][2])) and not (
             drops and drops[0][2]):
         site = fold_causal_mask(site, drops=bool(drops) and drops[0][1])
-    return Recognised(site, value_product, scores.scale, lead, additive, drops,
-                      (key_kv is not None, value_kv is not None))
+    region = frozenset({*scores.region, *softmax.inner, softmax.probs, *walked, value_product})
+    found = Recognised(site, value_product, scores.scale, lead, additive, drops,
+                       (key_kv is not None, value_kv is not None), tuple(scores.factors), region)
+    if not SizeNodes(node.graph, found.inputs).readable(found.symbolic_sizes()):
+        raise NotAttention("a symbolic size of the attention (its batch or head count) is held by no tensor the "
+                           "INT8 op reads")
+    return found
 
 
 def _describe(product: torch.fx.Node, softmax: Softmax, additive: Sequence, drops: Sequence,
@@ -558,38 +629,73 @@ def _describe(product: torch.fx.Node, softmax: Softmax, additive: Sequence, drop
     return f"hand-written ({', '.join(parts)})"
 
 
+@dataclass(frozen=True)
+class SymbolSlot:
+    """A symbolic size the traced replacement receives as its input number ``index`` among the sizes."""
+
+    index: int
+
+
 def replace(graph: torch.fx.Graph, found: Recognised, fake_mode: Any) -> None:
-    """Replace the attention ``found`` describes by the INT8 op, traced and inlined before its P·V product."""
+    """Replace the attention ``found`` describes by the INT8 op, traced and inlined before its P·V product.
+
+    The replacement is traced on the inputs' fake values; symbolic sizes it needs beyond their shapes (the
+    head count of a (B·H, N, D) operand, the output's shape) are inputs too, read from the graph (``SizeNodes``)."""
     site = found.site
     heads = _heads_layout(found.lead, bool(found.additive or found.drops))
     masked = site.attn_mask is not None and not site.is_causal
-    inputs = [site.query, site.key, site.value]
-    if masked:
-        inputs += [t for t, _, _ in found.additive] + [m for m, _, _ in found.drops]
-    out_shape = found.value_product.meta["val"].shape
+    inputs = found.inputs
+    n_tensors, n_terms = 3, len(inputs) - 3 - len(found.factors)
+    symbols = found.symbolic_sizes()
+    sizes = SizeNodes(graph, inputs)
+    size_nodes = [sizes.node(symbol) for symbol in symbols]
 
-    def replacement(query: torch.Tensor, key_t: torch.Tensor, value: torch.Tensor, *terms: torch.Tensor
-                    ) -> torch.Tensor:
-        q4 = query.reshape(*heads, *query.shape[-2:])
+    def slots(extents: Sequence[Any]) -> list[Any]:
+        """Each extent as a number, or the index of the traced input that stands for it (resolved here: a
+        comparison of symbols inside the trace would be traced too)."""
+        return [extent if not is_symbolic(extent) else SymbolSlot(next(
+            i for i, symbol in enumerate(symbols) if statically_known_true(extent == symbol))) for extent in extents]
+
+    lead_slots, heads_slots = slots(found.lead), slots(heads)
+    out_slots = slots(found.value_product.meta["val"].shape)
+
+    def replacement(*args: Any) -> torch.Tensor:
+        query, key_t, value = args[:n_tensors]
+        terms = args[n_tensors:n_tensors + n_terms]
+        factors = args[n_tensors + n_terms:len(inputs)]
+        bound = args[len(inputs):]
+
+        def sizes_of(extents: list[Any]) -> tuple[Any, ...]:
+            return tuple(bound[e.index] if isinstance(e, SymbolSlot) else e for e in extents)
+
+        lead, batch_heads = sizes_of(lead_slots), sizes_of(heads_slots)
+        q4 = query.reshape(*batch_heads, *query.shape[-2:])
         if found.kv_heads_found[0]:
             k4, v4 = key_t, value
         else:
-            k4 = key_t.transpose(-1, -2).reshape(*heads, key_t.shape[-1], key_t.shape[-2])
-            v4 = value.reshape(*heads, *value.shape[-2:])
+            k4 = key_t.transpose(-1, -2).reshape(*batch_heads, key_t.shape[-1], key_t.shape[-2])
+            v4 = value.reshape(*batch_heads, *value.shape[-2:])
         mask = None
         if masked:
             n = len(found.additive)
             mask = combined_mask([(t, c, p) for t, (_, c, p) in zip(terms[:n], found.additive, strict=True)],
                                  [(m, d, p) for m, (_, d, p) in zip(terms[n:], found.drops, strict=True)],
-                                 found.lead, q4.shape[-2], k4.shape[-2], q4.dtype)
-        out = int8_attention(q4, k4, v4, mask, site.is_causal, found.scale, site.causal_offset, site.window_left)
-        return out.reshape(out_shape)
+                                 lead, q4.shape[-2], k4.shape[-2], q4.dtype)
+        scale: Any = found.scale
+        if factors:
+            scale = torch.scalar_tensor(found.scale, dtype=torch.float32, device=query.device)
+            for factor, (_, power) in zip(factors, found.factors, strict=True):
+                part = factor.reshape(()).float() if isinstance(factor, torch.Tensor) else torch.scalar_tensor(
+                    factor, dtype=torch.float32, device=query.device)
+                scale = scale * part if power > 0 else scale / part
+        out = int8_attention(q4, k4, v4, mask, site.is_causal, scale, site.causal_offset, site.window_left)
+        return out.reshape(sizes_of(out_slots))
 
     with fake_mode:
-        traced = fwd_only(replacement, [n.meta["val"] for n in inputs])
+        traced = fwd_only(replacement, [n.meta["val"] for n in inputs] + symbols)
     env: dict[torch.fx.Node, Any] = {}
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-    env.update(zip(placeholders, inputs, strict=True))
+    env.update(zip(placeholders, inputs + size_nodes, strict=True))
     result = None
     with graph.inserting_before(found.value_product):
         for node in traced.graph.nodes:
@@ -602,6 +708,7 @@ def replace(graph: torch.fx.Graph, found: Recognised, fake_mode: Any) -> None:
                 raise NotAttention("the replacement holds a constant tensor")  # never: it builds none
             env[node] = graph.node_copy(node, lambda arg: env[arg])
     found.value_product.replace_all_uses_with(result)
+    sizes.rehome_size_queries(found.region)
 
 
 def rewrite_attention(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, str]]:
@@ -613,7 +720,7 @@ def rewrite_attention(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, str]]:
     for node in list(graph.nodes):
         if node.op != "call_function" or _val(node) is None:
             continue
-        if node.target not in _SOFTMAX_OPS and node.target is not aten.div.Tensor:
+        if node.target not in _SOFTMAX_OPS and node.target not in (aten.div.Tensor, aten.where.self):
             continue
         fake_mode = detect_fake_mode([node.meta["val"]])
         forget_last_approved()

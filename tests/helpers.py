@@ -105,6 +105,10 @@ def cosine(a: Tensor, b: Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
+NO_EXACT_INPUTS = r"(, (exact_query=)?None, (exact_key=)?None, (exact_value=)?None, (scale_factor=)?None)?"
+"""The tail of an ``int8_attention`` call in Inductor's code for a site compiled with plain sizes: its
+exact-fallback inputs absent (Inductor may write the defaults out)."""
+
 P_STEP = 1.0 / INT8_MAX
 
 
