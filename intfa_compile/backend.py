@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch._inductor.compile_fx import compile_fx
@@ -12,10 +12,13 @@ from torch._inductor.compile_fx import compile_fx
 from . import config
 from .sites import module_paths_of
 
+if TYPE_CHECKING:
+    from intfa_compile.passes.context import CompileContext
+
 log = logging.getLogger("intfa_compile")
 
 
-def _inductor_patches(settings: dict[str, Any], mode: str | None) -> dict[str, Any]:
+def _inductor_patches(context: CompileContext, mode: str | None) -> dict[str, Any]:
     from torch._inductor import config as inductor_config
     from torch._inductor import list_mode_options
 
@@ -24,23 +27,24 @@ def _inductor_patches(settings: dict[str, Any], mode: str | None) -> dict[str, A
     patches: dict[str, Any] = {}
     if mode not in (None, "default"):
         patches.update(list_mode_options(mode))
-    for slot, ours in (("joint_custom_pre_pass", IntfaStructuralPass(settings)),
-                       ("post_grad_custom_post_pass", IntfaPostGradPass(settings))):
+    for slot, ours in (("joint_custom_pre_pass", IntfaStructuralPass(context)),
+                       ("post_grad_custom_post_pass", IntfaPostGradPass(context))):
         theirs = getattr(inductor_config, slot)
         patches[slot] = ours if theirs is None else ChainedPass(theirs, ours)
     return patches
 
 
-def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: dict[str, Any],
+def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: config.Settings,
              mode: str | None) -> Callable[..., Any]:
-    from intfa_compile.passes.rewrite import compiling
+    """Inductor's compile of ``gm`` with our passes, sharing one context made here for this compilation."""
+    from intfa_compile.passes.context import CompileContext
 
-    if settings["scales"] is not None:
+    if settings.scales is not None:
         from .calibration import register_scales
 
-        register_scales(settings["scales"])
-    with module_paths_of(gm), compiling():
-        return compile_fx(gm, example_inputs, config_patches=_inductor_patches(settings, mode))
+        register_scales(settings.scales)
+    context = CompileContext(settings, module_paths_of(gm))
+    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(context, mode))
 
 
 def _input_signature(args: Sequence[Any]) -> tuple:
@@ -58,7 +62,7 @@ class _SettingsAwareCompiled:
     """
 
     def __init__(self, gm: torch.fx.GraphModule, options: dict[str, Any] | None, mode: str | None,
-                 settings: dict[str, Any], compiled: Callable[..., Any]) -> None:
+                 settings: config.Settings, compiled: Callable[..., Any]) -> None:
         self._gm, self._options, self._mode = gm, options, mode
         self._settings, self._compiled = settings, compiled
         self._generation = config.generation()
@@ -71,7 +75,7 @@ class _SettingsAwareCompiled:
         if settings == self._settings:
             self._generation = config.generation()
             return self._compiled(*args)
-        key = (tuple(sorted(settings.items())), _input_signature(args))
+        key = (settings, _input_signature(args))
         compiled = self._recompiled.get(key)
         if compiled is None:
             log.info("intfa: config changed since this graph was compiled; recompiling under %s", settings)

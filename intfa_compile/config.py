@@ -17,9 +17,10 @@ import sys
 import types
 import typing
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from .numerics import normalize_pv_format
+from .numerics import KV_BLOCK_AUTOTUNE, normalize_pv_format
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -113,6 +114,39 @@ fallback: Literal["original", "error"] = "original"
 "error" raises ``UnsupportedAttentionError``."""
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The toggles one compilation runs under, frozen when it starts (``resolve``): the same names, types and
+    meanings as the module's globals above, where each is documented. ``pv_format`` is normalized (the
+    deprecated ``quantize_pv`` folded in)."""
+
+    enabled: bool
+    pv_format: Literal["int8", "fp8", "fp16"]
+    quantize_pv: bool | None
+    p_scale: Literal["fixed", "row_block"]
+    kv_block_size: Literal["auto", "tune", 16, 32, 64, 128]
+    tma_loads: bool
+    qk_granularity: Literal["per_token", "per_block", "per_head"]
+    v_granularity: Literal["per_channel", "per_tensor"]
+    smooth_k: bool
+    qk_bits: Literal[8, 4]
+    cuda_lowering: Literal["custom_op", "triton_op"]
+    scales: Any
+    calibrate: str
+    min_seq_len: int
+    fallback: Literal["original", "error"]
+
+    @property
+    def kv_block(self) -> int:
+        """``kv_block_size`` as the op's ``kv_block`` argument (0: the shape rule; ``KV_BLOCK_AUTOTUNE``)."""
+        return {"auto": 0, "tune": KV_BLOCK_AUTOTUNE}.get(self.kv_block_size, self.kv_block_size)  # type: ignore
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Every setting as plain JSON data (static scales by their content's fingerprint): the cache key part."""
+        return {f.name: (value.fingerprint() if hasattr(value, "fingerprint") else value)
+                for f in fields(self) for value in (getattr(self, f.name),)}
+
+
 def _toggle_types() -> dict[str, Any]:
     module = sys.modules[__name__]
     return {name: hint for name, hint in typing.get_type_hints(module).items() if not name.startswith("_")}
@@ -121,7 +155,10 @@ def _toggle_types() -> dict[str, Any]:
 @functools.cache
 def keys() -> tuple[str, ...]:
     """Names of every toggle, in definition order."""
-    return tuple(_toggle_types())
+    names = tuple(_toggle_types())
+    if names != tuple(f.name for f in fields(Settings)):  # one list of toggles: a new one needs its field
+        raise RuntimeError(f"intfa config toggles {names} and Settings fields differ")
+    return names
 
 
 def _check_value(name: str, value: Any) -> None:
@@ -169,18 +206,18 @@ def snapshot() -> dict[str, Any]:
     return {name: getattr(module, name) for name in keys()}
 
 
-def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The settings one compilation runs under: the current values with ``overrides`` applied."""
-    settings = snapshot()
+def resolve(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """The settings one compilation runs under: the current values with ``overrides`` applied, checked together."""
+    values = snapshot()
     if overrides:
         validate(overrides)
-        settings.update(overrides)
-    settings["pv_format"] = normalize_pv_format(settings["pv_format"], settings["quantize_pv"])
-    if settings["pv_format"] == "fp8" and settings["p_scale"] != "fixed":
+        values.update(overrides)
+    values["pv_format"] = normalize_pv_format(values["pv_format"], values["quantize_pv"])
+    if values["pv_format"] == "fp8" and values["p_scale"] != "fixed":
         raise ValueError("intfa: pv_format='fp8' takes P's fixed scale only (p_scale='fixed')")
-    if settings["scales"] is not None and settings["smooth_k"]:
+    if values["scales"] is not None and values["smooth_k"]:
         raise ValueError("intfa: static 'scales' were calibrated on K as it is; they cannot be combined with smooth_k")
-    return settings
+    return Settings(**values)
 
 
 @contextlib.contextmanager

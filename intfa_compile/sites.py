@@ -1,8 +1,9 @@
 """What happened to each attention site: one record per site, logged and collected for ``explain``.
 
 The passes run deep inside Inductor, where the model's module structure is gone; the backend hands
-them, through ``module_paths``, the module path of every node of the graph Dynamo traced, and the
-passes follow a node's provenance (``meta["from_node"]``) back to it.
+them (in their compile context) the module path of every node of the graph Dynamo traced
+(``module_paths_of``), and the passes follow a node's provenance (``meta["from_node"]``) back to it.
+The records of a ``collect_sites`` block are the one state kept across compilations: the user opens it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import contextvars
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -53,15 +54,13 @@ class SiteRecord:
 
 
 _records: contextvars.ContextVar[list[SiteRecord] | None] = contextvars.ContextVar("intfa_records", default=None)
-_module_paths: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("intfa_module_paths",
-                                                                                     default=None)
 
 
-def retract(node: str) -> None:
-    """Drop the collected record of the site at graph node ``node`` (its rewrite failed after all)."""
+def retract(site: SiteRecord) -> None:
+    """Drop ``site`` from the collection (its rewrite failed after all, or a later stage reported the site)."""
     records = _records.get()
     if records is not None:
-        records[:] = [site for site in records if site.node != node]
+        records[:] = [kept for kept in records if kept is not site]
 
 
 def record(site: SiteRecord, warn: bool = False) -> None:
@@ -95,19 +94,14 @@ def _clean_module_path(dynamo_path: str) -> str:
     return path.strip(".") or "<model>"
 
 
-@contextlib.contextmanager
-def module_paths_of(gm: torch.fx.GraphModule) -> Iterator[None]:
-    """Make the module path of each node of Dynamo's graph ``gm`` known to the passes."""
+def module_paths_of(gm: torch.fx.GraphModule) -> dict[str, str]:
+    """The module path of each node of Dynamo's graph ``gm``, by node name."""
     paths = {}
     for node in gm.graph.nodes:
         stack = node.meta.get("nn_module_stack")
         # A node outside every submodule belongs to the compiled module itself.
         paths[node.name] = _clean_module_path(list(stack.values())[-1][0]) if stack else "<model>"
-    token = _module_paths.set(paths)
-    try:
-        yield
-    finally:
-        _module_paths.reset(token)
+    return paths
 
 
 def _root_source_name(node: torch.fx.Node) -> str | None:
@@ -120,13 +114,13 @@ def _root_source_name(node: torch.fx.Node) -> str | None:
     return name
 
 
-def module_path(node: torch.fx.Node, max_hops: int = 6) -> str:
-    """Module path of the model code that produced ``node``, or ``<unknown>``.
+def module_path(node: torch.fx.Node, paths: Mapping[str, str], max_hops: int = 6) -> str:
+    """Module path of the model code that produced ``node`` (``paths``: ``module_paths_of`` Dynamo's graph), or
+    ``<unknown>``.
 
     A node made by a graph rewrite may have lost its provenance; then the nearest input that kept
     it (within ``max_hops``) speaks for it.
     """
-    paths = _module_paths.get() or {}
     frontier, seen = [node], {node}
     for _ in range(max_hops):
         for candidate in frontier:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -58,8 +59,8 @@ class AttentionSite:
             return self.values[3]
         return self._val(self.attn_mask)
 
-    def record(self, outcome: str, reason: str = "") -> SiteRecord:
-        """This site's line in the explain table."""
+    def record(self, module_paths: Mapping[str, str], outcome: str, reason: str = "") -> SiteRecord:
+        """This site's line in the explain table (``module_paths``: the compile's, by traced node name)."""
         q, k, v = self.tensors
 
         def dims(t: torch.Tensor | None) -> str:
@@ -76,7 +77,7 @@ class AttentionSite:
         if q is not None and k is not None and q.dim() == k.dim() and q.dim() >= 3 and q.shape[-3] != k.shape[-3]:
             gqa = f"{q.shape[-3]}/{k.shape[-3]}"
         return SiteRecord(
-            module=module_path(self.anchor),
+            module=module_path(self.anchor, module_paths),
             source=source_line(self.anchor),
             form=self.form + (f", causal offset {self.causal_offset}" if self.causal_offset else "")
             + (f", window {self.window_left}" if self.window_left >= 0 else ""),

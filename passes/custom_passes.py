@@ -13,8 +13,8 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 import intfa_compile
 
+from .context import CompileContext
 from .leftovers import report_unrewritten_attention
-from .rewrite import note_declined, rewriting_under
 from .sdpa_to_int8 import sdpa_patterns
 from .structural import rewrite_attention
 
@@ -28,20 +28,20 @@ _SOURCE_FILES = tuple(sorted({str(path) for folder in (_PACKAGE_DIR, _PASS_DIR, 
                               if folder.is_dir() for path in folder.rglob("*.py")}))
 
 
-class _SettingsPass(CustomGraphPass):
-    """A pass bound to one set of settings; ``uuid()`` covers its source and every setting, so the FX
+class _CompilePass(CustomGraphPass):
+    """A pass of one compilation, bound to its context; ``uuid()`` covers its source and every setting, so the FX
     graph cache never serves a graph built under other settings or by other code."""
 
     stage = ""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = dict(settings)
+    def __init__(self, context: CompileContext) -> None:
+        self.context = context
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        if not self.settings["enabled"]:
+        if not self.context.settings.enabled:
             return
-        with rewriting_under(self.settings):
-            self.run(graph)
+        self.context.begin_stage()
+        self.run(graph)
         graph.eliminate_dead_code()
 
     def run(self, graph: torch.fx.Graph) -> None:
@@ -49,13 +49,11 @@ class _SettingsPass(CustomGraphPass):
 
     def uuid(self) -> str:
         digest = hashlib.sha256(get_hash_for_files(_SOURCE_FILES))
-        settings = {name: value.fingerprint() if hasattr(value, "fingerprint") else value
-                    for name, value in self.settings.items()}
-        digest.update(json.dumps({"stage": self.stage, **settings}, sort_keys=True).encode())
+        digest.update(json.dumps({"stage": self.stage, **self.context.settings.fingerprint()}, sort_keys=True).encode())
         return digest.hexdigest()
 
 
-class IntfaStructuralPass(_SettingsPass):
+class IntfaStructuralPass(_CompilePass):
     """Joint-graph stage, before Inductor's own pattern passes: attention recognised by its structure
     (``structural``), in whatever style it was written, → INT8. Running first, it sees the graph as the model
     wrote it, and its coverage does not depend on which attention forms Inductor fuses into SDPA."""
@@ -63,18 +61,18 @@ class IntfaStructuralPass(_SettingsPass):
     stage = "joint_pre"
 
     def run(self, graph: torch.fx.Graph) -> None:
-        for softmax, reason in rewrite_attention(graph):
-            note_declined(softmax, reason)
+        for softmax, reason in rewrite_attention(graph, self.context):
+            self.context.note_declined(softmax, reason)
 
 
-class IntfaPostGradPass(_SettingsPass):
+class IntfaPostGradPass(_CompilePass):
     """Post-grad stage: every aten form of SDPA → INT8; then report attention still written by hand."""
 
     stage = "post_grad"
 
     def run(self, graph: torch.fx.Graph) -> None:
-        sdpa_patterns().apply(graph)
-        report_unrewritten_attention(graph)
+        sdpa_patterns(self.context).apply(graph)
+        report_unrewritten_attention(graph, self.context)
 
 
 class ChainedPass(CustomGraphPass):

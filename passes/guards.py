@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from intfa_compile.config import Settings
 from intfa_compile.ops import kernel_shape_problem, mask_never_broadcasts
 
 from .attention_site import AttentionSite
@@ -43,16 +42,16 @@ def unsupported_reason(site: AttentionSite) -> str | None:
     return None
 
 
-def config_skip_reason(site: AttentionSite, settings: dict[str, Any]) -> str | None:
+def config_skip_reason(site: AttentionSite, settings: Settings) -> str | None:
     """Why ``settings`` choose to leave ``site`` alone although the kernel could take it, or None."""
     query, key = site.tensors[0], site.tensors[1]
     n_k = key.shape[2]
-    if settings["pv_format"] == "fp8" and query.device.type == "cuda":
+    if settings.pv_format == "fp8" and query.device.type == "cuda":
         capability = torch.cuda.get_device_capability(query.device)
         if capability < (8, 9):
             major, minor = capability
             return f"pv_format='fp8' needs FP8 tensor cores (sm_89 or newer); this GPU is sm_{major}{minor}"
-    min_len = settings["min_seq_len"]
+    min_len = settings.min_seq_len
     if min_len:
         if not isinstance(n_k, int):
             return f"key length {n_k} is symbolic and min_seq_len={min_len} is set"

@@ -8,11 +8,10 @@ explain table should still show it, with the most likely reason.
 from __future__ import annotations
 
 import torch
-from torch._dynamo.utils import counters
 
-from intfa_compile.sites import LEFT_ALONE, SiteRecord, module_path, record, source_line
+from intfa_compile.sites import LEFT_ALONE, SiteRecord, module_path, source_line
 
-from .rewrite import already_reported, declined_reason
+from .context import CompileContext
 from .structural import softmax_at
 
 aten = torch.ops.aten
@@ -54,10 +53,9 @@ _FUSED_FAST_PATHS = {
 }
 
 
-def _report_fused_fast_path(node: torch.fx.Node, name: str) -> None:
-    counters["intfa"]["left_alone"] += 1
-    record(SiteRecord(
-        module=module_path(node),
+def _report_fused_fast_path(node: torch.fx.Node, name: str, context: CompileContext) -> None:
+    context.report(SiteRecord(
+        module=module_path(node, context.module_paths),
         source=source_line(node),
         form=f"fused ({name})",
         shapes=f"input {_shape(node.args[0])}",
@@ -70,13 +68,13 @@ def _report_fused_fast_path(node: torch.fx.Node, name: str) -> None:
     ), warn=True)
 
 
-def report_unrewritten_attention(graph: torch.fx.Graph) -> None:
+def report_unrewritten_attention(graph: torch.fx.Graph, context: CompileContext) -> None:
     """Record, once each, the attention sites that no rewrite reported: hand-written attention no
     pattern matched, and attention inside PyTorch's fused fast-path ops."""
     for node in graph.nodes:
         for name, op in _FUSED_FAST_PATHS.items():
             if node.target is op:
-                _report_fused_fast_path(node, name)
+                _report_fused_fast_path(node, name, context)
         if softmax_at(node, exact=False) is None:
             continue
         matmul, between = _follow_to_matmul(node)
@@ -88,19 +86,18 @@ def report_unrewritten_attention(graph: torch.fx.Graph) -> None:
                     matmul = candidate
                     break
             reason = "its attention weights are also used elsewhere (returned by the model or saved for backward)"
-        elif declined_reason(node) is not None:
-            reason = declined_reason(node)
+        elif context.declined_reason(node) is not None:
+            reason = context.declined_reason(node)
         elif between:
             reason = f"'{between}' stands between the softmax and P·V (dropout in training?)"
         else:
             reason = "written in a form that none of the INT8 patterns matches"
         if matmul is None:
             continue
-        if already_reported(matmul) or any(already_reported(user) for user in matmul.users):
+        if context.already_reported(matmul) or any(context.already_reported(user) for user in matmul.users):
             continue
-        counters["intfa"]["left_alone"] += 1
-        record(SiteRecord(
-            module=module_path(matmul),
+        context.report(SiteRecord(
+            module=module_path(matmul, context.module_paths),
             source=source_line(matmul),
             form="hand-written (unmatched)",
             shapes=f"weights {_shape(node)}, values {_shape(matmul.args[1])}",

@@ -26,7 +26,8 @@ from torch._inductor.pattern_matcher import (
 
 from .attention_site import AttentionSite
 from .causal_masks import fold_causal_mask
-from .rewrite import decide, int8_attention, rewrite_failed
+from .context import CompileContext
+from .rewrite import int8_attention
 
 aten = torch.ops.aten
 
@@ -76,32 +77,35 @@ def sdpa_site(output_getitem: torch.fx.Node) -> AttentionSite:
     return fold_causal_mask(site)
 
 
-def _rewrite(match: Match, *args: Any, **kwargs: Any) -> None:
+def _rewrite(context: CompileContext, match: Match, *args: Any, **kwargs: Any) -> None:
     site = sdpa_site(match.output_node())
-    if not decide(site):
+    if not context.decide(site):
         return
-    is_causal, scale, causal_offset, window_left = site.is_causal, site.scale, site.causal_offset, site.window_left
+    settings, site_key = context.settings, context.site_key(site)
+    is_causal, causal_offset, window_left = site.is_causal, site.causal_offset, site.window_left
+    masked = site.attn_mask is not None
+    # A scale computed from symbolic sizes is a graph value: an input of the replacement like the tensors.
+    scale_node = site.scale if isinstance(site.scale, torch.fx.Node) else None
+
+    def replacement(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *rest: Any) -> torch.Tensor:
+        attn_mask = rest[0] if masked else None
+        scale = rest[-1] if scale_node is not None else site.scale
+        return int8_attention(settings, site_key, query, key, value, attn_mask, is_causal, scale,
+                              causal_offset if not masked else 0, window_left if not masked else -1)
+
+    inputs = [site.query, site.key, site.value] + ([site.attn_mask] if masked else []) + (
+        [scale_node] if scale_node is not None else [])
     try:
-        if site.attn_mask is None:
-
-            def replacement(query, key, value):
-                return int8_attention(query, key, value, None, is_causal, scale, causal_offset, window_left)
-
-            match.replace_by_example(replacement, [site.query, site.key, site.value])
-        else:
-
-            def replacement_with_mask(query, key, value, attn_mask):
-                return int8_attention(query, key, value, attn_mask, is_causal, scale)
-
-            match.replace_by_example(replacement_with_mask, [site.query, site.key, site.value, site.attn_mask])
+        match.replace_by_example(replacement, inputs)
     except Exception as error:  # the replacement is traced before the graph changes: nothing to undo
-        rewrite_failed(site, error)
+        context.rewrite_failed(site, error)
 
 
-@functools.cache
-def sdpa_patterns() -> PatternMatcherPass:
-    """A pattern pass that rewrites ``getitem(<any SDPA form>, 0)`` (built once per process)."""
+def sdpa_patterns(context: CompileContext) -> PatternMatcherPass:
+    """A pattern pass that rewrites ``getitem(<any SDPA form>, 0)`` under ``context`` (one per pass run: the
+    handler holds the compile's context)."""
     patterns = PatternMatcherPass(pass_name="intfa_sdpa_to_int8")
     sdpa = CallFunctionVarArgs(list(SDPA_OPS), users=MULTIPLE)
-    register_graph_pattern(CallFunction(operator.getitem, sdpa, 0), pass_dict=patterns)(_rewrite)
+    register_graph_pattern(CallFunction(operator.getitem, sdpa, 0), pass_dict=patterns)(
+        functools.partial(_rewrite, context))
     return patterns

@@ -31,10 +31,13 @@ import torch
 from torch._inductor.pattern_matcher import fwd_only
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from intfa_compile.config import Settings
+
 from .attention_site import AttentionSite
 from .causal_masks import fold_causal_mask
+from .context import CompileContext
 from .graph_values import uniform_value
-from .rewrite import decide, forget_last_approved, int8_attention, rewrite_failed
+from .rewrite import int8_attention
 from .symbolic_sizes import SizeNodes, is_symbolic, value_users
 
 aten = torch.ops.aten
@@ -636,7 +639,7 @@ class SymbolSlot:
     index: int
 
 
-def replace(graph: torch.fx.Graph, found: Recognised, fake_mode: Any) -> None:
+def replace(graph: torch.fx.Graph, found: Recognised, fake_mode: Any, settings: Settings, site_key: str) -> None:
     """Replace the attention ``found`` describes by the INT8 op, traced and inlined before its P·V product.
 
     The replacement is traced on the inputs' fake values; symbolic sizes it needs beyond their shapes (the
@@ -688,7 +691,8 @@ def replace(graph: torch.fx.Graph, found: Recognised, fake_mode: Any) -> None:
                 part = factor.reshape(()).float() if isinstance(factor, torch.Tensor) else torch.scalar_tensor(
                     factor, dtype=torch.float32, device=query.device)
                 scale = scale * part if power > 0 else scale / part
-        out = int8_attention(q4, k4, v4, mask, site.is_causal, scale, site.causal_offset, site.window_left)
+        out = int8_attention(settings, site_key, q4, k4, v4, mask, site.is_causal, scale, site.causal_offset,
+                             site.window_left)
         return out.reshape(sizes_of(out_slots))
 
     with fake_mode:
@@ -711,7 +715,7 @@ def replace(graph: torch.fx.Graph, found: Recognised, fake_mode: Any) -> None:
     sizes.rehome_size_queries(found.region)
 
 
-def rewrite_attention(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, str]]:
+def rewrite_attention(graph: torch.fx.Graph, context: CompileContext) -> list[tuple[torch.fx.Node, str]]:
     """Rewrite every attention the structure shows to INT8 (where ``decide`` approves); returns the softmax
     nodes that looked like attention but were not, with the reason (for the report of what stayed)."""
     from torch._guards import detect_fake_mode
@@ -723,7 +727,6 @@ def rewrite_attention(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, str]]:
         if node.target not in _SOFTMAX_OPS and node.target not in (aten.div.Tensor, aten.where.self):
             continue
         fake_mode = detect_fake_mode([node.meta["val"]])
-        forget_last_approved()
         try:
             found = recognise(node, fake_mode)
         except NotAttention as reason:
@@ -734,10 +737,10 @@ def rewrite_attention(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, str]]:
                         node.name, type(error).__name__, error)
             declined.append((node, f"the structural matcher failed ({type(error).__name__})"))
             continue
-        if found is None or not decide(found.site):
+        if found is None or not context.decide(found.site):
             continue
         try:
-            replace(graph, found, fake_mode)
+            replace(graph, found, fake_mode, context.settings, context.site_key(found.site))
         except Exception as error:  # noqa: BLE001 - any failure keeps the original attention (or raises)
-            rewrite_failed(found.site, error)
+            context.rewrite_failed(found.site, error)
     return declined

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from intfa_compile.passes.rewrite import UnsupportedAttentionError
+from intfa_compile.passes.context import UnsupportedAttentionError
 from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
 
