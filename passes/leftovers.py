@@ -75,7 +75,7 @@ def report_unrewritten_attention(graph: torch.fx.Graph, context: CompileContext)
         for name, op in _FUSED_FAST_PATHS.items():
             if node.target is op:
                 _report_fused_fast_path(node, name, context)
-        if softmax_at(node, exact=False) is None:
+        if softmax_at(node, exact=False) is None or _inside_a_larger_softmax(node):
             continue
         matmul, between = _follow_to_matmul(node)
         if matmul is None and len(node.users) > 1:
@@ -96,6 +96,7 @@ def report_unrewritten_attention(graph: torch.fx.Graph, context: CompileContext)
             continue
         if context.already_reported(matmul) or any(context.already_reported(user) for user in matmul.users):
             continue
+        context.reported.add(matmul.name)
         context.report(SiteRecord(
             module=module_path(matmul, context.module_paths),
             source=source_line(matmul),
@@ -107,6 +108,15 @@ def report_unrewritten_attention(graph: torch.fx.Graph, context: CompileContext)
             outcome=LEFT_ALONE,
             reason=reason,
         ), warn=True)
+
+
+def _inside_a_larger_softmax(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is the plain softmax inside a decomposed ``_safe_softmax`` (which reports the site)."""
+    for user in node.users:
+        outer = softmax_at(user, exact=False)
+        if outer is not None and node in outer.inner:
+            return True
+    return False
 
 
 def _follow_to_matmul_single(node: torch.fx.Node) -> tuple[torch.fx.Node | None, str]:

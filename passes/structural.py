@@ -132,7 +132,8 @@ def _safe_softmax_at(node: torch.fx.Node, exact: bool) -> Softmax | None:
             break
         test.append(node_in_test.args[0])
     compared = test[-1]
-    if compared.args[0] is not inner.scores or compared.args[1] != float("-inf"):
+    # Not exact: the inner softmax's input is the shifted scores, the row test reads the scores themselves.
+    if (exact and compared.args[0] is not inner.scores) or compared.args[1] != float("-inf"):
         return None
     return Softmax(inner.scores, node, frozenset({*inner.inner, inner.probs, *test, zeros}))
 

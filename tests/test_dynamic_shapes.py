@@ -214,3 +214,24 @@ def test_calibration_records_q_without_a_run_time_scale():
     (entry,) = scales.sites.values()
     assert entry["q"] == pytest.approx(q.abs().amax(dim=(0, 2, 3)).tolist())
     assert math.isfinite(entry["k"][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["BERT [eager]", "LLaMA (GQA) [sdpa]"])
+def test_zoo_models_compiled_dynamic_run_int8_at_every_length(name):
+    """Hugging Face models compiled with dynamic=True: one graph for two sequence lengths, every attention layer
+    through the INT8 kernel on each call."""
+    from tests.model_zoo import ZOO, output_tensor
+
+    (entry,) = [entry for entry in ZOO if entry.name == name]
+    torch._dynamo.reset()
+    counters.clear()
+    model, inputs = entry.build()
+    shorter = {key: value[:, :17].contiguous() for key, value in inputs.items()}
+    compiled = torch.compile(model, backend="intfa", dynamic=True)
+    with torch.no_grad(), inductor_config.patch(fx_graph_cache=False):
+        for batch in (inputs, shorter):
+            out, seen = _calls_through(lambda batch=batch: output_tensor(compiled(**batch)))
+            assert seen == {"int8": entry.layers, "exact": 0}
+            assert cosine(out, output_tensor(model(**batch))) >= 0.999
+    assert counters["stats"]["unique_graphs"] == 1
