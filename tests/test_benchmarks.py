@@ -81,3 +81,33 @@ def test_pipe_model_smoke_prints_the_pipes_of_the_int8_kernel():
     assert summary["bound"] != "tensor"
     assert summary["pipes"]["xu"] == 2 * summary["tensor"]
     assert "| full INT8 | 64 | False |" in result.stdout
+
+
+TASK = Path(__file__).resolve().parents[1] / "benchmarks" / "task_accuracy.py"
+
+
+def test_task_accuracy_smoke_compares_ways_with_eager_fp32(tmp_path):
+    result = subprocess.run([sys.executable, str(TASK), "--limit", "40", "--ways", "bf16", "default", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = next(tmp_path.glob("task-accuracy-*-smoke.md")).read_text()
+    rows = {cells[1]: cells for line in text.splitlines()
+            if len(cells := [c.strip() for c in line.split("|")]) == 7 and cells[1] not in ("way", "---")}
+    assert set(rows) == {"eager bf16", "intfa default (full INT8)"}, rows
+    rewritten, found = (int(n) for n in rows["intfa default (full INT8)"][5].split("/"))
+    assert rewritten == found and found % 6 == 0  # every layer of MiniLM ran INT8 (in each graph compiled)
+    for cells in rows.values():
+        top1, top5, spearman = (float(c) for c in cells[2:5])
+        assert 0.0 <= top5 <= 1.0 and 0.0 <= top1 <= 1.0 and spearman > 0.99
+    assert list(tmp_path.glob("task-accuracy-*.png"))
+
+
+def test_neighbour_metrics_count_agreement():
+    sys.path.insert(0, str(TASK.parent))
+    import torch
+    from task_accuracy import neighbour_metrics
+
+    points = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert neighbour_metrics(points, points) == {"top1": 1.0, "top5": 1.0, "spearman": 1.0}
+    shuffled = neighbour_metrics(points, points[torch.randperm(12, generator=torch.Generator().manual_seed(1))])
+    assert shuffled["top1"] < 1.0 and shuffled["spearman"] < 0.9
