@@ -8,6 +8,9 @@ others. For each way of running the model we compare with eager fp32:
 - top-5 agreement: the share of queries whose five nearest neighbours are the same set;
 - Spearman: the rank correlation of each query's similarity scores with fp32's, averaged over queries.
 
+With ``--task decoder``: next-token prediction of a LLaMA-shaped model (random weights, GQA, causal, 2,048
+positions): top-1 agreement of the predicted token and the mean KL divergence from fp32's distribution.
+
 Ways of running it: eager bf16 and eager fp16 (the whole model in 16-bit: the bar a user compares with), and
 ``torch.compile(model, backend="intfa")`` under each configuration of ours (everything else fp32).
 
@@ -17,8 +20,9 @@ prose (no code, 40–200 characters). Nothing is downloaded.
 
     python benchmarks/task_accuracy.py               # the whole corpus (about 900 sentences)
     python benchmarks/task_accuracy.py --limit 64 --ways bf16 default    # a quick run
+    python benchmarks/task_accuracy.py --task decoder
 
-Writes ``benchmarks/results/task-accuracy-<device>-<date>.md`` and ``.png``.
+Writes ``benchmarks/results/task-accuracy[-decoder]-<device>-<date>.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -107,9 +111,78 @@ def neighbour_metrics(reference: torch.Tensor, candidate: torch.Tensor) -> dict[
     return {"top1": top1, "top5": top5.double().mean().item(), "spearman": spearman.mean().item()}
 
 
+@dataclass(frozen=True)
+class Task:
+    """What one task runs: a model in fp32, a fresh copy for the eager 16-bit ways, the batches, what to compare
+    (``output``) and how (``metrics``), and how its results file names and explains them."""
+
+    name: str
+    model: torch.nn.Module
+    fresh: Callable[[], torch.nn.Module]
+    batches: list[dict]
+    output: Callable[[torch.nn.Module, dict], torch.Tensor]
+    metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    title: str
+    details: tuple[str, ...]
+
+
+def search_task(limit: int | None) -> Task:
+    """Semantic search with the real all-MiniLM-L6-v2 over the corpus."""
+    sentences = python_reference_sentences(limit)
+    model, tokenizer = load_minilm()
+    batches = [dict(tokenizer(sentences[i:i + BATCH], padding="max_length", truncation=True,
+                              max_length=MAX_TOKENS, return_tensors="pt")) for i in range(0, len(sentences), BATCH)]
+    return Task(
+        "search", model, lambda: load_minilm()[0], batches, embed, neighbour_metrics,
+        "Semantic search with all-MiniLM-L6-v2: agreement with eager fp32",
+        (f"corpus: {len(sentences)} sentences of CPython's pydoc_data/topics.py (PSF License), padded to "
+         f"{MAX_TOKENS} tokens, batches of {BATCH}",
+         "top1 / top5: share of queries whose nearest neighbour / five nearest neighbours (as a set) match eager "
+         "fp32's; spearman: rank correlation of each query's similarity row with fp32's, mean over queries",
+         f"per_block Q/K scales cover 128 queries and 64 keys: at {MAX_TOKENS} tokens they are per_head's"))
+
+
+DECODER_SEQUENCES, DECODER_TOKENS = 8, 256
+
+
+def _llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=2, vocab_size=1024, max_position_embeddings=DECODER_TOKENS)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def next_token_metrics(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
+    """Top-1 agreement of the next-token prediction at every position, and the mean KL(fp32 ‖ way) in nats."""
+    log_ref, log_cand = (torch.log_softmax(x.double(), dim=-1) for x in (reference, candidate))
+    top1 = (reference.argmax(-1) == candidate.argmax(-1)).double().mean().item()
+    kl = (log_ref.exp() * (log_ref - log_cand)).sum(-1).mean().item()
+    return {"top1": top1, "kl": kl}
+
+
+def decoder_task(limit: int | None) -> Task:
+    """Next-token prediction of a LLaMA-shaped model (random weights, GQA 8/2, causal) on random tokens."""
+    sequences = min(limit or DECODER_SEQUENCES, DECODER_SEQUENCES)
+    ids = torch.randint(0, 1024, (sequences, DECODER_TOKENS), generator=torch.Generator().manual_seed(0))
+    batches = [{"input_ids": ids[i:i + 4]} for i in range(0, sequences, 4)]
+    return Task(
+        "decoder", _llama(), _llama, batches, lambda model, batch: model(**batch).logits.flatten(0, 1),
+        next_token_metrics, "Next-token prediction of a LLaMA-shaped model: agreement with eager fp32",
+        (f"model: LlamaForCausalLM, random weights (seed 0), hidden 256, 4 layers, 8 query / 2 KV heads (GQA), "
+         f"vocabulary 1024, SDPA attention; {sequences} sequences of {DECODER_TOKENS} random tokens "
+         f"({sequences * DECODER_TOKENS} positions), causal",
+         "top1: share of positions whose most likely next token matches eager fp32's; kl: mean KL(fp32 ‖ way) "
+         "of the next-token distributions, nats"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=None, help="use the first N sentences of the corpus")
+    parser.add_argument("--task", choices=("search", "decoder"), default="search")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use the first N sentences of the corpus (search) or N sequences (decoder)")
     parser.add_argument("--ways", nargs="+", default=None, metavar="NAME",
                         help="run only the ways whose names contain one of these words (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -119,72 +192,74 @@ def main() -> None:
     import logging
 
     logging.getLogger("intfa_compile").setLevel(logging.ERROR)
-    sentences = python_reference_sentences(args.limit)
-    model, tokenizer = load_minilm()
-    batches = [dict(tokenizer(sentences[i:i + BATCH], padding="max_length", truncation=True,
-                              max_length=MAX_TOKENS, return_tensors="pt")) for i in range(0, len(sentences), BATCH)]
-    reference = embeddings(lambda batch: embed(model, batch), batches)
+    task = (search_task if args.task == "search" else decoder_task)(args.limit)
+    model = task.model
+    reference = embeddings(lambda batch: task.output(model, batch), task.batches)
 
     rows = []
     for way in ways:
         torch._dynamo.reset()
         if way.options is None:
-            low = load_minilm()[0].to(way.dtype)
-            result = embeddings(lambda batch, low=low: embed(low, batch), batches)
+            low = task.fresh().to(way.dtype)
+            result = embeddings(lambda batch, low=low: task.output(low, batch), task.batches)
             sites = ""
         else:
             options = dict(way.options)
             if way.calibrated:
                 prepared = intfa_compile.prepare(model, options=options)
-                embeddings(lambda batch, p=prepared: embed(p, batch), batches[: max(1, len(batches) // 4)])
+                calibration = task.batches[: max(1, len(task.batches) // 4)]
+                embeddings(lambda batch, p=prepared: task.output(p, batch), calibration)
                 options["scales"] = intfa_compile.collect(prepared)
                 torch._dynamo.reset()
             compiled = torch.compile(model, backend="intfa", options=options)
             with collect_sites() as records, bypassing_compile_caches():  # a cache hit would report no site
-                result = embeddings(lambda batch, c=compiled: embed(c, batch), batches)
+                result = embeddings(lambda batch, c=compiled: task.output(c, batch), task.batches)
             sites = f"{sum(r.outcome != 'left alone' for r in records)}/{len(records)}"
-        metrics = neighbour_metrics(reference, result)
+        metrics = task.metrics(reference, result)
         rows.append((way.name, metrics, sites))
-        print(f"{way.name:38s} top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
-              f"Spearman {metrics['spearman']:.5f}  sites {sites}", flush=True)
+        print(f"{way.name:38s} " + "  ".join(f"{k} {_number(k, v)}" for k, v in metrics.items())
+              + f"  sites {sites}", flush=True)
 
     info = RunInfo("cpu")
-    lines = info.header(
-        "Semantic search with all-MiniLM-L6-v2: agreement with eager fp32", "fp32 (model), per way",
-        f"corpus: {len(sentences)} sentences of CPython's pydoc_data/topics.py (PSF License), padded to "
-        f"{MAX_TOKENS} tokens, batches of {BATCH}",
-        "top-1 / top-5: share of queries whose nearest neighbour / five nearest neighbours (as a set) match eager "
-        "fp32's; Spearman: rank correlation of each query's similarity row with fp32's, mean over queries",
-        "static scales: calibrated on the first quarter of the batches (minmax observer)",
-        f"per_block Q/K scales cover 128 queries and 64 keys: at {MAX_TOKENS} tokens they are per_head's",
-        "8-bit sites: per graph compiled (a last, smaller batch compiles a second graph)",
-    )
-    lines += ["", "| way | top-1 | top-5 | Spearman | 8-bit sites / sites (6 layers per graph compiled) |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['spearman']:.5f} | {sites} |"
-              for name, m, sites in rows]
+    lines = info.header(task.title, "fp32 (model), per way", *task.details,
+                        "static scales: calibrated on the first quarter of the batches (minmax observer)",
+                        "8-bit sites: per graph compiled (a last, smaller batch compiles a second graph)")
+    names = list(rows[0][1]) if rows else []
+    lines += ["", "| way | " + " | ".join(names) + " | 8-bit sites / sites |",
+              "|---|" + "---|" * len(names) + "---|"]
+    lines += ["| " + " | ".join([name, *(_number(k, m[k]) for k in names), sites]) + " |" for name, m, sites in rows]
     partial = args.limit is not None or args.ways is not None
-    path = info.write(args.out, "task-accuracy-", "\n".join(lines) + "\n", smoke=partial)
-    _plot(rows, path.with_suffix(".png"))
+    prefix = "task-accuracy-" if task.name == "search" else f"task-accuracy-{task.name}-"
+    path = info.write(args.out, prefix, "\n".join(lines) + "\n", smoke=partial)
+    _plot(rows, path.with_suffix(".png"), task.title)
     print(f"wrote {path}")
 
 
-def _plot(rows: list, path: Path) -> None:
+def _number(metric: str, value: float) -> str:
+    return {"kl": f"{value:.2e}", "spearman": f"{value:.5f}"}.get(metric, f"{value:.4f}")
+
+
+def _plot(rows: list, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [name for name, _, _ in rows]
+    shares = [key for key in ("top5", "top1") if rows and key in rows[0][1]]
     fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.5))
     y = range(len(rows))
-    ax.barh([i + 0.2 for i in y], [m["top5"] for _, m, _ in rows], height=0.4, label="top-5 agreement")
-    ax.barh([i - 0.2 for i in y], [m["top1"] for _, m, _ in rows], height=0.4, label="top-1 agreement")
+    height = 0.8 / len(shares)
+    for index, key in enumerate(shares):
+        offset = (index - (len(shares) - 1) / 2) * height
+        ax.barh([i - offset for i in y], [m[key] for _, m, _ in rows], height=height,
+                label=f"{key.replace('top', 'top-')} agreement")
     ax.set_yticks(list(y), names)
     ax.invert_yaxis()
-    low = min(min(m["top5"], m["top1"]) for _, m, _ in rows)
+    low = min(m[key] for _, m, _ in rows for key in shares)
     ax.set_xlim(max(0.0, low - 0.02), 1.0)
-    ax.set_xlabel("agreement with eager fp32 (semantic search, all-MiniLM-L6-v2)")
+    ax.set_xlabel("agreement with eager fp32")
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

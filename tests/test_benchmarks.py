@@ -111,3 +111,22 @@ def test_neighbour_metrics_count_agreement():
     assert neighbour_metrics(points, points) == {"top1": 1.0, "top5": 1.0, "spearman": 1.0}
     shuffled = neighbour_metrics(points, points[torch.randperm(12, generator=torch.Generator().manual_seed(1))])
     assert shuffled["top1"] < 1.0 and shuffled["spearman"] < 0.9
+
+
+def test_task_accuracy_decoder_smoke_and_next_token_metrics(tmp_path):
+    result = subprocess.run([sys.executable, str(TASK), "--task", "decoder", "--limit", "4", "--ways", "default",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = next(tmp_path.glob("task-accuracy-decoder-*-smoke.md")).read_text()
+    (row,) = [[c.strip() for c in line.split("|")] for line in text.splitlines() if "| intfa default" in line]
+    top1, kl, sites = float(row[2]), float(row[3]), row[4]
+    assert top1 > 0.9 and 0.0 <= kl < 1e-2 and sites == "4/4", row  # 4 LLaMA layers, all INT8
+
+    sys.path.insert(0, str(TASK.parent))
+    import torch
+    from task_accuracy import next_token_metrics
+
+    logits = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
+    assert next_token_metrics(logits, logits) == {"top1": 1.0, "kl": 0.0}
+    flipped = next_token_metrics(logits, -logits)
+    assert flipped["top1"] == 0.0 and flipped["kl"] > 0.5
