@@ -61,11 +61,11 @@ def methods() -> dict[str, Attention]:
         "FP8 e4m3 (per-tensor)": fp8_attention,
         "half-INT8": intfa(pv_format="fp16"),
         "INT8 Q·Kᵀ, FP8 P·V (pv_format=fp8)": intfa(pv_format="fp8"),
-        "full-INT8, P fixed 1/127 (paper)": intfa(),
-        "full-INT8, P per row block": intfa(p_scale="row_block"),
-        "full-INT8 + smooth-K": intfa(smooth_k=True),
-        "full-INT8, per-block Q/K": intfa(qk_granularity="per_block"),
-        "INT4 Q/K, INT8 P·V": intfa(qk_bits=4),
+        "full-INT8, P fixed 1/127 (paper)": intfa(pv_format="int8"),
+        "full-INT8, P per row block": intfa(pv_format="int8", p_scale="row_block"),
+        "full-INT8 + smooth-K": intfa(pv_format="int8", smooth_k=True),
+        "full-INT8, per-block Q/K": intfa(pv_format="int8", qk_granularity="per_block"),
+        "INT4 Q/K, INT8 P·V": intfa(pv_format="int8", qk_bits=4),
     }
 
 

@@ -181,7 +181,7 @@ class _Compiled:
         def attend(q, k, v):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-        self.compiled = torch.compile(attend, backend="intfa", options={"cuda_lowering": lowering})
+        self.compiled = torch.compile(attend, backend="intfa", options={"cuda_lowering": lowering, "pv_format": "int8"})
         self.kernels: int | None = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ import triton
 from results_file import RunInfo
 from torch._dynamo.utils import counters
 
+from intfa_compile.sites import rewritten_sites
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOGIT_POSITIONS = 16
 """Logits are compared on the last positions only: a 16k × vocab fp32 copy is not needed to judge them."""
@@ -96,7 +98,7 @@ def run_length(model: torch.nn.Module, n: int, device: str, repeats: int, fp32_m
     counters.clear()
     intfa = torch.compile(model, backend="intfa")
     out = _last_logits(intfa, ids)
-    sites = counters["intfa"]["int8_sites"]
+    sites = rewritten_sites(counters["intfa"])
     intfa_ms = _time_ms(lambda: _last_logits(intfa, ids), device, repeats)
     to_fp32 = _cosine(out, _last_logits(fp32_model, ids)) if fp32_model is not None else None
     torch._dynamo.reset()

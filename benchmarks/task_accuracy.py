@@ -21,6 +21,7 @@ prose (no code, 40–200 characters). Nothing is downloaded.
     python benchmarks/task_accuracy.py               # the whole corpus (about 900 sentences)
     python benchmarks/task_accuracy.py --limit 64 --ways bf16 default    # a quick run
     python benchmarks/task_accuracy.py --task decoder
+    python benchmarks/task_accuracy.py --decompose   # where full INT8's error comes from (Q/K, P, V)
 
 Writes ``benchmarks/results/task-accuracy[-decoder]-<device>-<date>.md`` and ``.png``.
 """
@@ -79,16 +80,23 @@ class Way:
 WAYS = (
     Way("eager bf16", torch.bfloat16),
     Way("eager fp16", torch.float16),
-    Way("intfa default (full INT8)", options={}),
-    Way("intfa half-INT8 (pv_format=fp16)", options={"pv_format": "fp16"}),
-    Way("intfa p_scale=row_block", options={"p_scale": "row_block"}),
+    Way("intfa default (half-INT8)", options={}),
+    Way("intfa full INT8 (pv_format=int8)", options={"pv_format": "int8"}),
+    Way("intfa full INT8, p_scale=row_block", options={"pv_format": "int8", "p_scale": "row_block"}),
+    Way("intfa full INT8, smooth_q + hadamard", options={"pv_format": "int8", "smooth_q": True,
+                                                          "qk_rotation": "hadamard"}),
     Way("intfa pv_format=fp8", options={"pv_format": "fp8"}),
     Way("intfa qk_granularity=per_block", options={"qk_granularity": "per_block"}),
     Way("intfa qk_granularity=per_head", options={"qk_granularity": "per_head"}),
     Way("intfa smooth_k", options={"smooth_k": True}),
+    Way("intfa smooth_q", options={"smooth_q": True}),
+    Way("intfa qk_rotation=hadamard", options={"qk_rotation": "hadamard"}),
+    Way("intfa smooth_q + smooth_k", options={"smooth_q": True, "smooth_k": True}),
     Way("intfa qk_bits=4", options={"qk_bits": 4}),
     Way("intfa static scales (calibrated)", options={}, calibrated=True),
 )
+"""Every way the results file lists; "intfa" ways change one option from the default (half-INT8: INT8 Q·Kᵀ,
+16-bit P·V) unless they name pv_format=int8."""
 
 
 def embeddings(run: Callable[[dict], torch.Tensor], batches: list[dict]) -> torch.Tensor:
@@ -97,7 +105,9 @@ def embeddings(run: Callable[[dict], torch.Tensor], batches: list[dict]) -> torc
 
 
 def neighbour_metrics(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
-    """Top-1 and top-5 agreement and mean Spearman of the similarity rows, each query against all others."""
+    """Top-1 and top-5 agreement and mean Spearman of the similarity rows, each query against all others, and the
+    mean distance of the (unit) embeddings from fp32's: continuous, so steadier than the shares, which move by
+    whole queries."""
     n = reference.shape[0]
     eye = torch.eye(n, dtype=torch.bool)
     sims = [(e.double() @ e.double().T).masked_fill(eye, float("-inf")) for e in (reference, candidate)]
@@ -108,7 +118,8 @@ def neighbour_metrics(reference: torch.Tensor, candidate: torch.Tensor) -> dict[
     ranks = [s[off_diagonal].view(n, n - 1).argsort(-1).argsort(-1).double() for s in sims]
     centred = [r - r.mean(-1, keepdim=True) for r in ranks]
     spearman = (centred[0] * centred[1]).sum(-1) / (centred[0].norm(dim=-1) * centred[1].norm(dim=-1))
-    return {"top1": top1, "top5": top5.double().mean().item(), "spearman": spearman.mean().item()}
+    error = (candidate.double() - reference.double()).norm(dim=-1).mean().item()
+    return {"top1": top1, "top5": top5.double().mean().item(), "spearman": spearman.mean().item(), "error": error}
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,84 @@ def decoder_task(limit: int | None) -> Task:
          "of the next-token distributions, nats"))
 
 
+@dataclass(frozen=True)
+class ErrorSource:
+    """Which operands of attention a decomposition run quantizes as full INT8 does (the others stay fp32)."""
+
+    name: str
+    qk: bool = True
+    v: bool = True
+    p_levels: int = 127
+    """Steps of P over [0, 1]: 127 is INT8's fixed 1/127; 255 would be an unsigned byte's; 0 keeps P exact."""
+
+
+ERROR_SOURCES = (
+    ErrorSource("full INT8 (all quantized)"),
+    ErrorSource("Q/K only (P, V exact)", v=False, p_levels=0),
+    ErrorSource("V only (Q/K, P exact)", qk=False, p_levels=0),
+    ErrorSource("P only (Q/K, V exact)", qk=False, v=False),
+    ErrorSource("all but P (P exact)", p_levels=0),
+    ErrorSource("all but V (V exact)", v=False),
+    ErrorSource("all, P in 255 steps", p_levels=255),
+    ErrorSource("all, P in 511 steps", p_levels=511),
+)
+
+
+def simulated_attention(source: ErrorSource) -> Callable:
+    """SDPA with the operands ``source`` names quantized as the kernel quantizes them (Q/K per token, V per
+    channel, P against the row maximum with the fixed step), the rest exact. Exact for a row of one key block
+    (the search task's 64 tokens fit one 128-key block), which is where it is used."""
+    from intfa_compile.quantize import quantize_qk, quantize_v
+
+    def dequantized(pair: tuple[torch.Tensor, torch.Tensor], axis: int) -> torch.Tensor:
+        values, scale = pair
+        return values.float() * scale.unsqueeze(axis)
+
+    def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        q, k, v = query.float(), key.float(), value.float()
+        if source.qk:
+            q, k = dequantized(quantize_qk(q), -1), dequantized(quantize_qk(k), -1)
+        if source.v:
+            v = dequantized(quantize_v(v), -2)
+        scores = (q @ k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores + attn_mask
+        p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+        row_sum = p.sum(dim=-1, keepdim=True)
+        if source.p_levels:
+            p = torch.round(p * source.p_levels) / source.p_levels
+        return ((p @ v) / row_sum).to(query.dtype)
+
+    return attention
+
+
+def decompose(limit: int | None, out_dir: Path) -> None:
+    """Where full INT8's error on the search task comes from: each operand's quantization alone, and finer P."""
+    from unittest import mock
+
+    task = search_task(limit)
+    reference = embeddings(lambda batch: task.output(task.model, batch), task.batches)
+    low = task.fresh().to(torch.bfloat16)
+    rows = [("eager bf16 (whole model)",
+             task.metrics(reference, embeddings(lambda batch: task.output(low, batch), task.batches)), "")]
+    for source in ERROR_SOURCES:
+        with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", simulated_attention(source)):
+            result = embeddings(lambda batch: task.output(task.model, batch), task.batches)
+        rows.append((source.name, task.metrics(reference, result), ""))
+    for name, metrics, _ in rows:
+        print(f"{name:38s} " + "  ".join(f"{k} {_number(k, v)}" for k, v in metrics.items()), flush=True)
+    info = RunInfo("cpu")
+    lines = info.header("Where full INT8's error comes from: semantic search with all-MiniLM-L6-v2", "fp32",
+                        *task.details, "eager fp32 model with SDPA replaced by attention whose named operands are "
+                        "quantized as the kernel quantizes them (one key block per row, as the kernel at 64 tokens)")
+    names = list(rows[0][1])
+    lines += ["", "| quantized | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += ["| " + " | ".join([name, *(_number(k, m[k]) for k in names)]) + " |" for name, m, _ in rows]
+    path = info.write(out_dir, "task-accuracy-sources-", "\n".join(lines) + "\n", smoke=limit is not None)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("search", "decoder"), default="search")
@@ -185,8 +274,13 @@ def main() -> None:
                         help="use the first N sentences of the corpus (search) or N sequences (decoder)")
     parser.add_argument("--ways", nargs="+", default=None, metavar="NAME",
                         help="run only the ways whose names contain one of these words (default: all)")
+    parser.add_argument("--decompose", action="store_true",
+                        help="search task: the error of each operand's quantization alone, simulated in eager mode")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
+    if args.decompose:
+        decompose(args.limit, args.out)
+        return
     ways = [way for way in WAYS if args.ways is None or any(word in way.name for word in args.ways)]
 
     import logging
@@ -236,7 +330,7 @@ def main() -> None:
 
 
 def _number(metric: str, value: float) -> str:
-    return {"kl": f"{value:.2e}", "spearman": f"{value:.5f}"}.get(metric, f"{value:.4f}")
+    return {"kl": f"{value:.2e}", "spearman": f"{value:.5f}", "error": f"{value:.5f}"}.get(metric, f"{value:.4f}")
 
 
 def _plot(rows: list, path: Path, title: str) -> None:

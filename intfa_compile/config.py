@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from .numerics import KV_BLOCK_AUTOTUNE, normalize_pv_format
+from .numerics import DEFAULT_PV_FORMAT, KV_BLOCK_AUTOTUNE, normalize_pv_format
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -38,15 +38,21 @@ def _env_int(name: str, default: int) -> int:
 enabled: bool = _env_bool("INTFA_ENABLED", True)
 """Rewrite attention to INT8 at all. False compiles exactly what Inductor alone would compile."""
 
-pv_format: Literal["int8", "fp8", "fp16"] = "int8"
-"""How P·V runs (Q·Kᵀ is INT8 in every case). "int8": P and V in INT8, an INT8 GEMM (full INT8, the
-paper's). "fp16": P and V kept in 16-bit, a 16-bit GEMM with fp32 accumulation (the paper's
-"half-INT8"). "fp8": P and V in e4m3, V scaled per channel, an FP8 GEMM with fp32 accumulation
-(SageAttention2's choice: on Hopper the P·V result needs no INT32 → fp32 conversion, and e4m3 keeps a
-flat softmax's small probabilities that INT8's fixed 1/127 step rounds away, but V in e4m3 has 3
-mantissa bits: in ``benchmarks/accuracy.py`` it is less accurate than "int8" except on long flat rows,
-so choose it for speed, once measured). "fp8" needs FP8 tensor cores on a GPU (sm_89+); it takes P's
-fixed scale only."""
+pv_format: Literal["int8", "fp8", "fp16"] = DEFAULT_PV_FORMAT
+"""How P·V runs (Q·Kᵀ is INT8 in every case). "fp16" (default): P and V kept in 16-bit (V's own dtype when it is
+fp16 or bf16; an fp32 V is rounded to bf16), a 16-bit GEMM with fp32 accumulation: the paper's "half-INT8".
+"int8": P and V in INT8, an INT8 GEMM (full INT8, the paper's headline). "fp8": P and V in e4m3, V scaled per
+channel, an FP8 GEMM with fp32 accumulation (SageAttention2's choice).
+
+Why half-INT8 is the default (README, "On a real task"): on semantic search with the real all-MiniLM-L6-v2 it
+keeps the nearest neighbours of eager fp32 better than running the whole model in bf16 (top-5 0.988 against
+0.962); full INT8 does not (0.908), and no 8-bit P·V we found does: 8-bit V alone, with P exact, already costs
+as much embedding error as bf16 does in the whole model (``benchmarks/task_accuracy.py --decompose``). The
+per-pipe model (``benchmarks/pipe_model.py``, sm_90) predicts half-INT8 at least as fast as full INT8 at every
+head dim when the pipes overlap (d = 128: tensor-bound 1,319 against issue-bound 1,294 TOPS; d = 64 and 256:
+faster), and 8% slower at d = 128 only if nothing overlaps; no GPU has timed either yet. Full INT8 remains
+one option away for speed measured on your GPU; "fp8" needs FP8 tensor cores (sm_89+) and takes P's fixed
+scale only."""
 
 quantize_pv: bool | None = None
 """Deprecated alias of ``pv_format``: True is "int8", False is "fp16"; None (default) follows
@@ -86,6 +92,20 @@ smooth_k: bool = False
 """Subtract K's mean over the sequence (per channel) before quantizing it (SageAttention). Softmax is
 invariant to it: it shifts each query's scores by one constant. It helps when K has a large shared
 offset across tokens, which would otherwise eat the INT8 range."""
+
+smooth_q: bool = False
+"""Subtract Q's mean over the sequence (per channel) before quantizing it, and add the per-key term that this
+removes from every score (mean·k_j times the softmax scale, in fp32) to the mask, so the scores are unchanged
+(SageAttention2's Q smoothing; ``quantize.center_queries``). Helps when Q has a large offset shared by its tokens.
+It gives the kernel an additive mask, so the query scale no longer folds into the exponent (one more multiply
+and a mask load per score); applied where the mask stays one row per head (no mask, a padding mask, a causal
+flag), else that site keeps Q as it is."""
+
+qk_rotation: Literal["none", "hadamard"] = "none"
+"""Rotate the head dim of Q and K by the same orthonormal Walsh–Hadamard matrix before quantizing them
+(``quantize.rotate_hadamard``; QuaRot, FlashAttention-3): Q·Kᵀ is unchanged and a channel with outliers is
+spread over all channels, so per-token scales are no longer set by it. Written as butterfly stages that Inductor
+fuses into the quantization kernel (no GEMM)."""
 
 qk_bits: Literal[8, 4] = 8
 """Bits of the Q and K integers. 4 quantizes to [-7, 7] (held in INT8 storage; the GEMM still runs in
@@ -129,6 +149,8 @@ class Settings:
     qk_granularity: Literal["per_token", "per_block", "per_head"]
     v_granularity: Literal["per_channel", "per_tensor"]
     smooth_k: bool
+    smooth_q: bool
+    qk_rotation: Literal["none", "hadamard"]
     qk_bits: Literal[8, 4]
     cuda_lowering: Literal["custom_op", "triton_op"]
     scales: Any
@@ -215,8 +237,17 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> Settings:
     values["pv_format"] = normalize_pv_format(values["pv_format"], values["quantize_pv"])
     if values["pv_format"] == "fp8" and values["p_scale"] != "fixed":
         raise ValueError("intfa: pv_format='fp8' takes P's fixed scale only (p_scale='fixed')")
-    if values["scales"] is not None and values["smooth_k"]:
-        raise ValueError("intfa: static 'scales' were calibrated on K as it is; they cannot be combined with smooth_k")
+    if values["pv_format"] == "fp16":  # nothing of P·V is quantized: its INT8 options would do nothing
+        for name, default in (("p_scale", "fixed"), ("v_granularity", "per_channel")):
+            if values[name] != default:
+                raise ValueError(f"intfa: {name}={values[name]!r} applies to a quantized P·V; pv_format='fp16' (the "
+                                 f"default, half-INT8) keeps P and V in 16-bit: set pv_format='int8' with it")
+    if values["scales"] is not None:
+        transforms = [name for name in ("smooth_k", "smooth_q") if values[name]]
+        transforms += ["qk_rotation"] if values["qk_rotation"] != "none" else []
+        if transforms:
+            raise ValueError(f"intfa: static 'scales' were calibrated on Q and K as they are; they cannot be combined "
+                             f"with {', '.join(transforms)}")
     return Settings(**values)
 
 

@@ -94,12 +94,19 @@ the main fp32 accumulator. Hopper's FP8 MMA keeps about 22 significant bits in i
 DeepSeek-V3 report the same); folding every 16 blocks bounds what that loses to far below P's e4m3 rounding."""
 
 PV_FORMATS = ("int8", "fp8", "fp16")
+"""How P·V runs: INT8 P and V (full INT8), e4m3 P and V (fp8), or 16-bit P and V (half-INT8)."""
+
+DEFAULT_PV_FORMAT = "fp16"
+"""The P·V format when none is chosen: half-INT8 (why: ``config.pv_format``)."""
 
 QK_GRANULARITIES = ("per_token", "per_block", "per_head")
 """Groups of tokens sharing one Q or K scale (``config.qk_granularity``)."""
 
 V_GRANULARITIES = ("per_channel", "per_tensor")
 """Groups of channels sharing one V scale (``config.v_granularity``)."""
+
+QK_ROTATIONS = ("none", "hadamard")
+"""Orthogonal rotations of the head dim applied to Q and K before they are quantized (``config.qk_rotation``)."""
 
 QK_BITS = (8, 4)
 """Bits of the Q and K integers (``config.qk_bits``)."""
@@ -110,7 +117,6 @@ def check_choice(name: str, value: object, allowed: tuple) -> None:
     granularity, format or bit width must not fall through to some default."""
     if isinstance(value, bool) or value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-"""How P·V runs: INT8 P and V (full INT8), e4m3 P and V (fp8), or 16-bit P and V (half-INT8)."""
 
 
 def normalize_pv_format(pv_format: object, quantize_pv: bool | None = None) -> str:
@@ -126,6 +132,6 @@ def normalize_pv_format(pv_format: object, quantize_pv: bool | None = None) -> s
     warnings.warn("quantize_pv is deprecated: use pv_format='int8' (True) or pv_format='fp16' (False)",
                   DeprecationWarning, stacklevel=3)
     legacy = "int8" if quantize_pv else "fp16"
-    if pv_format not in ("int8", legacy):
+    if pv_format not in (DEFAULT_PV_FORMAT, legacy):  # pv_format left at its default yields to the alias
         raise ValueError(f"quantize_pv={quantize_pv} contradicts pv_format={pv_format!r}; set pv_format only")
     return legacy

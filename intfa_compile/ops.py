@@ -7,6 +7,7 @@ convenience entry that quantizes 16/32-bit Q, K, V and calls the op.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,17 +17,32 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .cpu_attention import int8_flash_attention_cpu
 from .exact_fallback import exact_attention
-from .numerics import KV_BLOCK_AUTOTUNE, KV_BLOCK_SIZES, MAX_HEAD_DIM, P_SCALE_MODES, normalize_pv_format
+from .numerics import (
+    DEFAULT_PV_FORMAT,
+    KV_BLOCK_AUTOTUNE,
+    KV_BLOCK_SIZES,
+    MAX_HEAD_DIM,
+    P_SCALE_MODES,
+    QK_ROTATIONS,
+    V_GRANULARITIES,
+    check_choice,
+    normalize_pv_format,
+)
 from .quantize import (
     K_BLOCK_TOKENS,
     Q_BLOCK_TOKENS,
+    center_queries,
     quantize_qk,
     quantize_static,
     quantize_v,
     quantize_v_fp8,
+    rotate_hadamard,
     sequence_major,
     smooth,
+    value_16bit,
 )
+
+log = logging.getLogger("intfa_compile")
 
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
 _QUANTIZED_V = (torch.int8, torch.float8_e4m3fn)
@@ -249,6 +265,15 @@ def _exact_inputs(query: Tensor, key: Tensor, value: Tensor, factor: Tensor | No
     return {"exact_query": query, "exact_key": key, "exact_value": value, "scale_factor": factor}
 
 
+def centring_fits(attn_mask: Tensor | None, exact: dict[str, Tensor | None]) -> bool:
+    """Whether ``smooth_q`` centres Q at a site: its per-key term joins the mask, so only where that mask stays one
+    row per head (no mask, or one whose query dim is 1 or broadcast with stride 0, such as Hugging Face's expanded
+    padding mask; a causal flag is kept apart) and
+    where the op cannot turn to its exact fallback (which takes the mask as the site's)."""
+    return not exact and (attn_mask is None or attn_mask.dim() < 2 or statically_known_true(attn_mask.shape[-2] == 1)
+                          or statically_known_true(attn_mask.stride(-2) == 0))
+
+
 def int8_sdpa(
     query: Tensor,
     key: Tensor,
@@ -256,12 +281,14 @@ def int8_sdpa(
     attn_mask: Tensor | None = None,
     is_causal: bool = False,
     scale: float | Tensor | None = None,
-    pv_format: str = "int8",
+    pv_format: str = DEFAULT_PV_FORMAT,
     p_scale: str = "fixed",
     *,
     qk_granularity: str = "per_token",
     v_granularity: str = "per_channel",
     smooth_k: bool = False,
+    smooth_q: bool = False,
+    qk_rotation: str = "none",
     qk_bits: int = 8,
     attention_op: Any = None,
     causal_offset: int = 0,
@@ -272,22 +299,38 @@ def int8_sdpa(
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
-    Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and V
-    per channel to INT8 (``pv_format="int8"``) or e4m3 (``"fp8"``) or not at all (``"fp16"``: half-INT8;
-    ``quantize_pv`` is its deprecated spelling), then calls ``intfa::int8_attention`` (or ``attention_op``,
-    an op of the same signature). ``causal_offset`` moves the causal diagonal and ``window_left``
-    limits how far back a query sees, ``kv_block`` fixes the keys per block, ``tma`` picks the CUDA kernel's
-    load path (see the op). ``scale`` may also be a one-element tensor (or, in a traced graph, a symbolic float):
-    it then joins Q's quantization scales (``fold_factor``). This is what the compiler passes insert in place
+    Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and V per
+    channel to INT8 (``pv_format="int8"``) or e4m3 (``"fp8"``) or keeps it in 16-bit (``"fp16"``, the default:
+    half-INT8; an fp32 V is rounded to bf16, ``value_16bit``; ``quantize_pv`` is the deprecated spelling), then
+    calls ``intfa::int8_attention`` (or ``attention_op``, an op of the same signature). ``smooth_q`` centres Q
+    exactly (``quantize.center_queries``, where ``centring_fits``), ``qk_rotation="hadamard"`` rotates Q's and K's
+    head dim (``quantize.rotate_hadamard``), ``smooth_k`` subtracts K's mean: all three leave softmax(Q·Kᵀ) as it
+    is. ``causal_offset`` moves the causal diagonal and ``window_left`` limits how far back a query sees,
+    ``kv_block`` fixes the keys per block, ``tma`` picks the CUDA kernel's load path (see the op). ``scale`` may
+    also be a one-element tensor (or, in a traced graph, a symbolic float): it then joins Q's quantization scales
+    (``fold_factor``). This is what the compiler passes insert in place
     of attention.
     """
+    check_choice("qk_rotation", qk_rotation, QK_ROTATIONS)
+    check_choice("v_granularity", v_granularity, V_GRANULARITIES)  # checked even where V stays 16-bit
     sm_scale, factor = scale_and_factor(scale, query)
     exact = _exact_inputs(query, key, value, factor)
+    if qk_rotation == "hadamard":
+        query, key = rotate_hadamard(query), rotate_hadamard(key)
+    if smooth_k:
+        key = smooth(key)
+    if smooth_q and centring_fits(attn_mask, exact):
+        one_row = attn_mask if attn_mask is None or attn_mask.dim() < 2 else attn_mask[..., :1, :]
+        query, attn_mask = center_queries(query, key, one_row, sm_scale, factor)
+    elif smooth_q:
+        log.info("intfa: smooth_q not applied to attention of query shape %s: its mask %s has a row per query, and "
+                 "adding the per-key term would copy it once per head", tuple(query.shape),
+                 tuple(attn_mask.shape) if attn_mask is not None else "(decided at run time)")
     q_int8, q_scale = fold_factor(*quantize_qk(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS), factor)
-    k_int8, k_scale = quantize_qk(smooth(key) if smooth_k else key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
+    k_int8, k_scale = quantize_qk(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
     pv_format = normalize_pv_format(pv_format, quantize_pv)
     if pv_format == "fp16":
-        v_in, v_scale = value, None
+        v_in, v_scale = value_16bit(value), None
     else:
         quantize = quantize_v if pv_format == "int8" else quantize_v_fp8
         v_in, v_scale = quantize(value, v_granularity)
@@ -307,7 +350,7 @@ def int8_sdpa_static(
     q_amax: Tensor,
     k_amax: Tensor,
     v_amax: Tensor,
-    pv_format: str = "int8",
+    pv_format: str = DEFAULT_PV_FORMAT,
     p_scale: str = "fixed",
     qk_bits: int = 8,
     attention_op: Any = None,
@@ -333,7 +376,7 @@ def int8_sdpa_static(
         v_in, v_scale = quantize_v_fp8(value, amax=v_amax[:, None, :].expand(value.shape[0], -1, 1, -1))
         v_in = sequence_major(v_in)
     else:
-        v_in, v_scale = value, None
+        v_in, v_scale = value_16bit(value), None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
               sm_scale, p_scale, query.dtype, causal_offset, window_left, kv_block, tma, **exact)

@@ -84,6 +84,15 @@ def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Ten
     return xq, scale.squeeze(-2)
 
 
+def value_16bit(x: Tensor) -> Tensor:
+    """V for a 16-bit P·V (``pv_format="fp16"``, the paper's half-INT8): as it is when fp16 or bf16; an fp32 V is
+    rounded to bf16. The kernel's P·V GEMM takes V's dtype for P too, so an fp32 V would make it an fp32 GEMM off
+    the tensor cores (what "16-bit" promises is the speed of a 16-bit GEMM); bf16 keeps fp32's range, so no value
+    overflows as one above fp16's 65504 would. On the MiniLM search task a bf16 and an fp16 P·V are equally
+    accurate (``benchmarks/task_accuracy.py``)."""
+    return x if x.dtype in (torch.float16, torch.bfloat16) else x.to(torch.bfloat16)
+
+
 FP8_MAX = 448.0
 """The largest finite e4m3 value: V's per-channel FP8 scale maps each channel's max|v| onto it."""
 
@@ -126,6 +135,79 @@ def quantize_per_channel(x: Tensor) -> tuple[Tensor, Tensor]:
 def smooth(k: Tensor) -> Tensor:
     """K minus its mean over the sequence, per channel: the same softmax, a tighter INT8 range."""
     return k - k.mean(dim=-2, keepdim=True)
+
+
+def hadamard_block(head_dim: int) -> int:
+    """The block of the head-dim rotation: the largest power of two dividing ``head_dim`` (all of it for 32, 64,
+    128; 32 for 96)."""
+    return head_dim & -head_dim
+
+
+def hadamard_signs(head_dim: int, device: torch.device) -> Tensor:
+    """±1 per channel, a fixed pseudo-random pattern: the sign flips before the Walsh–Hadamard matrix. Without them
+    a vector with the same value in every channel (an offset all of K's channels share) would become one spike of
+    √d in the first channel; with them it spreads like any other (QuaRot's randomized Hadamard). The pattern is bit
+    22 of a 32-bit multiplicative hash of the channel index, chosen so that an all-ones vector rotates to entries of
+    at most 3.7 at d = 32, 64, 128. Computed from ``arange``, so a traced graph holds no constant tensor."""
+    channel = torch.arange(head_dim, device=device, dtype=torch.int64)
+    return 1.0 - 2.0 * ((((channel * 0x27D4EB2F) & 0xFFFFFFFF) >> 22) & 1).float()
+
+
+def hadamard_matrix(head_dim: int, device: torch.device) -> Tensor:
+    """The rotation's matrix without its 1/√block: block-diagonal Walsh–Hadamard blocks of ±1 (entry i, j is −1 when
+    i & j has an odd number of bits), with row i's sign flipped by ``hadamard_signs``; fp32, exact in any dtype.
+    Built from ``arange``, so a traced graph computes it (Inductor folds it) rather than holding a constant."""
+    index = torch.arange(head_dim, device=device, dtype=torch.int64)
+    block = hadamard_block(head_dim)
+    rows, cols = index.unsqueeze(-1), index.unsqueeze(0)
+    bits = rows & cols & (block - 1)
+    for shift in (8, 4, 2, 1):  # parity of the bits (blocks of at most 2**16 channels)
+        bits = bits ^ (bits >> shift)
+    entries = (1.0 - 2.0 * (bits & 1).float()) * hadamard_signs(head_dim, device).unsqueeze(-1)
+    return torch.where(rows // block == cols // block, entries, 0.0)
+
+
+def rotate_hadamard(x: Tensor) -> Tensor:
+    """``x`` (..., D) with its channels' signs flipped (``hadamard_signs``) times a block-diagonal orthonormal
+    Walsh–Hadamard matrix (blocks of ``hadamard_block(D)``), in fp32 (``qk_rotation="hadamard"``). The matrix is
+    orthogonal, so rotating both Q and K leaves every Q·Kᵀ unchanged, while a channel whose values dwarf the
+    others' is spread over the block: QuaRot (Ashkboos et al., 2024) and FlashAttention-3 (Shah et al., 2024)
+    rotate so for low-bit Q and K.
+
+    One GEMM in x's dtype against the ±1 matrix (exact in every dtype; fp32 accumulation on tensor cores), scaled
+    by 1/√block in fp32 where Inductor fuses it into the quantization. Not fused itself: Inductor runs the GEMM as
+    its own kernel (as butterfly stages of adds it realized each stage as an fp32 buffer, six times the traffic).
+    It reads x and writes the rotated x once more, about what the quantization kernel moves; so the rotation
+    roughly doubles the quantization's memory traffic for Q and K."""
+    rotated = x @ hadamard_matrix(x.shape[-1], x.device).to(x.dtype)
+    return rotated.float() * hadamard_block(x.shape[-1]) ** -0.5
+
+
+def center_queries(query: Tensor, key: Tensor, attn_mask: Tensor | None, sm_scale: float,
+                   factor: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Q minus its mean over the sequence μ (per batch, head and channel) and the mask that makes it exact
+    (``smooth_q``): each score q_i·k_j = (q_i − μ)·k_j + μ·k_j, so the per-key term μ·k_j, times the softmax
+    scale, is added to the mask in fp32 and only the centred Q is quantized (SageAttention2's Q smoothing, Zhang
+    et al., 2024). Q with a large offset shared by its tokens keeps more INT8 resolution for what varies.
+
+    ``key`` is K as it will be quantized (after ``smooth_k``); ``factor`` is the run-time part of the scale, if
+    any. The returned mask is fp32, (B, Hq, 1, Nk) broadcast with ``attn_mask``: a boolean mask becomes −inf where
+    it was False."""
+    qf, kf = query.float(), key.float()
+    mean = qf.mean(dim=-2, keepdim=True)
+    batch, heads_q = qf.shape[:2]
+    heads_k = kf.shape[1]
+    grouped = mean.reshape(batch, heads_k, heads_q // heads_k, qf.shape[-1])
+    bias = (grouped @ kf.transpose(-1, -2)).reshape(batch, heads_q, 1, kf.shape[-2]) * sm_scale
+    if factor is not None:
+        bias = bias * factor.float()
+    if attn_mask is None:
+        mask = bias
+    elif attn_mask.dtype == torch.bool:
+        mask = bias.masked_fill(~attn_mask, float("-inf"))
+    else:
+        mask = attn_mask.float() + bias
+    return qf - mean, mask
 
 
 def quantize_static(x: Tensor, amax: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:

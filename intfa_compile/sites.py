@@ -28,6 +28,11 @@ COUNTER_OF_PV_FORMAT = {"int8": "int8_sites", "fp16": "half_int8_sites", "fp8": 
 """The ``torch._dynamo.utils.counters["intfa"]`` entry a rewritten site counts in, by P·V format."""
 
 
+def rewritten_sites(intfa_counters: dict) -> int:
+    """Sites rewritten to the INT8 op in any P·V format, from ``torch._dynamo.utils.counters["intfa"]``."""
+    return sum(intfa_counters.get(name, 0) for name in COUNTER_OF_PV_FORMAT.values())
+
+
 @dataclass(frozen=True)
 class SiteRecord:
     """One attention site and its outcome."""

@@ -36,7 +36,8 @@ def int8_attention(settings: Settings, site_key: str, query: torch.Tensor, key: 
                                 tma=settings.tma_loads)
     return int8_sdpa(query, key, value, attn_mask, is_causal, scale, settings.pv_format, settings.p_scale,
                      qk_granularity=settings.qk_granularity, v_granularity=settings.v_granularity,
-                     smooth_k=settings.smooth_k, qk_bits=settings.qk_bits, attention_op=op,
+                     smooth_k=settings.smooth_k, smooth_q=settings.smooth_q,
+                     qk_rotation=settings.qk_rotation, qk_bits=settings.qk_bits, attention_op=op,
                      causal_offset=causal_offset, window_left=window_left, kv_block=settings.kv_block,
                      tma=settings.tma_loads)
 

@@ -329,7 +329,7 @@ def supported_table() -> str:
     from torch._dynamo.utils import counters
     from torch._inductor import config as inductor_config
 
-    from intfa_compile.sites import collect_sites
+    from intfa_compile.sites import collect_sites, rewritten_sites
 
     lines = ["| style | written as | found as | INT8 | cosine to eager fp32 |", "|---|---|---|---|---|"]
     for name, (build, description) in STYLES.items():
@@ -343,7 +343,7 @@ def supported_table() -> str:
             compiled = torch.compile(model, backend="intfa")(x)
         cosine = F.cosine_similarity(compiled.flatten().double(), eager.flatten().double(), dim=0).item()
         forms = "; ".join(site.form for site in sites) or "—"
-        int8 = "yes" if counters["intfa"].get("int8_sites", 0) == len(sites) == 1 else "no"
+        int8 = "yes" if rewritten_sites(counters["intfa"]) == len(sites) == 1 else "no"
         lines.append(f"| `{name}` | {description} | {forms} | {int8} | {cosine:.6f} |")
     return "\n".join(lines)
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+import intfa_compile
 from intfa_compile.numerics import INT8_MAX
-from intfa_compile.quantize import quantize_per_channel, quantize_per_token, quantize_v_fp8
+from intfa_compile.quantize import quantize_per_channel, quantize_per_token, quantize_v_fp8, value_16bit
 from intfa_compile.reference import reference_attention
+from intfa_compile.sites import COUNTER_OF_PV_FORMAT, OUTCOME_OF_PV_FORMAT
+
+DEFAULT_OUTCOME = OUTCOME_OF_PV_FORMAT[intfa_compile.config.pv_format]
+"""What a site rewritten under the default settings records (``explain``): "half-INT8" since issue 13."""
+DEFAULT_COUNTER = COUNTER_OF_PV_FORMAT[intfa_compile.config.pv_format]
+"""The ``counters["intfa"]`` entry such a site counts in."""
 
 FP32_SLACK = 2.0**-14
 """Relative fp32 error allowed on P and on the output on top of the quantization bound: the kernel
@@ -51,9 +58,10 @@ def quantized_inputs(q: Tensor, k: Tensor, v: Tensor, quantize_pv: bool = True,
         v8, vs = quantize_per_channel(v)
         inputs.update(v=v8, v_scale=vs)
         v_seen = v8.double() * vs.double().unsqueeze(-2)
-    else:
-        inputs.update(v=v, v_scale=None)
-        v_seen = v.double()
+    else:  # 16-bit P·V: an fp32 V is rounded to bf16, as int8_sdpa does
+        v16 = value_16bit(v)
+        inputs.update(v=v16, v_scale=None)
+        v_seen = v16.double()
     inputs["dequantized"] = (q8.double() * qs.double().unsqueeze(-1), k8.double() * ks.double().unsqueeze(-1),
                              v_seen)
     return inputs
@@ -115,3 +123,9 @@ P_STEP = 1.0 / INT8_MAX
 E4M3_STEP_NEAR_ONE = 32.0 / 448.0
 """The largest gap between neighbouring e4m3 values of P·448 for P ≤ 1 (256…448 are 32 apart), in P's units: what
 one P entry moves when exp2 rounds across an e4m3 midpoint (pv_format="fp8")."""
+
+
+def op_call_arguments(call: str) -> list[str]:
+    """The positional arguments of one ``int8_attention`` call in Inductor's code (the text between its
+    parentheses), up to the output dtype: q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale."""
+    return call.split(", ")[:9]

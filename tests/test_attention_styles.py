@@ -9,7 +9,7 @@ from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
 from tests.attention_styles import STYLES, hidden_states
-from tests.helpers import cosine
+from tests.helpers import DEFAULT_COUNTER, cosine
 
 
 def _run(name: str, inductor_patterns: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -31,7 +31,7 @@ def test_every_style_runs_int8(name, inductor_patterns):
     (cosine ≥ 0.999: the bar every INT8 site in this suite meets; per-token INT8 Q/K and per-channel V keep
     each score within ~1% of its value, which moves a unit-norm output by far less than 1 − 0.999)."""
     eager, compiled, intfa = _run(name, inductor_patterns)
-    assert intfa.get("int8_sites", 0) == 1 and not intfa.get("left_alone"), intfa
+    assert intfa.get(DEFAULT_COUNTER, 0) == 1 and not intfa.get("left_alone"), intfa
     assert cosine(compiled, eager) >= 0.999
 
 

@@ -18,7 +18,7 @@ from torch._inductor.utils import run_and_get_code
 import intfa_compile
 from intfa_compile import config
 from intfa_compile.reference import reference_attention
-from tests.helpers import NO_EXACT_INPUTS, cosine
+from tests.helpers import DEFAULT_COUNTER, NO_EXACT_INPUTS, cosine, op_call_arguments
 from tests.model_zoo import HandWrittenCausal
 
 OP_NAME = "torch.ops.intfa.int8_attention.default"
@@ -66,7 +66,7 @@ def test_causal_sdpa_runs_int8_with_cosine_0999_at_384_d64(model_and_input):
         eager = model(x)
     out, code = _compile_and_run(model, x)
     assert OP_NAME in code
-    assert counters["intfa"]["int8_sites"] == 1
+    assert counters["intfa"][DEFAULT_COUNTER] == 1
     assert cosine(out, eager) >= 0.999
     assert not torch.equal(out, eager)  # quantization really happened
 
@@ -122,7 +122,7 @@ def test_training_graph_is_left_alone_and_logged(model_and_input, caplog):
     with caplog.at_level(logging.WARNING, logger="intfa_compile"):
         out = compiled(x)
     out.sum().backward()
-    assert counters["intfa"]["int8_sites"] == 0
+    assert counters["intfa"][DEFAULT_COUNTER] == 0
     assert counters["intfa"]["left_alone"] == 1
     assert any("inference-only" in record.getMessage() for record in caplog.records)
     assert torch.allclose(out, model(x), atol=1e-5)
@@ -156,8 +156,10 @@ def test_enabled_false_compiles_what_inductor_alone_compiles(model_and_input):
 
 def test_quantize_pv_false_runs_half_int8(model_and_input):
     model, x = model_and_input
-    full, _ = _compile_and_run(model, x)
+    full, _ = _compile_and_run(model, x, pv_format="int8")
+    assert counters["intfa"]["int8_sites"] == 1
     torch._dynamo.reset()
+    counters.clear()
     half, code = _compile_and_run(model, x, quantize_pv=False)
     assert counters["intfa"]["half_int8_sites"] == 1
     assert "None, None, True" in code  # v_scale=None, no mask, causal: V stays 16/32-bit
@@ -181,14 +183,22 @@ def test_pv_format_fp8_runs_fp8_pv_and_the_deprecated_alias_still_works(model_an
 
 def test_p_scale_row_block_changes_the_result(model_and_input):
     model, x = model_and_input
-    fixed, _ = _compile_and_run(model, x)
+    fixed, _ = _compile_and_run(model, x, pv_format="int8")
     torch._dynamo.reset()
-    row_block, code = _compile_and_run(model, x, p_scale="row_block")
+    row_block, code = _compile_and_run(model, x, pv_format="int8", p_scale="row_block")
     assert "'row_block'" in code
     assert not torch.equal(fixed, row_block)
     with torch.no_grad():
         eager = model(x)
     assert cosine(row_block, eager) >= 0.999
+
+
+@pytest.mark.parametrize("option", [{"p_scale": "row_block"}, {"v_granularity": "per_tensor"}])
+def test_options_of_a_quantized_pv_refuse_the_16_bit_default(option):
+    """Under the default half-INT8 nothing of P·V is quantized: an option for it would silently do nothing."""
+    with pytest.raises(ValueError, match=f"{next(iter(option))}.*pv_format='int8'"):
+        config.resolve(option)
+    assert config.resolve({**option, "pv_format": "int8"}).pv_format == "int8"
 
 
 def test_min_seq_len_leaves_short_attention_alone(model_and_input, caplog):
@@ -215,11 +225,11 @@ def test_changed_config_recompiles_the_compiled_model(model_and_input):
     compiled = torch.compile(model, backend="intfa")
     with torch.no_grad():
         fixed = compiled(x)
-        with config.patch(p_scale="row_block"):
+        with config.patch(qk_granularity="per_head"):
             row_block = compiled(x)
         fixed_again = compiled(x)
     torch._dynamo.reset()
-    expected_row_block, _ = _compile_and_run(model, x, p_scale="row_block")
+    expected_row_block, _ = _compile_and_run(model, x, qk_granularity="per_head")
     assert torch.equal(row_block, expected_row_block)
     assert torch.equal(fixed, fixed_again)
     assert not torch.equal(fixed, row_block)
@@ -253,8 +263,9 @@ def test_backend_found_by_name_in_a_fresh_process():
         with torch.no_grad():
             out = torch.compile(attend, backend="intfa")(q, k, v)
         from torch._dynamo.utils import counters
+        from intfa_compile.sites import rewritten_sites
         cos = F.cosine_similarity(out.flatten(), attend(q, k, v).flatten(), dim=0).item()
-        print("sites", counters["intfa"]["int8_sites"], "close", cos >= 0.999)
+        print("sites", rewritten_sites(counters["intfa"]), "close", cos >= 0.999)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "TORCHINDUCTOR_FX_GRAPH_CACHE": "0"})
@@ -287,7 +298,7 @@ def test_sdpa_argument_variants_run_int8(variant):
         out, code = run_and_get_code(torch.compile(attend, backend="intfa"), q, k, v)
         eager = attend(q, k, v)
     assert OP_NAME in "\n".join(code)
-    assert counters["intfa"]["int8_sites"] == 1
+    assert counters["intfa"][DEFAULT_COUNTER] == 1
     assert cosine(out, eager) >= 0.999
 
 
@@ -319,7 +330,7 @@ def test_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
     calls = re.findall(re.escape(OP_NAME) + r"\((.*)\)", "\n".join(code))
     assert len(calls) == 1, calls
     assert re.search(causal_call(offset), calls[0]), calls
-    assert counters["intfa"]["int8_sites"] == 1
+    assert counters["intfa"][DEFAULT_COUNTER] == 1
     # Inductor's fused quantization may round a scale differently from eager: one P step of V at most.
     assert (out - direct).abs().max().item() <= 1e-5 * eager.abs().max().item() + v.abs().max().item() / 127
     blind = torch.arange(n_q) + offset < 0  # queries that see no key give zeros, as eager
@@ -341,13 +352,14 @@ def test_hand_written_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):
         out, code = run_and_get_code(torch.compile(model, backend="intfa"), q, k, v)
         eager = model(q, k, v)
     calls = re.findall(re.escape(OP_NAME) + r"\((.*)\)", "\n".join(code))
-    assert len(calls) == 1 and counters["intfa"]["int8_sites"] == 1, calls
+    assert len(calls) == 1 and counters["intfa"][DEFAULT_COUNTER] == 1, calls
     folded = spelling == "masked_fill_triu" or n_k >= n_q
     if folded:
         window_left = 39 if spelling == "positions_sliding_window" else -1
         assert re.search(causal_call(n_k - n_q, window_left), calls[0]), calls
     else:
-        assert ", None, " not in calls[0] and ", False, " in calls[0], calls
+        mask, is_causal = op_call_arguments(calls[0])[6:8]
+        assert mask != "None" and is_causal == "False", calls
     sees_keys = torch.arange(n_q) + n_k - n_q >= 0  # eager gives NaN where masked_fill(-inf) leaves no key
     assert cosine(out[..., sees_keys, :], eager[..., sees_keys, :]) >= 0.999
     if spelling == "masked_fill_triu":
@@ -392,18 +404,22 @@ def test_masks_that_are_not_only_causal_stay_masks(spelling):
         out, code = run_and_get_code(torch.compile(attend, backend="intfa"), q, k, v)
         eager = attend(q, k, v)
     calls = re.findall(re.escape(OP_NAME) + r"\((.*)\)", "\n".join(code))
-    assert len(calls) == 1 and ", None, " not in calls[0] and ", False, " in calls[0], calls
+    assert len(calls) == 1 and op_call_arguments(calls[0])[6:8] != ["None", "False"], calls
+    mask, is_causal = op_call_arguments(calls[0])[6:8]
+    assert mask != "None" and is_causal == "False", calls
     assert cosine(out, eager) >= 0.999
 
 
 @pytest.mark.parametrize("option, value", [("qk_granularity", "per_block"), ("qk_granularity", "per_head"),
                                            ("v_granularity", "per_tensor"), ("smooth_k", True), ("qk_bits", 4),
-                                           ("kv_block_size", 16)])
+                                           ("kv_block_size", 16), ("smooth_q", True),
+                                           ("qk_rotation", "hadamard"), ("pv_format", "int8")])
 def test_ablation_toggles_change_what_runs(model_and_input, option, value):
     model, x = model_and_input
-    default, _ = _compile_and_run(model, x)
+    base = {"pv_format": "int8"} if option == "v_granularity" else {}  # V's scales: a quantized V
+    default, _ = _compile_and_run(model, x, **base)
     torch._dynamo.reset()
-    toggled, code = _compile_and_run(model, x, **{option: value})
+    toggled, code = _compile_and_run(model, x, **base, **{option: value})
     assert OP_NAME in code
     assert not torch.equal(default, toggled)
     with torch.no_grad():
@@ -444,7 +460,7 @@ def test_a_failing_rewrite_keeps_the_original_attention(model_factory, monkeypat
         out = torch.compile(model, backend="intfa")(x)
         eager = model(x)
     assert torch.allclose(out, eager, atol=1e-5, rtol=1e-4)
-    assert counters["intfa"]["int8_sites"] == 0 and counters["intfa"]["left_alone"] == 1
+    assert counters["intfa"][DEFAULT_COUNTER] == 0 and counters["intfa"]["left_alone"] == 1
     assert any("injected failure" in r.getMessage() and "kept as it was" in r.getMessage() for r in caplog.records)
     torch._dynamo.reset()
     with pytest.raises(Exception, match="injected failure"), torch.no_grad():

@@ -16,6 +16,7 @@ import intfa_compile
 from intfa_compile import config
 from intfa_compile.numerics import KV_BLOCK_AUTOTUNE
 from intfa_compile.sites import collect_sites
+from tests.helpers import DEFAULT_COUNTER, DEFAULT_OUTCOME
 
 
 def _sites(count: int, head_dim: int = 16, module: str = "layers.0.attn") -> tuple[list[AttentionSite], dict]:
@@ -41,14 +42,14 @@ def _context(paths: dict, **overrides) -> CompileContext:
 
 
 def test_settings_are_frozen_typed_and_hold_every_toggle():
-    settings = config.resolve({"kv_block_size": "tune", "quantize_pv": False})
+    settings = config.resolve({"kv_block_size": "tune", "quantize_pv": True})
     assert tuple(field.name for field in dataclasses.fields(settings)) == config.keys()
-    assert settings.pv_format == "fp16" and settings.kv_block == KV_BLOCK_AUTOTUNE
+    assert settings.pv_format == "int8" and settings.kv_block == KV_BLOCK_AUTOTUNE
     assert config.resolve({"kv_block_size": 64}).kv_block == 64 and config.resolve().kv_block == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.pv_format = "int8"  # type: ignore[misc]
+        settings.pv_format = "fp16"  # type: ignore[misc]
     assert config.resolve() == config.resolve() and hash(config.resolve()) == hash(config.resolve())
-    assert config.resolve().fingerprint()["pv_format"] == "int8"
+    assert config.resolve().fingerprint()["pv_format"] == "fp16"
 
 
 def test_a_decision_is_taken_once_and_recorded_once():
@@ -57,7 +58,7 @@ def test_a_decision_is_taken_once_and_recorded_once():
     context = _context(paths)
     with collect_sites() as records:
         assert context.decide(site) and context.decide(site)
-    assert [r.outcome for r in records] == ["INT8"] and counters["intfa"]["int8_sites"] == 1
+    assert [r.outcome for r in records] == [DEFAULT_OUTCOME] and counters["intfa"][DEFAULT_COUNTER] == 1
     assert context.already_reported(site.anchor)
 
 
@@ -87,7 +88,7 @@ def test_a_failed_rewrite_withdraws_the_int8_record():
         context.rewrite_failed(site, RuntimeError("boom"))
     (record,) = records
     assert record.outcome == "left alone" and "RuntimeError: boom" in record.reason
-    assert counters["intfa"]["int8_sites"] == 0 and counters["intfa"]["left_alone"] == 1
+    assert counters["intfa"][DEFAULT_COUNTER] == 0 and counters["intfa"]["left_alone"] == 1
     with pytest.raises(RuntimeError, match="boom"):
         strict = _context(paths, fallback="error")
         strict.decide(site)
@@ -106,7 +107,7 @@ def test_a_later_stage_replaces_what_an_earlier_one_left_alone_at_the_same_place
         context.settings = config.resolve()  # the next stage (here: other settings, so it rewrites)
         context.begin_stage()
         assert context.decide(sites[0])
-    assert [r.outcome for r in records] == ["left alone", "INT8"], records
+    assert [r.outcome for r in records] == ["left alone", DEFAULT_OUTCOME], records
     assert counters["intfa"]["left_alone"] == 1
 
 

@@ -19,7 +19,7 @@ from intfa_compile import exact_fallback, ops
 from intfa_compile.numerics import INT8_MAX, MAX_HEAD_DIM
 from intfa_compile.ops import fold_factor, int8_sdpa, kernel_shape_problem, scale_and_factor
 from intfa_compile.sites import collect_sites
-from tests.helpers import cosine
+from tests.helpers import DEFAULT_OUTCOME, cosine
 
 
 def sdpa(q, k, v):
@@ -91,7 +91,7 @@ def test_one_graph_serves_changing_lengths_and_head_dims(attention, inductor_fus
             torch.testing.assert_close(out_again, out, rtol=0, atol=0)
     assert counters["stats"]["unique_graphs"] == 1
     (site,) = sites
-    assert site.outcome == "INT8", site
+    assert site.outcome == DEFAULT_OUTCOME, site
     assert "s" in site.shapes  # symbolic sizes in the record: the site was compiled once for all of them
     fallbacks = [r.getMessage() for r in caplog.records if "computed exactly" in r.getMessage()]
     assert len(fallbacks) == 1 and "head dim 320 is above" in fallbacks[0], fallbacks
@@ -156,7 +156,7 @@ def test_a_learned_temperature_runs_int8(value):
     with torch.no_grad(), inductor_config.patch(fx_graph_cache=False), collect_sites() as sites:
         out = torch.compile(model, backend="intfa")(q, k, v)
         eager = model(q, k, v)
-    assert [s.outcome for s in sites] == ["INT8"], sites
+    assert [s.outcome for s in sites] == [DEFAULT_OUTCOME], sites
     assert cosine(out, eager) >= 0.999
 
 

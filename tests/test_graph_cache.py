@@ -15,16 +15,16 @@ SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 1, 2, 96, 32)
     with torch.no_grad():
-        out = torch.compile(attend, backend="intfa", options={"p_scale": sys.argv[1]})(q, k, v)
+        out = torch.compile(attend, backend="intfa", options={"pv_format": sys.argv[1]})(q, k, v)
     print("hits", counters["inductor"]["fxgraph_cache_hit"], "misses", counters["inductor"]["fxgraph_cache_miss"])
     print("checksum", repr(out.double().sum().item()))
 """)
 
 
-def _run(cache_dir: str, p_scale: str) -> tuple[str, str]:
+def _run(cache_dir: str, pv_format: str) -> tuple[str, str]:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
            "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, p_scale], capture_output=True, text=True, env=env,
+    result = subprocess.run([sys.executable, "-c", SCRIPT, pv_format], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
@@ -32,9 +32,9 @@ def _run(cache_dir: str, p_scale: str) -> tuple[str, str]:
 
 
 def test_other_settings_miss_the_cache_and_same_settings_hit(tmp_path):
-    first_hits, fixed = _run(str(tmp_path), "fixed")
-    other_hits, row_block = _run(str(tmp_path), "row_block")
-    again_hits, fixed_again = _run(str(tmp_path), "fixed")
+    first_hits, fixed = _run(str(tmp_path), "fp16")
+    other_hits, row_block = _run(str(tmp_path), "int8")
+    again_hits, fixed_again = _run(str(tmp_path), "fp16")
     assert first_hits.startswith("0 ") and other_hits.startswith("0 ")
     assert not again_hits.startswith("0 "), "the same settings should be served from the cache"
     assert row_block != fixed

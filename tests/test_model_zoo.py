@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import intfa_compile
+from tests.helpers import DEFAULT_COUNTER, DEFAULT_OUTCOME
 from tests.model_zoo import ZOO, MultiheadAttentionBlock, TimmStyleAttention, run
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[entry.name for entry in ZOO])
 def test_every_attention_layer_runs_int8(entry):
     eager, compiled, sites = run(entry)
-    reasons = [f"{site.module}: {site.reason}" for site in sites if site.outcome != "INT8"]
-    assert sum(site.outcome == "INT8" for site in sites) == entry.layers, reasons
+    reasons = [f"{site.module}: {site.reason}" for site in sites if site.outcome != DEFAULT_OUTCOME]
+    assert sum(site.outcome == DEFAULT_OUTCOME for site in sites) == entry.layers, reasons
     assert not reasons
     assert len({site.module for site in sites}) == entry.layers  # one record per layer, each at its module
     assert not any(site.module == "<unknown>" for site in sites)
@@ -36,7 +37,7 @@ def test_decoder_eager_masks_run_as_the_causal_flag(name, window):
     entry = ZOO[[z.name for z in ZOO].index(name)]
     model, inputs = entry.build()
     report = intfa_compile.explain(model, **inputs)
-    assert report.count("INT8") == entry.layers
+    assert report.count(DEFAULT_OUTCOME) == entry.layers
     for site in report.sites:
         assert site.causal and site.mask == "none" and "causal mask as flag" in site.form
         assert (f"window {window}" in site.form) if window else ("window" not in site.form)
@@ -47,7 +48,7 @@ def test_fused_encoder_fast_path_is_reported_with_the_fix():
     layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
     model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
     report = intfa_compile.explain(model, torch.randn(2, 24, 64))
-    assert report.count("INT8") == 0
+    assert report.count(DEFAULT_OUTCOME) == 0
     assert len(report.sites) == 2
     assert all("set_fastpath_enabled(False)" in site.reason for site in report.sites)
     assert [site.module for site in report.sites] == ["layers.0", "layers.1"]
@@ -58,7 +59,7 @@ def test_explain_lists_sites_with_module_shapes_and_outcome():
     x = torch.randn(2, 24, 64)
     report = intfa_compile.explain(model, x)
     (site,) = report.sites
-    assert site.outcome == "INT8"
+    assert site.outcome == DEFAULT_OUTCOME
     assert site.module == "<model>"
     assert site.shapes == "q 2×4×24×16, kv 2×4×24×16"
     assert site.form.startswith("hand-written")
@@ -93,7 +94,7 @@ def test_scale_on_q_by_division_with_mask_and_upcast():
     q, k, v = torch.randn(3, 2, 4, 40, 32)
     bias = torch.randn(2, 1, 40, 40)
     report = intfa_compile.explain(QueryDividedAttention(), q, k, v, bias)
-    assert [site.outcome for site in report.sites] == ["INT8"]
+    assert [site.outcome for site in report.sites] == [DEFAULT_OUTCOME]
 
 
 @pytest.mark.parametrize("model_factory", [TimmStyleAttention, lambda: MultiheadAttentionBlock()],
@@ -108,4 +109,4 @@ def test_symbolic_sequence_length_compiles_once(model_factory):
             out = compiled(x)
             assert F.cosine_similarity(out.flatten(), model(x).flatten(), dim=0).item() >= 0.999
     assert counters["stats"]["unique_graphs"] == 1
-    assert counters["intfa"]["int8_sites"] == 1
+    assert counters["intfa"][DEFAULT_COUNTER] == 1

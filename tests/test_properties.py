@@ -67,7 +67,7 @@ def _assert_within_derived_bound(out, inputs, problem):
     if quantize_pv:
         bound = p_quantization_bound(q_hat, k_hat, v_hat, mask, is_causal, None, P_STEP)
     else:
-        bound = half_int8_bound(q_hat, k_hat, v_hat, mask, is_causal, None, v.dtype)
+        bound = half_int8_bound(q_hat, k_hat, v_hat, mask, is_causal, None, inputs["v"].dtype)  # as the op saw V
     # Rounding the result o to the output dtype: |round(o) − ref| ≤ |o − ref| + u·|o| ≤ b + u·(|ref| + b).
     bound = bound + unit_roundoff(q.dtype) * (ref.out.abs() + bound) + torch.finfo(q.dtype).tiny
     assert not out.isnan().any()
@@ -116,7 +116,7 @@ def test_compiled_sdpa_within_derived_bound(problem):
 
     if is_causal and mask is not None:
         mask = None  # SDPA takes one or the other
-    options = {"quantize_pv": quantize_pv, "p_scale": p_scale}
+    options = {"quantize_pv": quantize_pv, "p_scale": p_scale if quantize_pv else "fixed"}  # P's scale: INT8 P
     rewritten_before = counters["intfa"]["int8_sites"] + counters["intfa"]["half_int8_sites"]
     with torch.no_grad():
         out = torch.compile(attend, backend="intfa", options=options)(q, k, v, mask)

@@ -15,7 +15,7 @@ from torch._inductor import config as inductor_config
 
 import intfa_compile
 from intfa_compile.sites import collect_sites
-from tests.helpers import cosine
+from tests.helpers import DEFAULT_OUTCOME, cosine
 
 
 class _Fn(torch.nn.Module):
@@ -75,7 +75,7 @@ def test_the_scale_is_read_wherever_it_is(style):
         return s.softmax(-1) @ v
 
     eager, compiled, sites = _compile(attend, *_qkv())
-    assert _only_site(sites).outcome == "INT8"
+    assert _only_site(sites).outcome == DEFAULT_OUTCOME
     assert cosine(compiled, eager) >= 0.999
 
 
@@ -124,7 +124,7 @@ def test_repeated_kv_heads_reach_the_kernel_unrepeated():
 
     eager, compiled, sites = _compile(attend, *_qkv(kv_heads=2))
     site = _only_site(sites)
-    assert site.outcome == "INT8" and site.gqa == "4/2" and "repeated KV heads" in site.form
+    assert site.outcome == DEFAULT_OUTCOME and site.gqa == "4/2" and "repeated KV heads" in site.form
     assert cosine(compiled, eager) >= 0.999
 
 
@@ -144,7 +144,7 @@ def test_einsum_in_any_layout(layout):
         return torch.einsum("xij,xjd->xid", s.softmax(-1), v)
 
     eager, compiled, sites = _compile(attend, *_qkv())
-    assert _only_site(sites).outcome == "INT8"
+    assert _only_site(sites).outcome == DEFAULT_OUTCOME
     assert cosine(compiled, eager) >= 0.999
 
 
@@ -160,7 +160,7 @@ def test_an_additive_term_in_the_products_frame_is_laid_out_as_the_softmax_sees_
         return torch.bmm(s.softmax(-1).view(8, 32, 32), v3)
 
     eager, compiled, sites = _compile(attend, *_qkv())
-    assert _only_site(sites).outcome == "INT8"
+    assert _only_site(sites).outcome == DEFAULT_OUTCOME
     assert cosine(compiled, eager) >= 0.999
 
 
@@ -206,7 +206,7 @@ def test_a_term_added_in_another_layout_is_refused_and_a_number_is_ignored():
         return (q @ k.transpose(-1, -2) * 0.25 + 3.0).softmax(-1) @ v
 
     eager, compiled, sites = _compile(plus_number, *_qkv())
-    assert _only_site(sites).outcome == "INT8" and cosine(compiled, eager) >= 0.999
+    assert _only_site(sites).outcome == DEFAULT_OUTCOME and cosine(compiled, eager) >= 0.999
 
 
 class _ReturnsWeights(torch.nn.Module):
