@@ -46,8 +46,8 @@ channel, an FP8 GEMM with fp32 accumulation (SageAttention2's choice).
 
 Why half-INT8 is the default (README, "On a real task"): on semantic search with the real all-MiniLM-L6-v2 it
 keeps the nearest neighbours of eager fp32 better than running the whole model in bf16 (top-5 0.988 against
-0.962); full INT8 does not (0.908), and no 8-bit P·V we found does: 8-bit V alone, with P exact, already costs
-as much embedding error as bf16 does in the whole model (``benchmarks/task_accuracy.py --decompose``). The
+0.962); full INT8 does not (0.908), and no 8-bit P·V we found does: with P exact, INT8 V and Q/K already fall
+below bf16's top-5 (``benchmarks/task_accuracy.py --decompose``). The
 per-pipe model (``benchmarks/pipe_model.py``, sm_90) predicts half-INT8 at least as fast as full INT8 at every
 head dim when the pipes overlap (d = 128: tensor-bound 1,319 against issue-bound 1,294 TOPS; d = 64 and 256:
 faster), and 8% slower at d = 128 only if nothing overlaps; no GPU has timed either yet. Full INT8 remains
