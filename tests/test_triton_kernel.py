@@ -185,7 +185,7 @@ def test_key_block_size_is_a_parameter_kernel_and_cpu_share(kv_block, pv_format,
     keep = torch.ones(40, 300, dtype=torch.bool).tril(offset) if is_causal else None
     ref = reference_attention(q_hat, k_hat, v_hat, keep, False)
     if pv_format == "fp16":
-        bound = half_int8_bound(q_hat, k_hat, v_hat, keep, False, None, v.dtype)
+        bound = half_int8_bound(q_hat, k_hat, v_hat, keep, False, None, inputs["v"].dtype)  # as the op saw V
         assert ((cpu.double() - ref.out).abs() <= bound).all()
     else:
         step = P_STEP if pv_format == "int8" else E4M3_STEP_NEAR_ONE
@@ -285,7 +285,7 @@ def test_split_keys_decode(splits, pv_format, n_q, window_left):
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, keep, False)
     if pv_format == "fp16":
-        bound = half_int8_bound(q_hat, k_hat, v_hat, keep, False, None, v.dtype)
+        bound = half_int8_bound(q_hat, k_hat, v_hat, keep, False, None, inputs["v"].dtype)  # as the op saw V
         assert ((cpu.double() - ref.out).abs() <= bound).all()
         assert torch.allclose(kernel, cpu, rtol=1e-5, atol=1e-6)
     else:
@@ -384,7 +384,7 @@ def test_half_int8_kernel(v_dtype):
     inputs = quantized_inputs(q, k, v, quantize_pv=False)
     kernel, cpu = _both(inputs, None, True, None, "fixed")
     q_hat, k_hat, v_hat = inputs["dequantized"]
-    bound = half_int8_bound(q_hat, k_hat, v_hat, None, True, None, v_dtype)
+    bound = half_int8_bound(q_hat, k_hat, v_hat, None, True, None, inputs["v"].dtype)  # fp32 V: bf16
     ref = reference_attention(q_hat, k_hat, v_hat, None, True)
     assert ((kernel.double() - ref.out).abs() <= bound).all()
     assert ((cpu.double() - ref.out).abs() <= bound).all()
@@ -463,8 +463,9 @@ def test_rows_masked_with_finfo_min_average_uniformly_like_eager():
     bias[..., :, 20:] = torch.finfo(torch.float32).min
     inputs = quantized_inputs(q, k, v, quantize_pv=False)
     kernel, cpu = _both(inputs, bias, False, None, "fixed")
-    eager = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    uniform = v[..., :, :].mean(dim=-2)
+    v_seen = inputs["dequantized"][2].float()  # half-INT8 rounds an fp32 V to bf16
+    eager = torch.nn.functional.scaled_dot_product_attention(q, k, v_seen, attn_mask=bias)
+    uniform = v_seen.mean(dim=-2)
     for out in (kernel, cpu):
         assert torch.allclose(out[..., 4, :], uniform, atol=1e-5)
         assert torch.allclose(out[..., 4, :], eager[..., 4, :], atol=1e-5)
