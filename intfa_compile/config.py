@@ -102,10 +102,13 @@ and a mask load per score); applied where the mask stays one row per head (no ma
 flag), else that site keeps Q as it is."""
 
 qk_rotation: Literal["none", "hadamard"] = "none"
-"""Rotate the head dim of Q and K by the same orthonormal Walsh–Hadamard matrix before quantizing them
-(``quantize.rotate_hadamard``; QuaRot, FlashAttention-3): Q·Kᵀ is unchanged and a channel with outliers is
-spread over all channels, so per-token scales are no longer set by it. Written as butterfly stages that Inductor
-fuses into the quantization kernel (no GEMM)."""
+"""Rotate the head dim of Q and K by the same orthonormal randomized Walsh–Hadamard matrix (blocks of up to 128
+channels) before quantizing them (``intfa_compile.rotation``; QuaRot, FlashAttention-3): Q·Kᵀ is unchanged and a
+channel with outliers is spread over its block, so per-token scales are no longer set by it. Rotation and
+quantization are one operator, ``intfa::hadamard_quantize``: on CUDA one Triton kernel that reads Q (or K) once
+and writes INT8 and scales, the traffic of the quantization alone; Inductor feeds it views of the projection's
+output, or a realized buffer where a pointwise op such as rotary embeddings comes first (one more 16-bit write and
+read of Q and K there; ``benchmarks/rotation_cost.py``). ``per_head`` granularity rotates with a GEMM first."""
 
 qk_bits: Literal[8, 4] = 8
 """Bits of the Q and K integers. 4 quantizes to [-7, 7] (held in INT8 storage; the GEMM still runs in

@@ -36,11 +36,11 @@ from .quantize import (
     quantize_static,
     quantize_v,
     quantize_v_fp8,
-    rotate_hadamard,
     sequence_major,
     smooth,
     value_16bit,
 )
+from .rotation import rotate_and_quantize_qk
 
 log = logging.getLogger("intfa_compile")
 
@@ -303,20 +303,18 @@ def int8_sdpa(
     channel to INT8 (``pv_format="int8"``) or e4m3 (``"fp8"``) or keeps it in 16-bit (``"fp16"``, the default:
     half-INT8; an fp32 V is rounded to bf16, ``value_16bit``; ``quantize_pv`` is the deprecated spelling), then
     calls ``intfa::int8_attention`` (or ``attention_op``, an op of the same signature). ``smooth_q`` centres Q
-    exactly (``quantize.center_queries``, where ``centring_fits``), ``qk_rotation="hadamard"`` rotates Q's and K's
-    head dim (``quantize.rotate_hadamard``), ``smooth_k`` subtracts K's mean: all three leave softmax(Q·Kᵀ) as it
-    is. ``causal_offset`` moves the causal diagonal and ``window_left`` limits how far back a query sees,
-    ``kv_block`` fixes the keys per block, ``tma`` picks the CUDA kernel's load path (see the op). ``scale`` may
-    also be a one-element tensor (or, in a traced graph, a symbolic float): it then joins Q's quantization scales
-    (``fold_factor``). This is what the compiler passes insert in place
-    of attention.
+    exactly (``quantize.center_queries``, where ``centring_fits``), ``smooth_k`` subtracts K's mean, and
+    ``qk_rotation="hadamard"`` then rotates Q's and K's head dim as they are quantized (``rotation``, one
+    fused operator): all three leave softmax(Q·Kᵀ) as it is. ``causal_offset`` moves the causal diagonal and
+    ``window_left`` limits how far back a query sees, ``kv_block`` fixes the keys per block, ``tma`` picks the
+    CUDA kernel's load path (see the op). ``scale`` may also be a one-element tensor (or, in a traced graph, a
+    symbolic float): it then joins Q's quantization scales (``fold_factor``). This is what the compiler passes
+    insert in place of attention.
     """
     check_choice("qk_rotation", qk_rotation, QK_ROTATIONS)
     check_choice("v_granularity", v_granularity, V_GRANULARITIES)  # checked even where V stays 16-bit
     sm_scale, factor = scale_and_factor(scale, query)
     exact = _exact_inputs(query, key, value, factor)
-    if qk_rotation == "hadamard":
-        query, key = rotate_hadamard(query), rotate_hadamard(key)
     if smooth_k:
         key = smooth(key)
     if smooth_q and centring_fits(attn_mask, exact):
@@ -326,8 +324,9 @@ def int8_sdpa(
         log.info("intfa: smooth_q not applied to attention of query shape %s: its mask %s has a row per query, and "
                  "adding the per-key term would copy it once per head", tuple(query.shape),
                  tuple(attn_mask.shape) if attn_mask is not None else "(decided at run time)")
-    q_int8, q_scale = fold_factor(*quantize_qk(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS), factor)
-    k_int8, k_scale = quantize_qk(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
+    quantize_qk_as = rotate_and_quantize_qk if qk_rotation == "hadamard" else quantize_qk
+    q_int8, q_scale = fold_factor(*quantize_qk_as(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS), factor)
+    k_int8, k_scale = quantize_qk_as(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
     pv_format = normalize_pv_format(pv_format, quantize_pv)
     if pv_format == "fp16":
         v_in, v_scale = value_16bit(value), None

@@ -137,52 +137,6 @@ def smooth(k: Tensor) -> Tensor:
     return k - k.mean(dim=-2, keepdim=True)
 
 
-def hadamard_block(head_dim: int) -> int:
-    """The block of the head-dim rotation: the largest power of two dividing ``head_dim`` (all of it for 32, 64,
-    128; 32 for 96)."""
-    return head_dim & -head_dim
-
-
-def hadamard_signs(head_dim: int, device: torch.device) -> Tensor:
-    """±1 per channel, a fixed pseudo-random pattern: the sign flips before the Walsh–Hadamard matrix. Without them
-    a vector with the same value in every channel (an offset all of K's channels share) would become one spike of
-    √d in the first channel; with them it spreads like any other (QuaRot's randomized Hadamard). The pattern is bit
-    22 of a 32-bit multiplicative hash of the channel index, chosen so that an all-ones vector rotates to entries of
-    at most 3.7 at d = 32, 64, 128. Computed from ``arange``, so a traced graph holds no constant tensor."""
-    channel = torch.arange(head_dim, device=device, dtype=torch.int64)
-    return 1.0 - 2.0 * ((((channel * 0x27D4EB2F) & 0xFFFFFFFF) >> 22) & 1).float()
-
-
-def hadamard_matrix(head_dim: int, device: torch.device) -> Tensor:
-    """The rotation's matrix without its 1/√block: block-diagonal Walsh–Hadamard blocks of ±1 (entry i, j is −1 when
-    i & j has an odd number of bits), with row i's sign flipped by ``hadamard_signs``; fp32, exact in any dtype.
-    Built from ``arange``, so a traced graph computes it (Inductor folds it) rather than holding a constant."""
-    index = torch.arange(head_dim, device=device, dtype=torch.int64)
-    block = hadamard_block(head_dim)
-    rows, cols = index.unsqueeze(-1), index.unsqueeze(0)
-    bits = rows & cols & (block - 1)
-    for shift in (8, 4, 2, 1):  # parity of the bits (blocks of at most 2**16 channels)
-        bits = bits ^ (bits >> shift)
-    entries = (1.0 - 2.0 * (bits & 1).float()) * hadamard_signs(head_dim, device).unsqueeze(-1)
-    return torch.where(rows // block == cols // block, entries, 0.0)
-
-
-def rotate_hadamard(x: Tensor) -> Tensor:
-    """``x`` (..., D) with its channels' signs flipped (``hadamard_signs``) times a block-diagonal orthonormal
-    Walsh–Hadamard matrix (blocks of ``hadamard_block(D)``), in fp32 (``qk_rotation="hadamard"``). The matrix is
-    orthogonal, so rotating both Q and K leaves every Q·Kᵀ unchanged, while a channel whose values dwarf the
-    others' is spread over the block: QuaRot (Ashkboos et al., 2024) and FlashAttention-3 (Shah et al., 2024)
-    rotate so for low-bit Q and K.
-
-    One GEMM in x's dtype against the ±1 matrix (exact in every dtype; fp32 accumulation on tensor cores), scaled
-    by 1/√block in fp32 where Inductor fuses it into the quantization. Not fused itself: Inductor runs the GEMM as
-    its own kernel (as butterfly stages of adds it realized each stage as an fp32 buffer, six times the traffic).
-    It reads x and writes the rotated x once more, about what the quantization kernel moves; so the rotation
-    roughly doubles the quantization's memory traffic for Q and K."""
-    rotated = x @ hadamard_matrix(x.shape[-1], x.device).to(x.dtype)
-    return rotated.float() * hadamard_block(x.shape[-1]) ** -0.5
-
-
 def center_queries(query: Tensor, key: Tensor, attn_mask: Tensor | None, sm_scale: float,
                    factor: Tensor | None) -> tuple[Tensor, Tensor]:
     """Q minus its mean over the sequence μ (per batch, head and channel) and the mask that makes it exact
