@@ -12,6 +12,20 @@ import torch
 import triton
 
 
+def cpu_description() -> str:
+    """The CPU's model and its bf16 matrix instructions, which decide how eager bf16 GEMMs round on a CPU (so eager
+    bf16's numbers differ between machines with and without them); from /proc/cpuinfo where there is one."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+    bf16 = [name for name in ("amx_bf16", "avx512_bf16") if name in flags]
+    return f"{model}; bf16 instructions: {', '.join(bf16) or 'none'} ({torch.get_num_threads()} threads)"
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """The machine and software one benchmark run measured, for its results file."""
@@ -32,6 +46,7 @@ class RunInfo:
             f"- device: {self.device_name}; torch {torch.__version__}; triton {triton.__version__}; "
             f"python {platform.python_version()}; dtype {dtype}",
             f"- command: `python {' '.join(sys.argv)}`",
+            *([f"- cpu: {cpu_description()}"] if self.device != "cuda" else []),
             *(f"- {line}" for line in details),
         ]
 

@@ -22,7 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .arguments import check_model, checked_options
 from .observers import OBSERVERS
+from .scales_format import (
+    AMAX_CEILING,
+    AMAX_FLOOR,
+    FORMAT,
+    check_top_level,
+    validated_observer,
+    validated_sites,
+)
 
 log = logging.getLogger("intfa_compile")
 
@@ -55,11 +64,18 @@ _session_ids = itertools.count()
 
 @dataclass(frozen=True)
 class AttentionScales:
-    """Static quantization scales per attention site: Q and K per head, V per head and channel."""
+    """Static quantization scales per attention site: Q and K per head, V per head and channel.
+
+    Validated whole when made (``scales_format``): a structure with a missing field, a wrong length or a range
+    that is not finite and positive raises ``ValueError`` naming the site and the field."""
 
     sites: dict[str, dict[str, list]]
     """site key → {"q": [Hq], "k": [Hk], "v": [Hk][D]} as amax values (scale = amax / 127)."""
     observer: str = "minmax"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sites", validated_sites(self.sites, "AttentionScales"))
+        validated_observer(self.observer, OBSERVERS, "AttentionScales")
 
     def fingerprint(self) -> str:
         """A hash of the content: part of the compiled graph's cache key."""
@@ -67,17 +83,30 @@ class AttentionScales:
                                          sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
-        """Write the scales as JSON (portable across machines and devices)."""
-        Path(path).write_text(json.dumps({"format": "intfa-scales/1", "observer": self.observer,
-                                          "sites": self.sites}, indent=1, sort_keys=True))
+        """Write the scales as JSON (portable across machines and devices; the format is ``scales_format``'s)."""
+        Path(path).write_text(json.dumps({"format": FORMAT, "observer": self.observer, "sites": self.sites},
+                                         indent=1, sort_keys=True), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> AttentionScales:
-        """Read scales written by ``save``."""
-        data = json.loads(Path(path).read_text())
-        if data.get("format") != "intfa-scales/1":
-            raise ValueError(f"{path} is not an intfa scales file")
-        return cls(sites=data["sites"], observer=data.get("observer", "minmax"))
+        """Read scales written by ``save``. The whole file is checked before anything is kept: text that is not
+        JSON (a truncated copy), another format or a newer version of this one, a missing or unknown field, a
+        wrong length, a range that is not finite and in [2⁻²⁴, 2⁴⁸] all raise ``ValueError`` naming the file,
+        the site and the field."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not an intfa scales file: not UTF-8 text ({error.reason})") from error
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+                             "a truncated or hand-edited copy?") from error
+        except RecursionError as error:
+            raise ValueError(f"{path}: not an intfa scales file: JSON nested too deeply") from error
+        data = check_top_level(data, str(path))
+        observer = validated_observer(data.get("observer", "minmax"), OBSERVERS, str(path))
+        return cls(sites=validated_sites(data["sites"], str(path)), observer=observer)
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
@@ -86,11 +115,13 @@ class AttentionScales:
 def prepare(model: torch.nn.Module, observer: str = "minmax", options: dict[str, Any] | None = None
             ) -> torch.nn.Module:
     """``model`` compiled for calibration: run batches through the result, then ``collect`` it."""
-    if observer not in OBSERVERS:
-        raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+    check_model(model, "prepare")
+    if not isinstance(observer, str) or observer not in OBSERVERS:
+        raise ValueError(f"prepare: observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+    options = checked_options(options, "prepare", reserved=("calibrate", "scales"))
     session_id = f"session{next(_session_ids)}"
-    _sessions[session_id] = CalibrationSession(observer, dict(options or {}))
-    prepared = torch.compile(model, backend="intfa", options={**(options or {}), "calibrate": session_id})
+    _sessions[session_id] = CalibrationSession(observer, options)
+    prepared = torch.compile(model, backend="intfa", options={**options, "calibrate": session_id})
     prepared._intfa_calibration = session_id
     return prepared
 
@@ -99,14 +130,25 @@ def collect(prepared: torch.nn.Module) -> AttentionScales:
     """The scales the observers of a ``prepare``d model have seen, per site."""
     session_id = getattr(prepared, "_intfa_calibration", None)
     if session_id not in _sessions:
-        raise ValueError("collect() takes a model returned by intfa_compile.prepare()")
+        raise ValueError(f"collect: prepared must be a model returned by intfa_compile.prepare(), got "
+                         f"{type(prepared).__name__}")
     session = _sessions[session_id]
     if not session.sites:
         raise RuntimeError("no attention site has been observed: run calibration batches through the prepared "
                            "model first (under torch.no_grad())")
-    sites = {name: {"q": obs.q.amax().tolist(), "k": obs.k.amax().tolist(), "v": obs.v.amax().tolist()}
+    sites = {name: {which: _observed_ranges(getattr(obs, which), name, which) for which in "qkv"}
              for name, obs in sorted(session.sites.items())}
     return AttentionScales(sites=sites, observer=session.observer)
+
+
+def _observed_ranges(observer: torch.nn.Module, site: str, which: str) -> list:
+    """What ``observer`` saw as ranges for the file: a head or channel that saw only zeros gets ``AMAX_FLOOR``;
+    a non-finite range (the calibration batches held inf or NaN) or one above ``AMAX_CEILING`` is an error."""
+    amax = observer.amax()
+    if not bool(torch.isfinite(amax).all()) or bool((amax > AMAX_CEILING).any()):
+        raise ValueError(f"calibration of site {site!r}, field {which!r}: observed ranges {amax.tolist()} include "
+                         "a non-finite value or one above 2**48; were there inf or NaN in the calibration batches?")
+    return amax.clamp(min=AMAX_FLOOR).tolist()
 
 
 @torch.library.custom_op("intfa::observed_attention", mutates_args=())
@@ -143,25 +185,40 @@ def register_scales(scales: AttentionScales) -> str:
     return key
 
 
-def static_amax(scales: AttentionScales | None, site: str, q: Tensor, k: Tensor) -> dict[str, list] | None:
-    """The calibrated ranges for ``site`` if they exist and fit these shapes; else None, with a log line."""
+class ScalesMismatchError(ValueError):
+    """Static scales that do not fit an attention site, under ``fallback="error"``."""
+
+
+def static_amax(scales: AttentionScales | None, site: str, q: Tensor, k: Tensor, strict: bool = False
+                ) -> dict[str, list] | None:
+    """The calibrated ranges for ``site`` if they exist and fit these shapes; else None, with a log line naming the
+    site and what differed (``strict``, as under ``fallback="error"``: ``ScalesMismatchError`` instead)."""
     if scales is None:
         return None
+    problem = _scales_mismatch(scales, site, q, k)
+    if problem is None:
+        return scales.sites[site]
+    if strict:
+        raise ScalesMismatchError(f"static scales for attention site {site}: {problem}")
+    log.warning("intfa: static scales for attention site %s: %s; it quantizes with dynamic scales", site, problem)
+    return None
+
+
+def _scales_mismatch(scales: AttentionScales, site: str, q: Tensor, k: Tensor) -> str | None:
+    """Why ``scales`` cannot quantize ``site`` with these q and k, or None if they fit."""
     entry = scales.sites.get(site)
     if entry is None:
-        log.info("intfa: no static scales for attention site %s; it quantizes with dynamic scales", site)
-        return None
+        known = sorted(scales.sites)
+        shown = ", ".join(known[:4]) + (", ..." if len(known) > 4 else "")
+        return f"the scales have no entry for this site (they hold {len(known)} site(s): {shown or 'none'})"
     heads_q, heads_k, head_dim = q.shape[1], k.shape[1], k.shape[-1]
     if not all(isinstance(size, int) for size in (heads_q, heads_k, head_dim)):
-        log.warning("intfa: attention site %s has symbolic head counts or head dim (q %s, k %s); static scales "
-                    "hold one shape, so it quantizes with dynamic scales", site, tuple(q.shape), tuple(k.shape))
-        return None
-    v = entry["v"]
-    if len(entry["q"]) != heads_q or len(entry["k"]) != heads_k or len(v) != heads_k or len(v[0]) != head_dim:
-        log.warning("intfa: static scales for %s do not fit its shapes (q %s, k %s); it quantizes with dynamic "
-                    "scales", site, tuple(q.shape), tuple(k.shape))
-        return None
-    return entry
+        return (f"its head counts or head dim are symbolic (q {tuple(q.shape)}, k {tuple(k.shape)}) and static "
+                "scales hold one shape")
+    differences = [f"{name}: {held} in the scales, {seen} at the site" for name, held, seen in (
+        ("query heads", len(entry["q"]), heads_q), ("KV heads", len(entry["k"]), heads_k),
+        ("head dim", len(entry["v"][0]), head_dim)) if held != seen]
+    return "; ".join(differences) or None
 
 
 _device_copies: dict[tuple[str, str, str, torch.device], Tensor] = {}

@@ -22,17 +22,30 @@ from typing import Any, Literal
 
 from .numerics import DEFAULT_PV_FORMAT, KV_BLOCK_AUTOTUNE, normalize_pv_format
 
+_TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
 
 def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None:
+    """The boolean an environment variable sets (read at import), or ``default`` when unset or empty; any other
+    word is an error naming the variable, never a silent False."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    if value in _TRUE_WORDS or value in _FALSE_WORDS:
+        return value in _TRUE_WORDS
+    raise ValueError(f"environment variable {name}={os.environ[name]!r}: expected one of "
+                     f"{', '.join(_TRUE_WORDS + _FALSE_WORDS)} (case-insensitive)")
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return default if value is None else int(value)
+def _env_count(name: str, default: int) -> int:
+    """The non-negative integer an environment variable sets (read at import), or ``default`` when unset or empty;
+    anything else is an error naming the variable."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdecimal():
+        raise ValueError(f"environment variable {name}={os.environ[name]!r}: expected a non-negative integer")
+    return int(value)
 
 
 enabled: bool = _env_bool("INTFA_ENABLED", True)
@@ -129,7 +142,7 @@ back to dynamic scales with a log line. Not combinable with ``smooth_k``."""
 calibrate: str = ""
 """Set by ``intfa_compile.prepare``: the calibration session whose observers record each site."""
 
-min_seq_len: int = _env_int("INTFA_MIN_SEQ_LEN", 0)
+min_seq_len: int = _env_count("INTFA_MIN_SEQ_LEN", 0)
 """Attention whose key sequence is shorter than this is left alone: quantization overhead dominates."""
 
 fallback: Literal["original", "error"] = "original"

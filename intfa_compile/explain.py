@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .arguments import check_model, checked_options
 from .sites import SiteRecord, collect_sites
 
 _COLUMNS = ("module", "form", "shapes", "mask", "causal", "gqa", "outcome", "reason")
@@ -60,6 +61,8 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | None =
     It compiles afresh (Inductor's caches are bypassed so every pass runs) and does not disturb the
     user's other compiled models.
     """
+    check_model(model, "explain")
+    options = checked_options(options, "explain")
 
     from .backend import intfa_backend
 

@@ -96,36 +96,64 @@ def _check(
     p_scale: str,
     out_dtype: torch.dtype,
     kv_block: int = 0,
+    shapes: bool = True,
 ) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("int8_attention expects 4-D (B, H, N, D) q, k, v")
-    if q.dtype != torch.int8 or k.dtype != torch.int8:
-        raise TypeError(f"q and k must be int8, got {q.dtype} and {k.dtype}")
+    """What the op refuses, naming the argument: kinds (ranks, dtypes, choices) always; ``shapes`` too unless the
+    caller is the fake implementation tracing symbolic sizes, which it must not guard on."""
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if tensor.dim() != 4:
+            raise ValueError(f"int8_attention: {name} must be 4-D (B, H, N, D), got shape {tuple(tensor.shape)}")
+    for name, tensor in (("q", q), ("k", k)):
+        if tensor.dtype != torch.int8:
+            raise TypeError(f"int8_attention: {name} must be int8, got {tensor.dtype}")
+    for name, tensor in (("q_scale", q_scale), ("k_scale", k_scale), ("v_scale", v_scale)):
+        if tensor is not None and tensor.dtype != torch.float32:
+            raise TypeError(f"int8_attention: {name} must be float32, got {tensor.dtype}")
+    if v.dtype not in _QUANTIZED_V and v.dtype not in _FLOAT_OUT:
+        raise TypeError(f"int8_attention: v must be int8, float8_e4m3fn, float16, bfloat16 or float32, got {v.dtype}")
+    if (v.dtype in _QUANTIZED_V) != (v_scale is not None):
+        raise ValueError("int8_attention: an int8 or float8_e4m3fn v needs its per-channel v_scale; a 16/32-bit v "
+                         "(half-INT8) takes none")
+    if p_scale not in P_SCALE_MODES:
+        raise ValueError(f"int8_attention: p_scale must be one of {P_SCALE_MODES}, got {p_scale!r}")
+    if v.dtype == torch.float8_e4m3fn and p_scale != "fixed":
+        raise ValueError("int8_attention: an e4m3 v (pv_format='fp8') takes P's fixed scale only (p_scale='fixed')")
+    if kv_block not in (0, KV_BLOCK_AUTOTUNE, *KV_BLOCK_SIZES):
+        raise ValueError(f"int8_attention: kv_block must be 0 (the default rule), {KV_BLOCK_AUTOTUNE} (autotuned on "
+                         f"CUDA) or one of {KV_BLOCK_SIZES}, got {kv_block}")
+    if out_dtype not in _FLOAT_OUT:
+        raise TypeError(f"int8_attention: out_dtype must be one of {_FLOAT_OUT}, got {out_dtype}")
+    if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.dtype.is_floating_point:
+        raise TypeError(f"int8_attention: attn_mask must be boolean (True = keep) or additive floating point, got "
+                        f"{attn_mask.dtype}")
+    if shapes:
+        _check_shapes(q, k, v, q_scale, k_scale, v_scale, attn_mask)
+
+
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor, q_scale: Tensor, k_scale: Tensor, v_scale: Tensor | None,
+                  attn_mask: Tensor | None) -> None:
     batch, heads_q, n_q, head_dim = q.shape
     if k.shape[0] != batch or k.shape[3] != head_dim or v.shape != k.shape:
-        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(f"int8_attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
     if heads_q % k.shape[1] != 0:
-        raise ValueError(f"query heads {heads_q} must be a multiple of KV heads {k.shape[1]}")
+        raise ValueError(f"int8_attention: query heads {heads_q} must be a multiple of KV heads {k.shape[1]}")
     if q_scale.shape != q.shape[:3] or k_scale.shape != k.shape[:3]:
-        raise ValueError("q_scale and k_scale must be per token: (B, H, N)")
-    if (v.dtype in _QUANTIZED_V) != (v_scale is not None):
-        raise ValueError("an int8 or float8_e4m3fn v needs its per-channel v_scale; a 16/32-bit v (half-INT8) "
-                         "takes none")
+        raise ValueError("int8_attention: q_scale and k_scale must be per token: (B, H, N)")
     if v_scale is not None and v_scale.shape != (*v.shape[:2], head_dim):
-        raise ValueError("v_scale must be per channel: (B, Hk, D)")
-    if v.dtype not in _QUANTIZED_V and v.dtype not in _FLOAT_OUT:
-        raise TypeError(f"v must be int8, float8_e4m3fn, float16, bfloat16 or float32, got {v.dtype}")
-    if v.dtype == torch.float8_e4m3fn and p_scale != "fixed":
-        raise ValueError("an e4m3 v (pv_format='fp8') takes P's fixed scale only (p_scale='fixed')")
-    if p_scale not in P_SCALE_MODES:
-        raise ValueError(f"p_scale must be one of {P_SCALE_MODES}, got {p_scale!r}")
-    if kv_block not in (0, KV_BLOCK_AUTOTUNE, *KV_BLOCK_SIZES):
-        raise ValueError(f"kv_block must be 0 (the default rule), {KV_BLOCK_AUTOTUNE} (autotuned on CUDA) or one of "
-                         f"{KV_BLOCK_SIZES}, got {kv_block}")
-    if out_dtype not in _FLOAT_OUT:
-        raise TypeError(f"out_dtype must be one of {_FLOAT_OUT}, got {out_dtype}")
+        raise ValueError("int8_attention: v_scale must be per channel: (B, Hk, D)")
     if attn_mask is not None and not mask_broadcasts_to(attn_mask.shape, (batch, heads_q, n_q, k.shape[2])):
-        raise ValueError(f"attn_mask {tuple(attn_mask.shape)} does not broadcast to the scores")
+        raise ValueError(f"int8_attention: attn_mask {tuple(attn_mask.shape)} does not broadcast to the scores")
+
+
+def _check_window(is_causal: bool, window_left: int) -> None:
+    if window_left >= 0 and not is_causal:
+        raise ValueError("int8_attention: window_left is a sliding window behind the causal diagonal: it needs "
+                         "is_causal=True")
+
+
+def _static_sizes(*tensors: Tensor | None) -> bool:
+    return all(isinstance(size, int) for tensor in tensors if tensor is not None for size in tensor.shape)
 
 
 def _empty_out(q: Tensor, out_dtype: torch.dtype, exact_value: Tensor | None = None) -> Tensor:
@@ -192,8 +220,7 @@ def int8_attention(
             out.copy_(exact_attention(exact, attn_mask, is_causal, sm_scale, causal_offset, window_left, problem))
             return out
     _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block)
-    if window_left >= 0 and not is_causal:
-        raise ValueError("window_left is a sliding window behind the causal diagonal: it needs is_causal=True")
+    _check_window(is_causal, window_left)
     if q.device.type == "cuda":
         # Imported here: Triton reads TRITON_INTERPRET when the kernel is defined.
         from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
@@ -226,6 +253,11 @@ def _int8_attention_fake(
     exact_value: Tensor | None = None,
     scale_factor: Tensor | None = None,
 ) -> Tensor:
+    # Refuses what the real implementation refuses; sizes only where they are plain numbers and the real one
+    # would check them too (with exact inputs it may turn to the exact fallback instead).
+    static = exact_query is None and _static_sizes(q, k, v, q_scale, k_scale, v_scale, attn_mask)
+    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block, shapes=static)
+    _check_window(is_causal, window_left)
     return _empty_out(q, out_dtype, exact_value)
 
 
@@ -274,6 +306,41 @@ def centring_fits(attn_mask: Tensor | None, exact: dict[str, Tensor | None]) -> 
                           or statically_known_true(attn_mask.stride(-2) == 0))
 
 
+_SDPA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_sdpa_arguments(query: Any, key: Any, value: Any, attn_mask: Any, is_causal: Any, scale: Any,
+                         causal_offset: Any = 0, window_left: Any = -1) -> None:
+    """Refuse, naming the argument, what ``int8_sdpa`` cannot take: q, k, v that are not 4-D (B, H, N, D) float16,
+    bfloat16 or float32 tensors on one device, a mask that is neither boolean nor floating point, a non-bool
+    ``is_causal``, a ``scale`` that is not a number or a one-element tensor, non-integer offsets. Shapes that
+    do not fit each other are the op's to refuse (or, with symbolic sizes, to fall back on)."""
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"int8_sdpa: {name} must be a Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(f"int8_sdpa: {name} must be 4-D (B, H, N, D), got shape {tuple(tensor.shape)}")
+        if tensor.dtype not in _SDPA_DTYPES:
+            raise TypeError(f"int8_sdpa: {name} must be float16, bfloat16 or float32, got {tensor.dtype}")
+        if tensor.device != query.device:
+            raise ValueError(f"int8_sdpa: {name} is on {tensor.device}, query on {query.device}")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"int8_sdpa: attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.dtype != torch.bool and not attn_mask.dtype.is_floating_point:
+            raise TypeError(f"int8_sdpa: attn_mask must be boolean (True = keep) or additive floating point, got "
+                            f"{attn_mask.dtype}")
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"int8_sdpa: is_causal must be a bool, got {type(is_causal).__name__}")
+    numeric = (int, float, torch.SymInt, torch.SymFloat, Tensor)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numeric)
+                              or (isinstance(scale, Tensor) and scale.numel() != 1)):
+        raise TypeError(f"int8_sdpa: scale must be None, a number or a one-element tensor, got {scale!r}")
+    for name, offset in (("causal_offset", causal_offset), ("window_left", window_left)):
+        if isinstance(offset, bool) or not isinstance(offset, (int, torch.SymInt)):
+            raise TypeError(f"int8_sdpa: {name} must be an integer, got {type(offset).__name__}")
+
+
 def int8_sdpa(
     query: Tensor,
     key: Tensor,
@@ -311,6 +378,7 @@ def int8_sdpa(
     symbolic float): it then joins Q's quantization scales (``fold_factor``). This is what the compiler passes
     insert in place of attention.
     """
+    check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, causal_offset, window_left)
     check_choice("qk_rotation", qk_rotation, QK_ROTATIONS)
     check_choice("v_granularity", v_granularity, V_GRANULARITIES)  # checked even where V stays 16-bit
     sm_scale, factor = scale_and_factor(scale, query)
@@ -363,6 +431,7 @@ def int8_sdpa_static(
     Quantization is elementwise only (values beyond the calibrated range saturate), so no reduction
     over the inputs runs per call.
     """
+    check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, causal_offset, window_left)
     sm_scale, factor = scale_and_factor(scale, query)
     exact = _exact_inputs(query, key, value, factor)
     q_int8, q_scale = fold_factor(*quantize_static(query, q_amax[:, None, None], qk_bits), factor)

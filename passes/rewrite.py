@@ -25,7 +25,7 @@ def int8_attention(settings: Settings, site_key: str, query: torch.Tensor, key: 
         return torch.ops.intfa.observed_attention(query, key, value, attn_mask, is_causal, sm_scale,
                                                   settings.calibrate, site_key, factor)
     op = _attention_op(query, settings)
-    ranges = static_amax(settings.scales, site_key, query, key)
+    ranges = static_amax(settings.scales, site_key, query, key, strict=settings.fallback == "error")
     if ranges is not None:
         fingerprint = settings.scales.fingerprint()
         q_amax, k_amax, v_amax = (torch.ops.intfa.static_amax(query, fingerprint, site_key, which)

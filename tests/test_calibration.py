@@ -99,7 +99,9 @@ def test_missing_or_mismatched_sites_fall_back_to_dynamic_scales_with_a_log_line
     missing = AttentionScales(sites={"elsewhere#0": {"q": [1.0], "k": [1.0], "v": [[1.0]]}})
     with torch.no_grad():
         eager = model(**inputs)
-        for scales, message in ((wrong_heads, "do not fit"), (missing, "no static scales")):
+        for scales, message in ((wrong_heads, "<model>#0: query heads: 3 in the scales, 4 at the site; KV heads: 3 "
+                                              "in the scales, 4 at the site"),
+                                (missing, "no entry for this site (they hold 1 site(s): elsewhere#0)")):
             torch._dynamo.reset()
             with caplog.at_level(logging.INFO, logger="intfa_compile"):
                 out, code = run_and_get_code(torch.compile(model, backend="intfa", options={"scales": scales}),

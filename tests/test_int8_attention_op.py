@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import intfa_compile  # noqa: F401  (registers the op)
 from intfa_compile.ops import int8_sdpa
@@ -249,3 +250,65 @@ def test_decode_splits_the_keys_by_the_shared_rule_and_stays_within_the_bound():
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, None, False)
     _assert_within(out, ref.out, p_quantization_bound(q_hat, k_hat, v_hat, None, False, None, P_STEP))
+
+
+def _op_arguments(**changes):
+    q, k = torch.zeros(1, 2, 8, 16, dtype=torch.int8), torch.zeros(1, 2, 8, 16, dtype=torch.int8)
+    arguments = {"q": q, "k": k, "v": torch.zeros(1, 2, 8, 16), "q_scale": torch.ones(1, 2, 8),
+                 "k_scale": torch.ones(1, 2, 8), "v_scale": None, "attn_mask": None, "is_causal": False,
+                 "sm_scale": 0.25, "p_scale": "fixed", "out_dtype": torch.float32, "causal_offset": 0,
+                 "window_left": -1, "kv_block": 0}
+    return {**arguments, **changes}
+
+
+REFUSED = [
+    ({"q": torch.zeros(1, 2, 8, 16)}, TypeError, "q must be int8"),
+    ({"k": torch.zeros(2, 8, 16, dtype=torch.int8)}, ValueError, "k must be 4-D"),
+    ({"v": torch.zeros(1, 2, 8, 16, dtype=torch.int8)}, ValueError, "needs its per-channel v_scale"),
+    ({"v": torch.zeros(1, 2, 8, 16, dtype=torch.int32)}, TypeError, "v must be int8, float8_e4m3fn"),
+    ({"q_scale": torch.ones(1, 2, 8, dtype=torch.float16)}, TypeError, "q_scale must be float32"),
+    ({"p_scale": "per_row"}, ValueError, "p_scale must be one of"),
+    ({"kv_block": 48}, ValueError, "kv_block must be"),
+    ({"out_dtype": torch.int32}, TypeError, "out_dtype must be one of"),
+    ({"attn_mask": torch.zeros(1, 1, 8, 8, dtype=torch.int64)}, TypeError, "attn_mask must be boolean"),
+    ({"window_left": 4}, ValueError, "window_left is a sliding window"),
+    ({"k": torch.zeros(1, 2, 8, 32, dtype=torch.int8)}, ValueError, "incompatible shapes"),
+    ({"q": torch.zeros(1, 3, 8, 16, dtype=torch.int8), "q_scale": torch.ones(1, 3, 8)}, ValueError,
+     "query heads 3 must be a multiple of KV heads 2"),
+    ({"k_scale": torch.ones(1, 2, 16)}, ValueError, "q_scale and k_scale must be per token"),
+    ({"attn_mask": torch.zeros(1, 1, 8, 5, dtype=torch.bool)}, ValueError, "does not broadcast"),
+]
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), REFUSED)
+def test_the_fake_refuses_what_the_real_op_refuses(changes, error, message):
+    """torch.compile traces the op with its fake implementation: a call the real one refuses must fail there too,
+    with the same error, rather than compile and fail (or not) at run time."""
+    arguments = _op_arguments(**changes)
+    with pytest.raises(error, match=message):
+        op(**arguments)
+    with FakeTensorMode() as mode, pytest.raises(error, match=message):
+        op(**{name: mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+              for name, value in arguments.items()})
+
+
+SDPA_REFUSED = [
+    ({"query": [[1.0]]}, TypeError, "query must be a Tensor"),
+    ({"key": torch.zeros(2, 8, 16)}, ValueError, "key must be 4-D"),
+    ({"value": torch.zeros(1, 2, 8, 16, dtype=torch.float64)}, TypeError, "value must be float16, bfloat16 or float32"),
+    ({"attn_mask": torch.zeros(1, 1, 8, 8, dtype=torch.int32)}, TypeError, "attn_mask must be boolean"),
+    ({"attn_mask": "causal"}, TypeError, "attn_mask must be a Tensor or None"),
+    ({"is_causal": 1}, TypeError, "is_causal must be a bool"),
+    ({"scale": "0.5"}, TypeError, "scale must be None, a number or a one-element tensor"),
+    ({"scale": torch.ones(2)}, TypeError, "scale must be None"),
+    ({"pv_format": "int6"}, ValueError, "pv_format must be one of"),
+    ({"qk_granularity": "per_row"}, ValueError, "qk_granularity must be one of"),
+]
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), SDPA_REFUSED)
+def test_int8_sdpa_names_the_argument_it_refuses(changes, error, message):
+    arguments = {"query": torch.randn(1, 2, 8, 16), "key": torch.randn(1, 2, 8, 16), "value": torch.randn(1, 2, 8, 16),
+                 **changes}
+    with pytest.raises(error, match=message):
+        int8_sdpa(**arguments)
