@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("intfa_compile")
 
 
-def _inductor_patches(context: CompileContext, mode: str | None) -> dict[str, Any]:
+def inductor_patches(context: CompileContext, mode: str | None) -> dict[str, Any]:
+    """Inductor config patches that run our passes with ``context`` (the structural matcher on the joint graph,
+    the SDPA rewrite after grad), chained after any passes the user installed, plus ``mode``'s options."""
     from torch._inductor import config as inductor_config
     from torch._inductor import list_mode_options
 
@@ -44,7 +46,8 @@ def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: 
 
         register_scales(settings.scales)
     context = CompileContext(settings, module_paths_of(gm))
-    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(context, mode))
+    log.debug("intfa: compiling a graph of %d nodes under %s", len(gm.graph.nodes), settings)
+    return compile_fx(gm, example_inputs, config_patches=inductor_patches(context, mode))
 
 
 def _input_signature(args: Sequence[Any]) -> tuple:

@@ -57,14 +57,13 @@ fp16 or bf16; an fp32 V is rounded to bf16), a 16-bit GEMM with fp32 accumulatio
 "int8": P and V in INT8, an INT8 GEMM (full INT8, the paper's headline). "fp8": P and V in e4m3, V scaled per
 channel, an FP8 GEMM with fp32 accumulation (SageAttention2's choice).
 
-Why half-INT8 is the default (README, "On a real task"): on semantic search with the real all-MiniLM-L6-v2 it
-keeps the nearest neighbours of eager fp32 better than running the whole model in bf16 (top-5 0.988 against
-0.962); full INT8 does not (0.908), and no 8-bit P·V we found does: with P exact, INT8 V and Q/K already fall
-below bf16's top-5 (``benchmarks/task_accuracy.py --decompose``). The
-per-pipe model (``benchmarks/pipe_model.py``, sm_90) predicts half-INT8 at least as fast as full INT8 at every
-head dim when the pipes overlap (d = 128: tensor-bound 1,319 against issue-bound 1,294 TOPS; d = 64 and 256:
-faster), and 8% slower at d = 128 only if nothing overlaps; no GPU has timed either yet. Full INT8 remains
-one option away for speed measured on your GPU; "fp8" needs FP8 tensor cores (sm_89+) and takes P's fixed
+Why half-INT8 is the default (README, "On a real task"): on semantic search with the real all-MiniLM-L6-v2 it keeps
+the nearest neighbours of eager fp32 better than running the whole model in bf16 (top-5 0.987 against 0.952); full
+INT8 does not (0.921), and no 8-bit P·V we found does (``benchmarks/task_accuracy.py --decompose`` splits its error
+between Q/K, V and P). The per-pipe model (``benchmarks/pipe_model.py``, sm_90) predicts half-INT8 at least as fast
+as full INT8 at every head dim when the pipes overlap (d = 128: tensor-bound 1,319 against issue-bound 1,294 TOPS;
+d = 64 and 256: faster), and 8% slower at d = 128 only if nothing overlaps; no GPU has timed either yet. Full INT8
+remains one option away for speed measured on your GPU; "fp8" needs FP8 tensor cores (sm_89+) and takes P's fixed
 scale only."""
 
 quantize_pv: bool | None = None

@@ -134,7 +134,10 @@ def module_path(node: torch.fx.Node, paths: Mapping[str, str], max_hops: int = 6
                 return paths[name]
         frontier = [n for c in frontier for n in c.all_input_nodes if n not in seen]
         seen.update(frontier)
-    return paths.get(node.name, "<unknown>")
+    if node.name in paths:
+        return paths[node.name]
+    stack = node.meta.get("nn_module_stack")  # a graph no Dynamo trace names (an exported program's, say)
+    return _clean_module_path(list(stack.values())[-1][0]) if stack else "<unknown>"
 
 
 def source_line(node: torch.fx.Node) -> str:

@@ -7,6 +7,7 @@ model, a recompile under other settings, a nested compile) never see each other'
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -15,9 +16,12 @@ from torch._dynamo.utils import counters
 
 from intfa_compile.config import Settings
 from intfa_compile.sites import COUNTER_OF_PV_FORMAT, LEFT_ALONE, OUTCOME_OF_PV_FORMAT, SiteRecord, record, retract
+from intfa_compile.torch_logs import log_site_graph
 
 from .attention_site import AttentionSite
 from .guards import config_skip_reason, unsupported_reason
+
+log = logging.getLogger("intfa_compile")
 
 
 class UnsupportedAttentionError(RuntimeError):
@@ -121,7 +125,8 @@ class CompileContext:
         earlier = self._decided.get(site.anchor)
         if earlier is not None:
             return earlier
-        self.site_key(site)
+        log.debug("intfa: pass stage %d: attention site %s (node %s) found in form %s, causal %s, mask %s", self.stage,
+                  self.site_key(site), site.anchor.name, site.form, site.is_causal, site.attn_mask is not None)
         reason = unsupported_reason(site)
         if reason is not None:
             return self.leave_alone(site, reason)
@@ -131,7 +136,10 @@ class CompileContext:
         self._remember(site, True)
         counters["intfa"][COUNTER_OF_PV_FORMAT[self.settings.pv_format]] += 1
         outcome = OUTCOME_OF_PV_FORMAT[self.settings.pv_format]
-        self._approved[site.anchor] = self.report(site.record(self.module_paths, outcome))
+        self._approved[site.anchor] = approved = self.report(site.record(self.module_paths, outcome))
+        log_site_graph(f"intfa: attention at {approved.module} [{approved.source}], to run {outcome} "
+                       f"({site.form}); the graph it replaces:", site.anchor,
+                       (site.query, site.key, site.value, site.attn_mask))
         return True
 
     def rewrite_failed(self, site: AttentionSite, error: Exception) -> None:
