@@ -29,11 +29,14 @@ def _run(torch_logs: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "TORCH_LOGS": torch_logs})
 
 
-@pytest.mark.parametrize("name", [
-    "intfa_compile",
-    pytest.param("intfa", marks=pytest.mark.skipif(not REGISTERED_BEFORE_PARSE, reason="torch < 2.13 parses "
-                                                   "TORCH_LOGS before backends can register names")),
-])
+def _both_names(prefix: str = "") -> list:
+    """The logger's module name, which every torch accepts, and the short name, which needs registration first."""
+    short = pytest.param(f"{prefix}intfa", marks=pytest.mark.skipif(
+        not REGISTERED_BEFORE_PARSE, reason="torch < 2.13 parses TORCH_LOGS before backends can register names"))
+    return [f"{prefix}intfa_compile", short]
+
+
+@pytest.mark.parametrize("name", _both_names())
 def test_torch_logs_shows_each_site_decision(name):
     result = _run(name)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,11 +77,7 @@ def test_set_logs_enables_the_artifact_in_process(capfd):
     assert "the graph it replaces:" in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("name", [
-    "+intfa_compile",
-    pytest.param("+intfa", marks=pytest.mark.skipif(not REGISTERED_BEFORE_PARSE, reason="torch < 2.13 parses "
-                                                    "TORCH_LOGS before backends can register names")),
-])
+@pytest.mark.parametrize("name", _both_names("+"))
 def test_debug_level_adds_what_the_passes_found(name):
     result = _run(name)
     assert result.returncode == 0, result.stderr[-3000:]
