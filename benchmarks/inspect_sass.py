@@ -313,7 +313,24 @@ def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool =
         tiles = [(16, 4, stages) if decode else (m, warps, stages) for m, warps, stages in _DEFAULT_TILES]
         preferred = [shape for shape in tiles if shape in shapes]
         config = candidates[shapes.index(preferred[0])] if preferred else candidates[0]
-    compiled, sass, registers, local_bytes = compile_like_launch(kernel.fn, args, constexprs, config, arch)
+    return codegen_of(arch, variant, head_dim, causal, kernel.fn, args, constexprs, config)
+
+
+def inspect_peer(arch: int, variant: str, head_dim: int = 128, causal: bool = False) -> Codegen:
+    """A peer's kernel (``peer_kernels``) compiled for sm_<arch> as its own launcher launches it at
+    ``TYPICAL_SHAPE``."""
+    import peer_kernels
+
+    if variant != peer_kernels.SAGE_VARIANT:
+        raise ValueError(f"unknown peer {variant!r}; known: {peer_kernels.SAGE_VARIANT}")
+    jit_fn, args, constexprs, config = peer_kernels.sage_launch_case(head_dim, causal, **TYPICAL_SHAPE)
+    return codegen_of(arch, variant, head_dim, causal, jit_fn, args, constexprs, config)
+
+
+def codegen_of(arch: int, variant: str, head_dim: int, causal: bool, jit_fn, args: tuple, constexprs: dict,
+               config: triton.Config) -> Codegen:
+    """Compile ``jit_fn`` like a launch with ``args``, ``constexprs`` and ``config`` and read what it holds."""
+    compiled, sass, registers, local_bytes = compile_like_launch(jit_fn, args, constexprs, config, arch)
     instructions = _instructions(sass)
     loop = main_loop_range(sass)
     rare = skipped_regions(sass, loop) if loop else []
@@ -321,7 +338,8 @@ def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool =
     ptx_matrix = sorted(set(re.findall(r"((?:wgmma\.mma_async|mma\.sync)\.\S+)", compiled.asm["ptx"])))
     return Codegen(
         arch=arch, variant=variant, head_dim=head_dim, causal=causal,
-        block_m=config.kwargs["BLOCK_M"], block_n=config.kwargs.get("BLOCK_N", constexprs.get("BLOCK_N")),
+        block_m=config.kwargs.get("BLOCK_M", constexprs.get("BLOCK_M")),
+        block_n=config.kwargs.get("BLOCK_N", constexprs.get("BLOCK_N")),
         num_warps=config.num_warps, num_stages=config.num_stages, ptx_matrix=ptx_matrix,
         sass_histogram=histogram, loop_histogram=_histogram(instructions, loop, exclude=rare) if loop else {},
         loop_rare_histogram=_histogram(instructions, loop, only=rare) if loop else {}, loop_range=loop,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import inspect_sass  # noqa: E402
+import peer_kernels  # noqa: E402
 import triton  # noqa: E402
 
 from intfa_compile.numerics import default_kv_block, padded_head_dim  # noqa: E402
@@ -239,7 +240,8 @@ _LABELS = {"full-int8@before": "full INT8 (before, 4b29d76)", "full-int8": "full
            "half-int8": "half-INT8",
            "fp8-baseline": "FP8 baseline (e4m3)", "fp16-baseline": "16-bit Triton FA (fp16)",
            "fp8-pv": "INT8 Q·Kᵀ + FP8 P·V (fp8-pv)", "full-int8+tma": "full INT8, K/V by TMA",
-           "half-int8+tma": "half-INT8, K/V by TMA", "fp8-pv+tma": "fp8-pv, K/V by TMA"}
+           "half-int8+tma": "half-INT8, K/V by TMA", "fp8-pv+tma": "fp8-pv, K/V by TMA",
+           "sage-1.0.6": "SageAttention 1.0.6 (INT8 Q·Kᵀ per block, fp16 P·V, fp16 sums)"}
 
 
 def run(arch: int, head_dims: list[int], causal_cases: list[bool], variants: list[str]) -> list[PipeCycles]:
@@ -255,6 +257,10 @@ def run(arch: int, head_dims: list[int], causal_cases: list[bool], variants: lis
                     if arch < 90:
                         continue
                     info = inspect_sass.inspect_variant(arch, variant[:-4], head_dim, causal, tma=True)
+                elif variant == peer_kernels.SAGE_VARIANT:  # a peer's kernel, as its own launcher launches it
+                    if head_dim not in (64, 128):  # its kernels for these files (d = 96 has files of its own)
+                        continue
+                    info = inspect_sass.inspect_peer(arch, variant, head_dim, causal)
                 elif variant.endswith("@64"):  # the 64-key tile the default rule replaced where 128 fits
                     if default_kv_block(padded_head_dim(head_dim), False) == 64:
                         continue
@@ -305,6 +311,11 @@ def main() -> None:
         if args.arch < 90:
             variants.remove("fp8-baseline")
             variants.remove("fp8-pv")
+        if peer_kernels.sage_available():
+            variants.append(peer_kernels.SAGE_VARIANT)
+        else:
+            print(f"SageAttention {peer_kernels.SAGE_VERSION} is not installed: its rows are left out "
+                  f"(pip install --no-deps sageattention=={peer_kernels.SAGE_VERSION})", file=sys.stderr)
         rows = run(args.arch, args.head_dims, [False, True], variants)
     date = datetime.date.today().isoformat()
     lines = [

@@ -149,3 +149,18 @@ def test_task_accuracy_decoder_smoke_and_next_token_metrics(tmp_path):
     assert next_token_metrics(logits, logits) == {"top1": 1.0, "kl": 0.0}
     flipped = next_token_metrics(logits, -logits)
     assert flipped["top1"] == 0.0 and flipped["kl"] > 0.5
+
+
+def test_quantization_traffic_is_counted_from_inductors_kernels():
+    """``benchmarks/quant_traffic.py`` at a small width: the half-INT8 default's quantization is one kernel fused
+    with the rotary embeddings (plus the scales' copies) and moves fewer bytes than Inductor alone moves without
+    it (INT8 written where 16-bit Q and K were); full INT8 adds V's quantization on top; both linear in N."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from quant_traffic import HEAD_DIM, intfa_traffic
+
+    heads = 2
+    half, full = intfa_traffic("fp16", (32, 64), heads), intfa_traffic("int8", (32, 64), heads)
+    elements = heads * HEAD_DIM  # per token, per Q or K
+    assert half.kernels >= 1 and half.bytes_per_token >= 2 * elements * (2 + 1)  # read 16-bit Q, K; write INT8
+    assert half.net_bytes_per_token < 0 < full.net_bytes_per_token
+    assert full.bytes_per_token - half.bytes_per_token >= elements * (2 + 1)  # V read in 16-bit, written INT8

@@ -54,6 +54,10 @@ SCRIPT = textwrap.dedent("""
         tma = inspect_variant(arch, "full-int8", 128, tma=True)
         out[name] = {"sass": tma.sass_counts, "loop": tma.loop_histogram, "spills": tma.spills,
                      "pipes": model(tma).pipes}
+    from inspect_sass import inspect_peer
+    sage = inspect_peer(90, "sage-1.0.6", 128)
+    out["90-sage"] = {"loop": sage.loop_histogram, "spills": sage.spills, "block_m": sage.block_m,
+                      "block_n": sage.block_n, "slow_per_score": model(sage).slow_unit_per_score}
     window = inspect_variant(90, "full-int8", 128, causal=True, window_left=100)
     out["90-causal"] = {"ptx": window.ptx_matrix, "sass": window.sass_counts}
     print(json.dumps(out))
@@ -222,3 +226,17 @@ def test_tma_loads_k_and_v_with_tensor_descriptors_on_hopper_only(codegen):
     assert tma["spills"] == 0
     assert tma["pipes"]["issue"] < plain["pipes"]["issue"]
     assert codegen["80-full-tma"]["sass"].get("UTMALDG", 0) == 0
+
+
+def test_sageattention_compiles_as_its_launcher_launches_it(codegen):
+    """The peer in the per-pipe model (``benchmarks/peer_kernels.py``): SageAttention 1.0.6's INT8 kernel at d = 128
+    with its launcher's 128×64 tile, specialized as a launch is: INT8 wgmma for Q·Kᵀ and fp16 for P·V, one exp2
+    and one integer-to-float conversion per pair of scores per thread, no F2I, no spills (compiled without the
+    launch's specialization it spills)."""
+    sage = codegen["90-sage"]
+    loop = sage["loop"]
+    assert (sage["block_m"], sage["block_n"]) == (128, 64) and sage["spills"] == 0
+    assert any(op.startswith("IGMMA") for op in loop) and any(op.startswith("HGMMA") for op in loop)
+    assert loop.get("MUFU.EX2") == 34 and loop.get("I2FP.F32.S32") == 32
+    assert not any(op.startswith("F2I") for op in loop)
+    assert 1.0 <= sage["slow_per_score"] <= 1.1
