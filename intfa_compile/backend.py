@@ -41,10 +41,6 @@ def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: 
     """Inductor's compile of ``gm`` with our passes, sharing one context made here for this compilation."""
     from intfa_compile.passes.context import CompileContext
 
-    if settings.scales is not None:
-        from .calibration import register_scales
-
-        register_scales(settings.scales)
     context = CompileContext(settings, module_paths_of(gm))
     log.debug("intfa: compiling a graph of %d nodes under %s", len(gm.graph.nodes), settings)
     return compile_fx(gm, example_inputs, config_patches=inductor_patches(context, mode))

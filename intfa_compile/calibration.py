@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,16 +176,6 @@ def _observed_attention_fake(q, k, v, attn_mask, is_causal, scale, session, site
     return torch.empty_like(q)
 
 
-_static: dict[str, AttentionScales] = {}
-
-
-def register_scales(scales: AttentionScales) -> str:
-    """Make ``scales`` reachable by compiled graphs through their fingerprint; returns it."""
-    key = scales.fingerprint()
-    _static[key] = scales
-    return key
-
-
 class ScalesMismatchError(ValueError):
     """Static scales that do not fit an attention site, under ``fallback="error"``."""
 
@@ -221,21 +212,30 @@ def _scales_mismatch(scales: AttentionScales, site: str, q: Tensor, k: Tensor) -
     return "; ".join(differences) or None
 
 
-_device_copies: dict[tuple[str, str, str, torch.device], Tensor] = {}
+_device_copies: dict[tuple[tuple[float, ...], torch.device], Tensor] = {}
 
 
 @torch.library.custom_op("intfa::static_amax", mutates_args=())
-def static_amax_op(like: Tensor, fingerprint: str, site: str, which: str) -> Tensor:
-    """The calibrated range (fp32) of one site's ``which`` ("q", "k" or "v") on ``like``'s device."""
-    key = (fingerprint, site, which, like.device)
+def static_amax_op(like: Tensor, values: list[float], shape: list[int]) -> Tensor:
+    """Calibrated ranges as an fp32 tensor of ``shape`` on ``like``'s device. The values are the call's own
+    arguments, so a compiled graph (and an AOTInductor package) carries them: nothing is looked up at run time.
+    Each device's copy is made once and cloned per call (the compiled graph may reuse the output in place)."""
+    key = (tuple(values), like.device)
     if key not in _device_copies:
-        values = _static[fingerprint].sites[site][which]
-        _device_copies[key] = torch.tensor(values, dtype=torch.float32, device=like.device)
-    return _device_copies[key].clone()  # a fresh output: the compiled graph may reuse it in place
+        _device_copies[key] = torch.tensor(values, dtype=torch.float32, device=like.device).view(shape)
+    return _device_copies[key].clone()
 
 
 @static_amax_op.register_fake
-def _static_amax_fake(like, fingerprint, site, which):
-    entry = _static[fingerprint].sites[site][which]
-    shape = (len(entry), len(entry[0])) if which == "v" else (len(entry),)
+def _static_amax_fake(like: Tensor, values: list[float], shape: list[int]) -> Tensor:
+    if len(values) != math.prod(shape):
+        raise ValueError(f"static_amax: {len(values)} values do not fill shape {shape}")
     return like.new_empty(shape, dtype=torch.float32)
+
+
+def static_amax_tensors(like: Tensor, ranges: dict[str, list]) -> tuple[Tensor, Tensor, Tensor]:
+    """One site's calibrated ranges (``static_amax``'s entry) as tensors in the graph: Q (Hq,), K (Hk,), V
+    (Hk, D)."""
+    q, k, v = ranges["q"], ranges["k"], ranges["v"]
+    return (torch.ops.intfa.static_amax(like, q, [len(q)]), torch.ops.intfa.static_amax(like, k, [len(k)]),
+            torch.ops.intfa.static_amax(like, [x for row in v for x in row], [len(v), len(v[0])]))

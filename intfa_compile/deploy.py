@@ -14,8 +14,8 @@ The package's generated code calls ``intfa::int8_attention`` (and ``intfa::hadam
 AOTInductor's proxy executor, which dispatches to the operators registered in Python: the loading process must
 import ``intfa_compile`` first (without it, loading fails with "Could not find schema for intfa::int8_attention"
 rather than running anything else). There is no C++ implementation of the operators, so a process without Python
-cannot run the package. Static ``scales`` are refused here for now (the compiled code finds them at run time in
-the process that registered them).
+cannot run the package. Static ``scales`` travel in the package: their values are arguments of the
+``intfa::static_amax`` calls in the compiled code.
 """
 
 from __future__ import annotations
@@ -34,19 +34,11 @@ def inductor_configs(exported: torch.export.ExportedProgram | None = None, **opt
     ``intfa_compile.config``, as ``torch.compile(..., options=...)`` takes them). ``exported``: the program about to
     be compiled, whose module paths name the sites in logs and key static ``scales`` as under ``torch.compile``;
     without it, sites are named by where the traced nodes say they come from."""
-    if options.get("scales") is not None:
-        raise ValueError("inductor_configs: static 'scales' are not supported in an AOTInductor package yet: the "
-                         "compiled code looks them up at run time in the compiling process, which the loading process "
-                         "is not; use dynamic scales (the default)")
     if "calibrate" in options:
         raise ValueError("inductor_configs: calibration runs under torch.compile (intfa_compile.prepare), not in an "
                          "exported package")
     options = checked_options(options, "inductor_configs")
     settings = config.resolve(options)
-    if settings.scales is not None:
-        from .calibration import register_scales
-
-        register_scales(settings.scales)
     from intfa_compile.passes.context import CompileContext
 
     from .backend import inductor_patches

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from intfa_compile.calibration import static_amax
+from intfa_compile.calibration import static_amax, static_amax_tensors
 from intfa_compile.config import Settings
 from intfa_compile.exact_fallback import band_mask
 from intfa_compile.ops import int8_sdpa, int8_sdpa_static, scale_and_factor
@@ -27,9 +27,7 @@ def int8_attention(settings: Settings, site_key: str, query: torch.Tensor, key: 
     op = _attention_op(query, settings)
     ranges = static_amax(settings.scales, site_key, query, key, strict=settings.fallback == "error")
     if ranges is not None:
-        fingerprint = settings.scales.fingerprint()
-        q_amax, k_amax, v_amax = (torch.ops.intfa.static_amax(query, fingerprint, site_key, which)
-                                  for which in "qkv")
+        q_amax, k_amax, v_amax = static_amax_tensors(query, ranges)
         return int8_sdpa_static(query, key, value, attn_mask, is_causal, scale, q_amax, k_amax, v_amax,
                                 settings.pv_format, settings.p_scale, settings.qk_bits, attention_op=op,
                                 causal_offset=causal_offset, window_left=window_left, kv_block=settings.kv_block,

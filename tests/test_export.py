@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -55,14 +56,19 @@ def _llama() -> tuple[torch.nn.Module, dict]:
 
 
 def _package(build, tmp_path: Path) -> tuple[Path, Path, int]:
-    model, kwargs = build()
+    return _package_model(*build(), tmp_path)
+
+
+def _package_model(model: torch.nn.Module, kwargs: dict, tmp_path: Path, **options) -> tuple[Path, Path, int]:
+    """Export ``model``, compile it with AOTInductor under ``options``, save its inputs and eager output; returns
+    the package, the saved file and the sites rewritten."""
     with torch.no_grad():
         eager = model(**kwargs)
     exported = torch.export.export(model, (), kwargs=kwargs, strict=False)
     counters.clear()
     package = torch._inductor.aoti_compile_and_package(
         exported, package_path=str(tmp_path / "model.pt2"),
-        inductor_configs=intfa_compile.inductor_configs(exported=exported))
+        inductor_configs=intfa_compile.inductor_configs(exported=exported, **options))
     saved = tmp_path / "io.pt"
     torch.save({"args": (), "kwargs": kwargs, "eager": eager}, saved)
     return Path(package), saved, rewritten_sites(counters["intfa"])
@@ -95,12 +101,30 @@ def test_a_package_loaded_without_intfa_compile_fails_naming_the_operator(tmp_pa
     assert result.returncode != 0 and "intfa::int8_attention" in result.stderr
 
 
+@pytest.mark.slow
+def test_calibrated_static_scales_travel_in_the_package(tmp_path):
+    """Scales calibrated under torch.compile (``prepare``/``collect``) key the exported program's sites alike, and
+    their values are arguments of the package's ``intfa::static_amax`` calls: the fresh process, which never saw
+    them, runs INT8 with them."""
+    model, kwargs = _minilm()
+    prepared = intfa_compile.prepare(model)
+    with torch.no_grad():
+        prepared(**kwargs)
+    package, saved, rewritten = _package_model(model, kwargs, tmp_path, scales=intfa_compile.collect(prepared))
+    assert rewritten == 6
+    with zipfile.ZipFile(package) as archive:  # the generated code calls the op with the values
+        code = "".join(archive.read(name).decode(errors="replace") for name in archive.namelist()
+                       if name.endswith((".cpp", ".json")))
+    assert code.count("intfa::static_amax") == 2 * 6  # Q's and K's per site; half-INT8 leaves V in 16-bit
+    report = _load_in_fresh_process(package, saved)
+    assert report["int8_calls"] == 6 and report["cosine"] >= 0.999
+
+
 @pytest.mark.parametrize(("options", "message"), [
-    ({"scales": intfa_compile.AttentionScales({})}, "static 'scales' are not supported in an AOTInductor package"),
     ({"calibrate": "session0"}, "calibration runs under torch.compile"),
     ({"pv_fromat": "int8"}, "unknown intfa option"),
 ])
-def test_inductor_configs_refuses_what_a_package_cannot_hold(options, message):
+def test_inductor_configs_refuses_what_a_package_cannot_do(options, message):
     with pytest.raises(ValueError, match=message):
         intfa_compile.inductor_configs(**options)
 
