@@ -43,7 +43,8 @@ H200_COPY_BYTES_PER_S = 4.3e12
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embeddings as LLaMA applies them (rotate_half form)."""
     first, second = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-second, first), dim=-1) * sin
 
@@ -66,7 +67,7 @@ class LlamaAttentionBlock(torch.nn.Module):
             return t.view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(batch, tokens, width))
 

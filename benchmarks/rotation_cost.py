@@ -42,6 +42,7 @@ from intfa_compile.kernels.hadamard_quantize import (  # noqa: E402
     _hadamard_quantize_kernel,
     launch_constexprs,
 )
+from quant_traffic import rotary  # noqa: E402
 from results_file import RunInfo  # noqa: E402
 
 import intfa_compile  # noqa: E402, F401  (registers the backend and the operators)
@@ -52,11 +53,6 @@ BYTES_PER_CLOCK_PER_SM = H200_COPY_BYTES_PER_S / (132 * 1.83e9)
 """Copy bandwidth per SM per clock at H200's 132 SMs and the clock ``pipe_model`` uses (1.83 GHz)."""
 HALF_INT8_TOPS_D128 = 726e12
 """``pipe_model``'s half-INT8 prediction at d = 128 on H100/H200 clocks when no pipe overlaps (its lower bound)."""
-
-
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
 class AttentionBlock(torch.nn.Module):
@@ -71,7 +67,7 @@ class AttentionBlock(torch.nn.Module):
         batch, tokens, width = x.shape
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         if self.rotary:
-            q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+            q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
 
 
@@ -81,11 +77,11 @@ def generated_code_rows() -> list[str]:
     tokens, width, heads = 128, 256, 4
     x = torch.randn(2, tokens, width)
     cos, sin = torch.randn(tokens, width // heads), torch.randn(tokens, width // heads)
-    for rotary in (False, True):
+    for with_rotary in (False, True):
         for rotation in ("none", "hadamard"):
             torch._dynamo.reset()
             torch.manual_seed(0)
-            block = AttentionBlock(width, heads, rotary)
+            block = AttentionBlock(width, heads, with_rotary)
             compiled = torch.compile(block, backend="intfa", options={"qk_rotation": rotation})
             with torch.no_grad():
                 _, code = run_and_get_code(compiled, x, cos, sin)
@@ -94,7 +90,7 @@ def generated_code_rows() -> list[str]:
             kernels = sorted(set(re.findall(r"\b(cpp_fused_\w+)\(", source)))
             quantizing = [name for name in kernels if "round" in name or "hadamard_quantize" in name]
             listed = ", ".join(f"{name.split('.')[-1]} ×{n}" for name, n in sorted(calls.items()))
-            block_name = "rotary embeddings, then SDPA" if rotary else "Q/K views of the projection, SDPA"
+            block_name = "rotary embeddings, then SDPA" if with_rotary else "Q/K views of the projection, SDPA"
             quantizers = "; ".join(_short(name) for name in quantizing) or "—"
             rows.append(f"| {block_name} | {rotation} | {listed} | {len(kernels)} | {quantizers} |")
     return rows

@@ -15,7 +15,8 @@ import itertools
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+import struct
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,12 @@ class AttentionScales:
     sites: dict[str, dict[str, list]]
     """site key → {"q": [Hq], "k": [Hk], "v": [Hk][D]} as amax values (scale = amax / 127)."""
     observer: str = "minmax"
+    source: InitVar[str] = "AttentionScales"
+    """Where the ranges come from (a file's path), named in validation errors."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sites", validated_sites(self.sites, "AttentionScales"))
-        validated_observer(self.observer, OBSERVERS, "AttentionScales")
+    def __post_init__(self, source: str) -> None:
+        object.__setattr__(self, "sites", validated_sites(self.sites, source))
+        validated_observer(self.observer, OBSERVERS, source)
 
     def fingerprint(self) -> str:
         """A hash of the content: part of the compiled graph's cache key."""
@@ -106,8 +109,7 @@ class AttentionScales:
         except RecursionError as error:
             raise ValueError(f"{path}: not an intfa scales file: JSON nested too deeply") from error
         data = check_top_level(data, str(path))
-        observer = validated_observer(data.get("observer", "minmax"), OBSERVERS, str(path))
-        return cls(sites=validated_sites(data["sites"], str(path)), observer=observer)
+        return cls(sites=data["sites"], observer=data.get("observer", "minmax"), source=str(path))
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
@@ -212,30 +214,40 @@ def _scales_mismatch(scales: AttentionScales, site: str, q: Tensor, k: Tensor) -
     return "; ".join(differences) or None
 
 
-_device_copies: dict[tuple[tuple[float, ...], torch.device], Tensor] = {}
+_device_copies: dict[tuple[str, torch.device], Tensor] = {}
 
 
 @torch.library.custom_op("intfa::static_amax", mutates_args=())
-def static_amax_op(like: Tensor, values: list[float], shape: list[int]) -> Tensor:
-    """Calibrated ranges as an fp32 tensor of ``shape`` on ``like``'s device. The values are the call's own
-    arguments, so a compiled graph (and an AOTInductor package) carries them: nothing is looked up at run time.
-    Each device's copy is made once and cloned per call (the compiled graph may reuse the output in place)."""
-    key = (tuple(values), like.device)
+def static_amax_op(like: Tensor, digest: str, values: str, shape: list[int]) -> Tensor:
+    """Calibrated ranges as an fp32 tensor of ``shape`` on ``like``'s device. ``values`` holds them as the hex of
+    their little-endian fp32 bytes (``encode_ranges``): the call's own argument, so a compiled graph and an
+    AOTInductor package carry them and nothing is looked up at run time. One copy per device is made on first use,
+    found again by the short ``digest`` of ``values`` (no per-call conversion of the values), and cloned per call
+    (the compiled graph may reuse the output in place)."""
+    key = (digest, like.device)
     if key not in _device_copies:
-        _device_copies[key] = torch.tensor(values, dtype=torch.float32, device=like.device).view(shape)
+        host = torch.frombuffer(bytearray.fromhex(values), dtype=torch.float32)
+        _device_copies[key] = host.view(shape).to(like.device)
     return _device_copies[key].clone()
 
 
 @static_amax_op.register_fake
-def _static_amax_fake(like: Tensor, values: list[float], shape: list[int]) -> Tensor:
-    if len(values) != math.prod(shape):
-        raise ValueError(f"static_amax: {len(values)} values do not fill shape {shape}")
+def _static_amax_fake(like: Tensor, digest: str, values: str, shape: list[int]) -> Tensor:
+    if len(values) != 8 * math.prod(shape):
+        raise ValueError(f"static_amax: {len(values) // 8} values do not fill shape {shape}")
     return like.new_empty(shape, dtype=torch.float32)
+
+
+def encode_ranges(values: list[float]) -> tuple[str, str]:
+    """(digest, hex) of ``values`` as fp32: the arguments ``intfa::static_amax`` takes them as."""
+    encoded = struct.pack(f"<{len(values)}f", *values).hex()
+    return hashlib.sha256(encoded.encode()).hexdigest()[:16], encoded
 
 
 def static_amax_tensors(like: Tensor, ranges: dict[str, list]) -> tuple[Tensor, Tensor, Tensor]:
     """One site's calibrated ranges (``static_amax``'s entry) as tensors in the graph: Q (Hq,), K (Hk,), V
     (Hk, D)."""
     q, k, v = ranges["q"], ranges["k"], ranges["v"]
-    return (torch.ops.intfa.static_amax(like, q, [len(q)]), torch.ops.intfa.static_amax(like, k, [len(k)]),
-            torch.ops.intfa.static_amax(like, [x for row in v for x in row], [len(v), len(v[0])]))
+    return tuple(torch.ops.intfa.static_amax(like, *encode_ranges(flat), shape)
+                 for flat, shape in ((q, [len(q)]), (k, [len(k)]),
+                                     ([x for row in v for x in row], [len(v), len(v[0])])))

@@ -101,12 +101,14 @@ def _clean_module_path(dynamo_path: str) -> str:
 
 def module_paths_of(gm: torch.fx.GraphModule) -> dict[str, str]:
     """The module path of each node of Dynamo's graph ``gm``, by node name."""
-    paths = {}
-    for node in gm.graph.nodes:
-        stack = node.meta.get("nn_module_stack")
-        # A node outside every submodule belongs to the compiled module itself.
-        paths[node.name] = _clean_module_path(list(stack.values())[-1][0]) if stack else "<model>"
-    return paths
+    # A node outside every submodule belongs to the compiled module itself.
+    return {node.name: _stack_module_path(node, "<model>") for node in gm.graph.nodes}
+
+
+def _stack_module_path(node: torch.fx.Node, default: str) -> str:
+    """The innermost module of ``node``'s ``nn_module_stack``, or ``default`` where it has none."""
+    stack = node.meta.get("nn_module_stack")
+    return _clean_module_path(list(stack.values())[-1][0]) if stack else default
 
 
 def _root_source_name(node: torch.fx.Node) -> str | None:
@@ -136,8 +138,7 @@ def module_path(node: torch.fx.Node, paths: Mapping[str, str], max_hops: int = 6
         seen.update(frontier)
     if node.name in paths:
         return paths[node.name]
-    stack = node.meta.get("nn_module_stack")  # a graph no Dynamo trace names (an exported program's, say)
-    return _clean_module_path(list(stack.values())[-1][0]) if stack else "<unknown>"
+    return _stack_module_path(node, "<unknown>")  # a graph no Dynamo trace names (an exported program's, say)
 
 
 def source_line(node: torch.fx.Node) -> str:

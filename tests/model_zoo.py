@@ -55,16 +55,17 @@ def _decoder_ids() -> dict:
 
 
 _SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=100)
-_GQA = dict(_SMALL, num_key_value_heads=2)
+SMALL_GQA = dict(_SMALL, num_key_value_heads=2)
+"""A small GQA decoder (4 query heads on 2 KV heads, 2 layers): the zoo's and the export and generate tests'."""
 
 _HF_MODELS = {
     "BERT": ("BertConfig", "BertModel", _ids, _SMALL),
     "RoBERTa": ("RobertaConfig", "RobertaModel", _ids, dict(_SMALL, pad_token_id=1)),
     "GPT-2": ("GPT2Config", "GPT2Model", _ids, dict(n_embd=64, n_layer=2, n_head=4, vocab_size=100,
                                                    bos_token_id=0, eos_token_id=0)),
-    "LLaMA (GQA)": ("LlamaConfig", "LlamaModel", _decoder_ids, _GQA),
-    "Mistral (GQA)": ("MistralConfig", "MistralModel", _decoder_ids, _GQA),
-    "Qwen2 (GQA)": ("Qwen2Config", "Qwen2Model", _decoder_ids, _GQA),
+    "LLaMA (GQA)": ("LlamaConfig", "LlamaModel", _decoder_ids, SMALL_GQA),
+    "Mistral (GQA)": ("MistralConfig", "MistralModel", _decoder_ids, SMALL_GQA),
+    "Qwen2 (GQA)": ("Qwen2Config", "Qwen2Model", _decoder_ids, SMALL_GQA),
     "ViT": ("ViTConfig", "ViTModel", lambda: {"pixel_values": torch.randn(2, 3, 32, 32)},
             dict(_SMALL, image_size=32, patch_size=8)),
     "Whisper encoder": ("WhisperConfig", "WhisperEncoder", lambda: {"input_features": torch.randn(2, 16, 64)},

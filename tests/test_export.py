@@ -18,6 +18,7 @@ from torch._dynamo.utils import counters
 
 import intfa_compile
 from intfa_compile.sites import rewritten_sites
+from tests.model_zoo import SMALL_GQA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,7 @@ def _minilm() -> tuple[torch.nn.Module, dict]:
 def _llama() -> tuple[torch.nn.Module, dict]:
     import transformers
 
-    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=128, vocab_size=100)
+    config = transformers.LlamaConfig(**SMALL_GQA)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     ids = torch.randint(0, 100, (2, 24), generator=torch.Generator().manual_seed(0))

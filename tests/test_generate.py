@@ -12,15 +12,15 @@ from torch._dynamo.utils import counters
 
 from intfa_compile import ops
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
+from tests.model_zoo import SMALL_GQA
 
-LAYERS, PROMPT, NEW_TOKENS = 2, 12, 6
+LAYERS, PROMPT, NEW_TOKENS = SMALL_GQA["num_hidden_layers"], 12, 6
 
 
 def _model():
     import transformers
 
-    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=128, vocab_size=100)
+    config = transformers.LlamaConfig(**SMALL_GQA)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).eval()
