@@ -40,7 +40,7 @@ from results_file import RunInfo  # noqa: E402
 from torch._inductor.utils import run_and_get_code  # noqa: E402
 
 from intfa_compile.numerics import KV_BLOCK_AUTOTUNE  # noqa: E402
-from intfa_compile.ops import int8_sdpa  # noqa: E402
+from intfa_compile.ops import int8_sdpa, out_dtype_name  # noqa: E402
 from intfa_compile.quantize import (  # noqa: E402
     quantize_per_channel,
     quantize_per_token,
@@ -130,8 +130,8 @@ def _intfa_prequantized(pv_format: str, causal: bool, kv_block: int = 0, tma: bo
         return (q8, k8, v_in, qs, ks, vs, q.shape[-1] ** -0.5, q.dtype)
 
     def attend(q8, k8, v_in, qs, ks, vs, sm_scale, dtype):
-        return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale, "fixed", dtype, 0, -1,
-                                              kv_block, tma)
+        return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale, "fixed",
+                                              out_dtype_name(dtype), 0, -1, kv_block, tma)
 
     return prepare, attend
 

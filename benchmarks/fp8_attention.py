@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 from intfa_compile.kernels.int8_flash_attention import (
+    AUTOTUNE_BENCH,
     autotune_configs,
     causal_block_range,
     online_softmax_step,
@@ -75,7 +76,7 @@ def _prune_fp8_or_16bit(configs: list[triton.Config], named_args: dict, **kwargs
 
 
 @triton.autotune(configs=autotune_configs(), key=["N_Q", "N_K", "HEAD_DIM", "IS_CAUSAL"],
-                 prune_configs_by={"early_config_prune": _prune_fp8_or_16bit})
+                 prune_configs_by={"early_config_prune": _prune_fp8_or_16bit}, do_bench=AUTOTUNE_BENCH)
 @triton.jit
 def _fp8_attention_fwd(
     Q, K, V, DESCALE_Q, DESCALE_K, DESCALE_V, OUT,

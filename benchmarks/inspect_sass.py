@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intfa_compile.kernels import int8_flash_attention as int8_kernel  # noqa: E402
 
 from intfa_compile.key_splits import key_splits  # noqa: E402
+from intfa_compile.numerics import default_kv_block  # noqa: E402
 
 VARIANTS = ("full-int8", "half-int8", "fp8-pv", "fp8-baseline", "fp16-baseline")
 """Kernels this script compiles: ours (full / half INT8, fp8-pv) and the baselines of the speed table."""
@@ -349,6 +350,77 @@ def codegen_of(arch: int, variant: str, head_dim: int, causal: bool, jit_fn, arg
     )
 
 
+
+@dataclass(frozen=True)
+class LaunchCase:
+    """One kind of launch of our INT8 kernel: what ``spill_sweep`` compiles every candidate tile of."""
+
+    arch: int
+    variant: str
+    head_dim: int
+    block_n: int
+    causal: bool = False
+    decode: bool = False
+    tma: bool = False
+
+    def label(self) -> str:
+        extras = "".join(f" {name}" for name in ("causal", "decode", "tma") if getattr(self, name))
+        return f"sm_{self.arch} {self.variant} d{self.head_dim} n{self.block_n}{extras}"
+
+
+def launch_space() -> list[LaunchCase]:
+    """Every kind of launch a user's call can make on a GPU: sm_80 and sm_90; full INT8, half-INT8 and FP8 P·V
+    (sm_90 only: e4m3 needs sm_89); padded head dims 64, 128 and 256 (the kernel's, ``padded_head_dim``); each
+    key block the CUDA tiles offer there (64, and 128 where ``numerics.default_kv_block`` allows it: what
+    ``kv_block_size`` "auto", "tune", 64 and 128 can run; ``passes.guards.cuda_tile_reason`` refuses the rest);
+    and at d = 128, with the default key block, the causal loops, the 16-row decode tile and (sm_90) the TMA
+    loads. Not covered: masks,
+    sliding windows and row-block P scales (other constexprs, same loop structure)."""
+    cases = []
+    for arch in (80, 90):
+        for variant in ("full-int8", "half-int8", "fp8-pv"):
+            if variant == "fp8-pv" and arch < 89:
+                continue
+            for head_dim in (64, 128, 256):
+                widest = default_kv_block(head_dim, variant == "fp8-pv")
+                cases += [LaunchCase(arch, variant, head_dim, block_n) for block_n in (64, 128) if block_n <= widest]
+            default = default_kv_block(128, variant == "fp8-pv")
+            cases.append(LaunchCase(arch, variant, 128, default, causal=True))
+            cases.append(LaunchCase(arch, variant, 128, default, decode=True))
+            if arch == 90:
+                cases.append(LaunchCase(arch, variant, 128, default, tma=True))
+    return cases
+
+
+def _case_rows(case: LaunchCase) -> list[dict]:
+    """Registers and spills of every tile the autotuner may pick for ``case`` (after pruning)."""
+    kernel, args, constexprs = launch_case(case.variant, case.head_dim, case.causal, arch=case.arch,
+                                           decode=case.decode, tma=case.tma)
+    try:
+        configs = autotune_candidates(kernel, args, constexprs, case.block_n)
+    except ValueError as error:
+        return [{"case": case.label(), "error": str(error)}]
+    rows = []
+    for config in configs:
+        info = codegen_of(case.arch, case.variant, case.head_dim, case.causal, kernel.fn, args,
+                          {**constexprs, "KV_BLOCK": case.block_n} if "KV_BLOCK" in constexprs else constexprs, config)
+        rows.append({"case": case.label(), "tile": f"{info.block_m}x{info.block_n}", "warps": info.num_warps,
+                     "stages": info.num_stages, "registers": info.registers, "spills": info.spills,
+                     "local_bytes": info.local_bytes})
+    return rows
+
+
+def spill_sweep(cases: list[LaunchCase] | None = None, workers: int | None = None) -> list[dict]:
+    """Compile every tile the autotuner may pick for each launch case (``launch_space`` by default) and report
+    its registers and spills: the check that the tile rule holds on the installed Triton (ptxas differs between
+    releases). A case whose pruning keeps no tile of its key block is reported with ``error``. Cases compile in
+    ``workers`` processes (one per core by default)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cases = cases or launch_space()
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return [row for rows in pool.map(_case_rows, cases) for row in rows]
+
 def opcode_families(histogram: dict[str, int]) -> dict[str, int]:
     """Counts summed by opcode family, the part before the first modifier (``IGMMA.64x64x32.S8.S8`` → ``IGMMA``)."""
     families: dict[str, int] = collections.Counter()
@@ -389,7 +461,32 @@ def main() -> None:
     parser.add_argument("--decode", action="store_true", help="one query per head (the decode tile, split-K)")
     parser.add_argument("--tma", action="store_true", help="K and V through TMA tensor descriptors (sm_90)")
     parser.add_argument("--kernel-rev", default=None, help="compile the INT8 kernel as it was at this git revision")
+    parser.add_argument("--spill-sweep", action="store_true",
+                        help="every tile a launch may pick in every launch case (launch_space): registers, spills")
+    parser.add_argument("--out", default=None, help="with --spill-sweep: write a results file into this folder")
     args = parser.parse_args()
+    if args.spill_sweep:
+        rows = spill_sweep()
+        table = ["| case | tile | warps | stages | registers | spills |", "|---|---|---|---|---|---|"]
+        table += [f"| {row['case']} | {row.get('tile', row.get('error'))} | {row.get('warps', '')} | "
+                  f"{row.get('stages', '')} | {row.get('registers', '')} | {row.get('spills', '')} |" for row in rows]
+        spilled = sum(row.get("spills", 0) > 0 for row in rows)
+        summary = f"triton {triton.__version__}: {spilled} of {len(rows)} tiles spill"
+        print("\n".join(table) + f"\n\n{summary}")
+        if args.out:
+            from results_file import RunInfo
+
+            run = RunInfo("cpu")
+            lines = run.header(f"Spill sweep, Triton {triton.__version__}", "-",
+                               "compiled for sm_80/sm_90 with the ptxas Triton ships, as a launch compiles (no GPU)",
+                               summary, *(["tile rule: tuned (prune_configs)"] if int8_kernel._triton_release()
+                                          == int8_kernel.TUNED_TRITON else ["tile rule: register-safe "
+                                                                            "(_register_safe_tiles)"]))
+            path = run.write(Path(args.out), f"spill-sweep-triton{triton.__version__}-", "\n".join(
+                [*lines, "", *table, ""]), smoke=False)
+            print(f"wrote {path}")
+        print(json.dumps(rows))
+        return
     module = load_kernel_module(args.kernel_rev)
     if args.json:
         kernel, launch_args, constexprs = launch_case(args.variant, args.head_dim, args.causal, module,

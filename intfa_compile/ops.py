@@ -45,6 +45,22 @@ from .rotation import rotate_and_quantize_qk
 log = logging.getLogger("intfa_compile")
 
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
+OUT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+"""The op's ``out_dtype`` values, by name. A name, not a ``torch.dtype``: AOTInductor's proxy executor before torch
+2.13 hands a custom op's dtype arguments over in the serializer's numbering, not c10's (bfloat16 arrives as
+quint8, float32 as float64), so a package built with the op's dtype argument computes nothing right; a string
+travels unchanged on every release."""
+
+
+def out_dtype_name(dtype: torch.dtype) -> str:
+    """``dtype`` as the op's ``out_dtype`` (``OUT_DTYPES``)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _out_dtype(name: str) -> torch.dtype:
+    if name not in OUT_DTYPES:
+        raise TypeError(f"int8_attention: out_dtype must be one of {tuple(OUT_DTYPES)}, got {name!r}")
+    return OUT_DTYPES[name]
 _QUANTIZED_V = (torch.int8, torch.float8_e4m3fn)
 
 
@@ -94,7 +110,7 @@ def _check(
     v_scale: Tensor | None,
     attn_mask: Tensor | None,
     p_scale: str,
-    out_dtype: torch.dtype,
+    out_dtype: str,
     kv_block: int = 0,
     shapes: bool = True,
 ) -> None:
@@ -121,8 +137,7 @@ def _check(
     if kv_block not in (0, KV_BLOCK_AUTOTUNE, *KV_BLOCK_SIZES):
         raise ValueError(f"int8_attention: kv_block must be 0 (the default rule), {KV_BLOCK_AUTOTUNE} (autotuned on "
                          f"CUDA) or one of {KV_BLOCK_SIZES}, got {kv_block}")
-    if out_dtype not in _FLOAT_OUT:
-        raise TypeError(f"int8_attention: out_dtype must be one of {_FLOAT_OUT}, got {out_dtype}")
+    _out_dtype(out_dtype)
     if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.dtype.is_floating_point:
         raise TypeError(f"int8_attention: attn_mask must be boolean (True = keep) or additive floating point, got "
                         f"{attn_mask.dtype}")
@@ -156,14 +171,14 @@ def _static_sizes(*tensors: Tensor | None) -> bool:
     return all(isinstance(size, int) for tensor in tensors if tensor is not None for size in tensor.shape)
 
 
-def _empty_out(q: Tensor, out_dtype: torch.dtype, exact_value: Tensor | None = None) -> Tensor:
+def _empty_out(q: Tensor, out_dtype: str, exact_value: Tensor | None = None) -> Tensor:
     """The op's output. Strided like q, so a (B, N, H, D)-major query gives a (B, N, H, D)-major output, as SDPA
     does; where the shapes were symbolic at compile time (``exact_value`` given) it is contiguous with value's
     head dim instead, the one layout the compile-time description and the run can agree on whatever the sizes
     turn out to be."""
     if exact_value is None:
-        return torch.empty_like(q, dtype=out_dtype)
-    return q.new_empty((*q.shape[:-1], exact_value.shape[-1]), dtype=out_dtype)
+        return torch.empty_like(q, dtype=_out_dtype(out_dtype))
+    return q.new_empty((*q.shape[:-1], exact_value.shape[-1]), dtype=_out_dtype(out_dtype))
 
 
 @torch.library.custom_op("intfa::int8_attention", mutates_args=())
@@ -178,7 +193,7 @@ def int8_attention(
     is_causal: bool,
     sm_scale: float,
     p_scale: str,
-    out_dtype: torch.dtype,
+    out_dtype: str,
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
@@ -208,7 +223,8 @@ def int8_attention(
     known only at run time (already folded into q_scale; the softmax scale is ``sm_scale`` times it), given
     where the shapes were symbolic at compile time: if the kernel turns out unable to take them (a head dim
     above ``MAX_HEAD_DIM``, value's head dim other than query's: ``kernel_shape_problem``) the op computes the
-    attention exactly from them (``exact_fallback``). Returns ``out_dtype``, strided like q.
+    attention exactly from them (``exact_fallback``). Returns ``out_dtype`` (a name of ``OUT_DTYPES``: "float16",
+    "bfloat16" or "float32"), strided like q.
     """
     if (exact_query is None) != (exact_value is None) or (exact_query is None) != (exact_key is None):
         raise ValueError("exact_query, exact_key and exact_value come together")
@@ -243,7 +259,7 @@ def _int8_attention_fake(
     is_causal: bool,
     sm_scale: float,
     p_scale: str,
-    out_dtype: torch.dtype,
+    out_dtype: str,
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
@@ -404,7 +420,7 @@ def int8_sdpa(
         v_in = sequence_major(v_in)
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale,
-              query.dtype, causal_offset, window_left, kv_block, tma, **exact)
+              out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)
 
 
 def int8_sdpa_static(
@@ -447,4 +463,4 @@ def int8_sdpa_static(
         v_in, v_scale = value_16bit(value), None
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
-              sm_scale, p_scale, query.dtype, causal_offset, window_left, kv_block, tma, **exact)
+              sm_scale, p_scale, out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)

@@ -141,6 +141,52 @@ def module_path(node: torch.fx.Node, paths: Mapping[str, str], max_hops: int = 6
     return _stack_module_path(node, "<unknown>")  # a graph no Dynamo trace names (an exported program's, say)
 
 
+SITE_STAMP = "intfa_site"
+"""``node.meta`` key under which a stage leaves a site's (module path, source line, site key) on its query and the
+query's shape-only ancestors (``stamp_site``), for a later stage that meets the same attention in a form a graph
+rewrite made without provenance (``stamped_site``)."""
+
+_SHAPE_ONLY = frozenset({"view", "reshape", "_unsafe_view", "expand", "clone", "permute", "transpose", "contiguous",
+                         "unsqueeze", "squeeze", "alias", "t"})
+"""Ops (by overload packet name) that move a tensor without changing its values: a query's way to the products."""
+
+
+def _shape_only_chain(node: torch.fx.Node, hops: int) -> list[torch.fx.Node]:
+    """``node`` and up to ``hops`` ancestors reached through its first argument while the ops only move data."""
+    chain = [node]
+    while len(chain) <= hops:
+        target = getattr(chain[-1].target, "__name__", str(chain[-1].target)).split(".")[0]
+        first = chain[-1].args[0] if chain[-1].args else None
+        if chain[-1].op != "call_function" or target not in _SHAPE_ONLY or not isinstance(first, torch.fx.Node):
+            break
+        chain.append(first)
+    return chain
+
+
+def stamp_site(query: torch.fx.Node, site: SiteRecord, key: str, hops: int = 4) -> None:
+    """Leave ``site``'s module path, source line and site ``key`` (static scales are found by it) on ``query`` and
+    its shape-only ancestors (see ``SITE_STAMP``).
+
+    Inductor's attention fusion turns hand-written attention a stage left alone into SDPA; before torch 2.13 its
+    pattern replacement copies neither ``stack_trace`` nor ``from_node`` onto the new node, which would then
+    report as a second, unnamed site (and key static scales as ``<unknown>``)."""
+    for node in _shape_only_chain(query, hops):
+        node.meta.setdefault(SITE_STAMP, (site.module, site.source, key))
+
+
+def stamped_site(query: torch.fx.Node, hops: int = 4) -> tuple[str, str, str] | None:
+    """The (module path, source line, site key) an earlier stage left on ``query`` or a shape-only ancestor."""
+    for node in _shape_only_chain(query, hops):
+        if SITE_STAMP in node.meta:
+            return node.meta[SITE_STAMP]
+    return None
+
+
+def has_provenance(node: torch.fx.Node) -> bool:
+    """Whether ``node`` says where it came from (a stack trace or a source node)."""
+    return bool(node.meta.get("stack_trace") or node.meta.get("from_node"))
+
+
 def source_line(node: torch.fx.Node) -> str:
     """The innermost user frame of ``node``'s stack trace as ``file.py:LINE function``."""
     frames = [line.strip() for line in node.meta.get("stack_trace", "").splitlines()

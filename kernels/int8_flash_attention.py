@@ -37,6 +37,7 @@ from intfa_compile.numerics import (
     LOG2E,
     P_DEQUANT_FIXED,
     PV_FP8_FOLD_BLOCKS,
+    default_kv_block,
     folds_query_scale,
     padded_head_dim,
     resolve_kv_block,
@@ -318,17 +319,29 @@ INTERPRETER_KV_BLOCKS = (16, 32, 64, 128)
 """Key block sizes the interpreter's configs offer (each test asks for one; by default ``default_kv_block``)."""
 
 
+TUNED_TRITON = (3, 8)
+"""The Triton release whose ptxas the tile rule of ``prune_configs`` was tuned on (every kept tile spill-free and
+the 128-row tiles the per-pipe model prefers). Other releases allocate registers differently: on 3.6 and 3.9
+the 128-row tiles at a 128-wide head spill 1–59 registers (``inspect_sass.py --spill-sweep``, results in
+``benchmarks/results/spill-sweep-*``), so they get ``_register_safe_tiles``."""
+
+
+def _triton_release(version: str = triton.__version__) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
 def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Keep the tiles of the key block size asked for (``KV_BLOCK``; 0 lets the autotuner choose) that compile
-    without spills (``benchmarks/inspect_sass.py --all-configs``); up to 16 queries per head, the 16-row decode
-    tiles only.
+    without spills on the installed Triton (``benchmarks/inspect_sass.py --spill-sweep``); up to 16 queries per
+    head, the 16-row decode tiles only.
 
-    128 rows take 8 warps (one warpgroup per 64 rows): on 4 warps the accumulators spill at d = 128. Head
-    dims up to 128: two warpgroups on 64 rows would each repeat the Q·Kᵀ GEMM, so 64 rows take 4 warps; one
-    stage is for the widest head only. A 256-wide head fits shared memory with 64 rows and at most two
-    stages; with quantized P·V the 64×256 fp32 accumulator and the INT8/FP8 path spill on 4 warps, so they
-    take 8 (the repeated Q·Kᵀ is the price of no spills). 128 keys per block at a 256-wide head spill; at
-    128 see ``_keys_128_fit``.
+    On ``TUNED_TRITON``: 128 rows take 8 warps (one warpgroup per 64 rows): on 4 warps the accumulators spill
+    at d = 128. Head dims up to 128: two warpgroups on 64 rows would each repeat the Q·Kᵀ GEMM, so 64 rows
+    take 4 warps; one stage is for the widest head only. A 256-wide head fits shared memory with 64 rows and at
+    most two stages, on 8 warps (on 4 the 64×256 fp32 accumulator spills with quantized P·V, and with 16-bit
+    P·V on sm_80). 128 keys per block at a 256-wide head spill (the op refuses that launch on CUDA:
+    ``passes.guards``); at 128 see ``_keys_128_fit``. Other Triton releases: ``_register_safe_tiles``.
     """
     kv_block = kwargs.get("KV_BLOCK", 0)
     if kv_block:
@@ -342,27 +355,54 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     if decode:
         return [c for c in configs if c.num_warps == 4 and c.num_stages > 1] or configs[:1]
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0))
-    wide = block_d >= 256
-    if not wide:
+    # 128 keys only where the shape rule would choose them (the others spill: passes.guards refuses a fixed 128
+    # there, and the autotuner, with KV_BLOCK 0, does not try them).
+    widest = default_kv_block(block_d, kwargs.get("PV_FP8", False))
+    configs = [c for c in configs if c.kwargs["BLOCK_N"] <= widest] or configs
+    if block_d >= 256:
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.kwargs["BLOCK_N"] == 64 and c.num_stages <= 2
+                and c.num_warps == 8]
+    elif _triton_release() != TUNED_TRITON:
+        kept = _register_safe_tiles(configs, block_d)
+    else:
         kept = [c for c in configs if c.num_stages > 1 and c.num_warps == (8 if c.kwargs["BLOCK_M"] == 128 else 4)
                 and (c.kwargs["BLOCK_N"] < 128 or block_d < 128 or _keys_128_fit(c, kwargs))]
-    else:
-        quantized_pv = kwargs.get("QUANT_PV", False)
-        kept = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.kwargs["BLOCK_N"] == 64 and c.num_stages <= 2
-                and (c.num_warps == 8 or not quantized_pv)]
     return kept or configs[:1]
 
 
+def _register_safe_tiles(configs: list[triton.Config], block_d: int) -> list[triton.Config]:
+    """The tiles for a Triton other than ``TUNED_TRITON``, up to 128-wide heads: 64 query rows only, on 4 warps
+    for 64 keys per block and on 8 for 128 (two warpgroups share the 64×128 score tile), two or three stages.
+    Spill-free in every launch case of the sweep on Triton 3.6 and 3.9, sm_80 and sm_90, where the 128-row
+    tiles at d = 128 spill; heads up to 64 keep the tuned rule's tiles, which fit everywhere."""
+    if block_d <= 64:
+        return [c for c in configs if c.num_stages > 1 and c.num_warps == (8 if c.kwargs["BLOCK_M"] == 128 else 4)]
+    return [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.num_stages in (2, 3)
+            and c.num_warps == (8 if c.kwargs["BLOCK_N"] == 128 else 4)]
+
+
 def _keys_128_fit(config: triton.Config, kwargs: dict) -> bool:
-    """Whether a 128-key tile compiles without spills at a 128-wide head (sm_90, Triton 3.8, every variant and
-    tile checked with ``inspect_sass.py --all-configs --block-n 128``): 16-bit P·V always; INT8 P·V on 128 rows
-    and 8 warps with three stages or more (two spill 3–9 registers, as 64 rows on 4 warps do); FP8 P·V never
-    (13–48 spilled registers in every tile: the e4m3 P and its fp32 accumulator do not fit beside the other)."""
+    """Whether a 128-key tile compiles without spills at a 128-wide head (Triton 3.8, every variant and tile
+    checked with ``inspect_sass.py --spill-sweep``): 16-bit P·V with two stages on sm_80 (three or more spill 1–6
+    registers in the causal loops) and with any on sm_90; INT8 P·V on 128 rows and 8 warps with three stages or
+    more (two spill 3–9 registers, as 64 rows on 4 warps do); FP8 P·V never (13–48 spilled registers in every
+    tile: the e4m3 P and its fp32 accumulator do not fit beside the other)."""
     if not kwargs.get("QUANT_PV", False):
-        return True
+        return config.num_stages == 2 or not kwargs.get("MAGIC_I2F", False)
     if kwargs.get("PV_FP8", False):
         return False
     return config.kwargs["BLOCK_M"] == 128 and config.num_stages >= 3
+
+
+def untimed_under_interpreter(kernel_call, quantiles) -> list[float]:
+    """The autotuner's ``do_bench`` under Triton's interpreter: no timing (it would mean nothing, and there is no
+    driver to time with). ``prune_configs`` leaves one config there, which Triton 3.8 runs untimed but 3.6 still
+    benchmarks through the active driver ("0 active drivers" on a CPU-only machine)."""
+    return [0.0 for _ in quantiles]
+
+
+AUTOTUNE_BENCH = untimed_under_interpreter if _INTERPRETED else None
+"""``do_bench`` for this module's autotuned kernels (and the FP8 baseline's): Triton's own on a GPU."""
 
 
 @triton.jit
@@ -389,6 +429,7 @@ def causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL: tl.constexpr, BLOCK
     key=["N_Q_BUCKET", "N_K_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "WINDOW", "MASK_KIND", "QUANT_PV", "PV_FP8",
          "KV_BLOCK", "SPLIT", "TMA"],
     prune_configs_by={"early_config_prune": prune_configs},
+    do_bench=AUTOTUNE_BENCH,
 )
 @triton.jit
 def _int8_attention_fwd(

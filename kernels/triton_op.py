@@ -27,7 +27,7 @@ def int8_attention_triton(
     is_causal: bool,
     sm_scale: float,
     p_scale: str,
-    out_dtype: torch.dtype,
+    out_dtype: str,
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from intfa_compile.sites import SiteRecord, module_path, source_line
+from intfa_compile.sites import SiteRecord, has_provenance, module_path, source_line, stamped_site
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,13 @@ class AttentionSite:
         gqa = ""
         if q is not None and k is not None and q.dim() == k.dim() and q.dim() >= 3 and q.shape[-3] != k.shape[-3]:
             gqa = f"{q.shape[-3]}/{k.shape[-3]}"
+        module, source = module_path(self.anchor, module_paths), source_line(self.anchor)
+        inherited = None if has_provenance(self.anchor) else stamped_site(self.query)
+        if inherited is not None:  # a node a rewrite made without provenance, at a site an earlier stage named
+            module, source, _ = inherited
         return SiteRecord(
-            module=module_path(self.anchor, module_paths),
-            source=source_line(self.anchor),
+            module=module,
+            source=source,
             form=self.form + (f", causal offset {self.causal_offset}" if self.causal_offset else "")
             + (f", window {self.window_left}" if self.window_left >= 0 else ""),
             shapes=f"q {dims(q)}, kv {dims(k)}",

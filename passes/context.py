@@ -15,11 +15,21 @@ import torch
 from torch._dynamo.utils import counters
 
 from intfa_compile.config import Settings
-from intfa_compile.sites import COUNTER_OF_PV_FORMAT, LEFT_ALONE, OUTCOME_OF_PV_FORMAT, SiteRecord, record, retract
+from intfa_compile.sites import (
+    COUNTER_OF_PV_FORMAT,
+    LEFT_ALONE,
+    OUTCOME_OF_PV_FORMAT,
+    SiteRecord,
+    has_provenance,
+    record,
+    retract,
+    stamp_site,
+    stamped_site,
+)
 from intfa_compile.torch_logs import log_site_graph
 
 from .attention_site import AttentionSite
-from .guards import config_skip_reason, unsupported_reason
+from .guards import config_skip_reason, cuda_tile_reason, unsupported_reason
 
 log = logging.getLogger("intfa_compile")
 
@@ -78,6 +88,9 @@ class CompileContext:
 
     def site_key(self, site: AttentionSite) -> str:
         """The site's stable key: its module path and its order among that module's sites."""
+        inherited = None if has_provenance(site.anchor) else stamped_site(site.query)
+        if inherited is not None:  # the attention an earlier stage keyed, remade by a rewrite without provenance
+            self.site_keys.setdefault(site.anchor.name, inherited[2])
         if site.anchor.name not in self.site_keys:
             module = site.record(self.module_paths, LEFT_ALONE).module
             index = sum(key.rsplit("#", 1)[0] == module for key in self.site_keys.values())
@@ -113,7 +126,8 @@ class CompileContext:
             return earlier
         self.site_key(site)
         self._remember(site, False)
-        self.report(site.record(self.module_paths, LEFT_ALONE, reason), warn=unsupported)
+        stamp_site(site.query, self.report(site.record(self.module_paths, LEFT_ALONE, reason), warn=unsupported),
+                   self.site_key(site))
         if unsupported and self.settings.fallback == "error":
             raise UnsupportedAttentionError(f"attention at {site.record(self.module_paths, LEFT_ALONE).module}: "
                                             f"{reason}")
@@ -128,6 +142,9 @@ class CompileContext:
         log.debug("intfa: pass stage %d: attention site %s (node %s) found in form %s, causal %s, mask %s", self.stage,
                   self.site_key(site), site.anchor.name, site.form, site.is_causal, site.attn_mask is not None)
         reason = unsupported_reason(site)
+        if reason is not None:
+            return self.leave_alone(site, reason)
+        reason = cuda_tile_reason(site, self.settings)
         if reason is not None:
             return self.leave_alone(site, reason)
         reason = config_skip_reason(site, self.settings)
@@ -152,6 +169,6 @@ class CompileContext:
         if approved is not None:
             retract(approved)
         self._decided[site.anchor] = False
-        self.report(site.record(self.module_paths, LEFT_ALONE,
-                                f"the INT8 rewrite failed ({type(error).__name__}: {error}); kept as it was"),
-                    warn=True)
+        stamp_site(site.query, self.report(
+            site.record(self.module_paths, LEFT_ALONE, f"the INT8 rewrite failed ({type(error).__name__}: {error}); "
+                        "kept as it was"), warn=True), self.site_key(site))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from intfa_compile.config import Settings
+from intfa_compile.numerics import default_kv_block, padded_head_dim
 from intfa_compile.ops import kernel_shape_problem, mask_never_broadcasts
 
 from .attention_site import AttentionSite
@@ -39,6 +40,29 @@ def unsupported_reason(site: AttentionSite) -> str | None:
             return f"mask dtype {mask.dtype} is neither bool nor floating"
         if mask_never_broadcasts(mask.shape, (q.shape[0], heads_q, q.shape[2], k.shape[2])):
             return f"mask shape {tuple(mask.shape)} does not broadcast to the scores"
+    return None
+
+
+CUDA_KV_BLOCKS = (64, 128)
+"""Keys per block the CUDA kernel's tiles offer (the interpreter's also offer 16 and 32)."""
+
+
+def cuda_tile_reason(site: AttentionSite, settings: Settings) -> str | None:
+    """Why the CUDA kernel has no tile for ``site`` under ``settings``' fixed key block, or None: blocks other
+    than ``CUDA_KV_BLOCKS``, and 128 keys where ``numerics.default_kv_block`` would choose 64 (a 256-wide head;
+    FP8 P·V above 64): no such tile compiles without spilling registers (``inspect_sass.py --spill-sweep``)."""
+    query = site.tensors[0]
+    kv_block = settings.kv_block
+    if query is None or query.device.type != "cuda" or kv_block <= 0:
+        return None
+    if kv_block not in CUDA_KV_BLOCKS:
+        return f"kv_block_size={kv_block}: the CUDA kernel's tiles have {' or '.join(map(str, CUDA_KV_BLOCKS))} keys"
+    head_dim = query.shape[-1]
+    widest = default_kv_block(padded_head_dim(head_dim), settings.pv_format == "fp8") if isinstance(head_dim, int) \
+        else min(CUDA_KV_BLOCKS)
+    if kv_block > widest:
+        return (f"kv_block_size={kv_block} at head dim {head_dim} (pv_format={settings.pv_format!r}): no CUDA tile of "
+                f"{kv_block} keys fits the registers there; {widest} does")
     return None
 
 

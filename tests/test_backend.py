@@ -27,7 +27,7 @@ OP_NAME = "torch.ops.intfa.int8_attention.default"
 def causal_call(offset: int, window_left: int = -1, head_dim: int = 32) -> str:
     """The tail of an ``int8_attention`` call in Inductor's code that runs with the causal flag and no mask
     (Inductor writes trailing defaults as keywords, others positionally)."""
-    return (rf", None, True, {head_dim**-0.5}, 'fixed', torch.float32, (causal_offset=)?{offset}, "
+    return (rf", None, True, {head_dim**-0.5}, 'fixed', 'float32', (causal_offset=)?{offset}, "
             rf"(window_left=)?{window_left}(, (kv_block=)?0)?(, (tma=)?False)?{NO_EXACT_INPUTS}$")
 
 

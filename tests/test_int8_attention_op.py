@@ -20,7 +20,7 @@ from tests.helpers import P_STEP, cosine, half_int8_bound, p_quantization_bound,
 op = torch.ops.intfa.int8_attention
 
 
-def _run_op(inputs, attn_mask, is_causal, scale, p_scale, out_dtype=torch.float32):
+def _run_op(inputs, attn_mask, is_causal, scale, p_scale, out_dtype="float32"):
     head_dim = inputs["q"].shape[-1]
     sm_scale = scale if scale is not None else head_dim**-0.5
     return op(inputs["q"], inputs["k"], inputs["v"], inputs["q_scale"], inputs["k_scale"], inputs["v_scale"],
@@ -162,7 +162,7 @@ def test_bad_arguments_raise_with_a_message(change, message):
     q8 = torch.zeros(1, 2, 4, 8, dtype=torch.int8)
     args = dict(q=q8, k=q8[:, :1], v=q8[:, :1], q_scale=torch.ones(1, 2, 4), k_scale=torch.ones(1, 1, 4),
                 v_scale=torch.ones(1, 1, 8), attn_mask=None, is_causal=False, sm_scale=1.0, p_scale="fixed",
-                out_dtype=torch.float32)
+                out_dtype="float32")
     args.update(change)
     with pytest.raises((ValueError, TypeError), match=message):
         op(**args)
@@ -256,7 +256,7 @@ def _op_arguments(**changes):
     q, k = torch.zeros(1, 2, 8, 16, dtype=torch.int8), torch.zeros(1, 2, 8, 16, dtype=torch.int8)
     arguments = {"q": q, "k": k, "v": torch.zeros(1, 2, 8, 16), "q_scale": torch.ones(1, 2, 8),
                  "k_scale": torch.ones(1, 2, 8), "v_scale": None, "attn_mask": None, "is_causal": False,
-                 "sm_scale": 0.25, "p_scale": "fixed", "out_dtype": torch.float32, "causal_offset": 0,
+                 "sm_scale": 0.25, "p_scale": "fixed", "out_dtype": "float32", "causal_offset": 0,
                  "window_left": -1, "kv_block": 0}
     return {**arguments, **changes}
 
@@ -269,7 +269,7 @@ REFUSED = [
     ({"q_scale": torch.ones(1, 2, 8, dtype=torch.float16)}, TypeError, "q_scale must be float32"),
     ({"p_scale": "per_row"}, ValueError, "p_scale must be one of"),
     ({"kv_block": 48}, ValueError, "kv_block must be"),
-    ({"out_dtype": torch.int32}, TypeError, "out_dtype must be one of"),
+    ({"out_dtype": "int32"}, TypeError, "out_dtype must be one of"),
     ({"attn_mask": torch.zeros(1, 1, 8, 8, dtype=torch.int64)}, TypeError, "attn_mask must be boolean"),
     ({"window_left": 4}, ValueError, "window_left is a sliding window"),
     ({"k": torch.zeros(1, 2, 8, 32, dtype=torch.int8)}, ValueError, "incompatible shapes"),

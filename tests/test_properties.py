@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch._dynamo.utils import counters
 
+from intfa_compile.ops import out_dtype_name
 from intfa_compile.reference import reference_attention
 from tests.helpers import P_STEP, half_int8_bound, p_quantization_bound, quantized_inputs, unit_roundoff
 
@@ -80,7 +81,8 @@ def test_int8_attention_within_derived_bound(problem):
     q, k, v, mask, is_causal, quantize_pv, p_scale = problem
     inputs = quantized_inputs(q, k, v, quantize_pv)
     out = torch.ops.intfa.int8_attention(inputs["q"], inputs["k"], inputs["v"], inputs["q_scale"], inputs["k_scale"],
-                                         inputs["v_scale"], mask, is_causal, q.shape[-1] ** -0.5, p_scale, q.dtype)
+                                         inputs["v_scale"], mask, is_causal, q.shape[-1] ** -0.5, p_scale,
+                                         out_dtype_name(q.dtype))
     assert out.dtype == q.dtype and out.shape == q.shape
     _assert_within_derived_bound(out, inputs, problem)
 

@@ -479,7 +479,7 @@ def test_triton_op_variant_runs_the_same_kernel():
     q, k, v = (torch.randn(1, 2, 70, 32, generator=gen).to(DEVICE) for _ in range(3))
     inputs = quantized_inputs(q, k, v, quantize_pv=True)
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
-    via_triton_op = torch.ops.intfa.int8_attention_triton(*args, None, True, 32**-0.5, "fixed", torch.float32)
+    via_triton_op = torch.ops.intfa.int8_attention_triton(*args, None, True, 32**-0.5, "fixed", "float32")
     out = torch.empty(q.shape, device=DEVICE)
     direct = int8_flash_attention_triton(*args, None, True, 32**-0.5, "fixed", out)
     assert torch.equal(via_triton_op, direct)
