@@ -68,6 +68,12 @@ PEER_SCRIPT = textwrap.dedent("""
 """)
 
 
+REDUNDANT_EXPS = {True: 1, False: 2}
+"""Exps per score of the d = 128 tile: one on the tuned Triton's 128×128 tile (8 warps, a warpgroup per 64 rows);
+two on the register-safe 64×128 tile of other releases (8 warps on 64 rows: each warpgroup computes every score).
+The price of no spills there (NOTES.md, "Versions measured")."""
+
+
 def _clean_env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
@@ -96,7 +102,7 @@ def test_full_int8_rounds_p_without_f2i_and_issues_one_slow_unit_instruction_per
     assert "F2I" not in loop and "I2F" not in loop and "F2F" not in loop
     assert full["sass"].get("F2I", 0) <= 1  # outside the loop: one integer division's reciprocal trick
     assert loop.get("MUFU", 0) > 0
-    assert full["slow_per_score"] <= 1.15
+    assert full["slow_per_score"] <= 1.15 * REDUNDANT_EXPS[codegen["tuned"]]
     # The P·V accumulator's conversion happens only on the rare rescale path, not every block.
     assert full["rare_families"].get("I2FP", 0) > 0
 
@@ -165,11 +171,14 @@ def test_pipe_model_counts_the_tiles_macs_and_one_exp_per_score(codegen):
     otherwise), and the 16/clock unit's cycles equal one exp2 per score at 16 per clock (128 keys: the default key
     block at d = 128, ``numerics.default_kv_block``)."""
     full = codegen["90-full"]
-    # 128 rows on the Triton the tile rule was tuned on; 64 (on 8 warps) where 128 rows spill (prune_configs).
-    rows = 128 if codegen["tuned"] else 64
+    # 128 rows on the Triton the tile rule was tuned on; 64 (on 8 warps) where 128 rows spill (prune_configs). There
+    # both warpgroups compute the tile's 64×128 scores: Q·Kᵀ and its exps twice, P·V once (split over the head dim).
+    tuned = codegen["tuned"]
+    rows = 128 if tuned else 64
     assert (full["block_m"], full["block_n"]) == (rows, 128)
-    assert full["tensor"] == 2 * rows * 128 * 128 / 4096
-    assert full["pipes"]["xu"] == rows * 128 / 16
+    gemm = rows * 128 * 128 / 4096
+    assert full["tensor"] == gemm * (2 if tuned else 3)
+    assert full["pipes"]["xu"] == rows * 128 / 16 * REDUNDANT_EXPS[tuned]
     # At d = 64 the GEMMs halve but the exps do not: the slow unit is twice the tensor time (NOTES.md).
     assert codegen["90-full-64"]["pipes"]["xu"] == 2 * codegen["90-full-64"]["tensor"]
 
