@@ -229,10 +229,12 @@ def load_kernel_module(revision: str | None):
 
 
 def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, window_left: int = -1,
-                arch: int = 90, decode: bool = False, tma: bool = False) -> tuple:
+                arch: int = 90, decode: bool = False, tma: bool = False, mask: str = "",
+                p_scale: str = "fixed") -> tuple:
     """(autotuned kernel, launch args, constexprs) for one variant at ``TYPICAL_SHAPE`` (``window_left``: a
     sliding window behind the causal diagonal; ``decode``: one query per head, split-K; ``tma``: K and V through
-    tensor descriptors; INT8 kernels only)."""
+    tensor descriptors; ``mask``: "bool" or "additive" key-padding mask (B, 1, 1, N), as BERT's; ``p_scale``:
+    "row_block" for P's per-row scale; INT8 kernels only)."""
     batch, heads, seq = TYPICAL_SHAPE["batch"], TYPICAL_SHAPE["heads"], TYPICAL_SHAPE["seq"]
     sm_scale = head_dim**-0.5
     if variant in ("full-int8", "half-int8", "fp8-pv"):
@@ -252,8 +254,10 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
         if decode:  # one query per head: the 16-row tile, keys split as the launcher splits them
             ranges, split_keys = key_splits(1, seq, batch * heads)
             parts = (_meta(ranges, *q.shape, dtype=torch.float32), _meta(ranges, *q.shape[:3], 2, dtype=torch.float32))
-        args, constexprs = int8_kernel.launch_arguments(q, k, v, q_scale, k_scale, v_scale, None, causal, sm_scale,
-                                                        "fixed", out, window_left=window_left,
+        attn_mask = None if not mask else _meta(batch, 1, 1, seq, dtype=torch.bool if mask == "bool" else
+                                                torch.float16)
+        args, constexprs = int8_kernel.launch_arguments(q, k, v, q_scale, k_scale, v_scale, attn_mask, causal,
+                                                        sm_scale, p_scale, out, window_left=window_left,
                                                         target_arch=arch, parts=parts, split_keys=split_keys,
                                                         tma=tma)
         kernel = module._int8_attention_fwd
@@ -362,10 +366,18 @@ class LaunchCase:
     causal: bool = False
     decode: bool = False
     tma: bool = False
+    mask: str = ""
+    """"bool" or "additive": a key-padding mask."""
+    window: bool = False
+    """A causal sliding window (Mistral's)."""
+    row_block: bool = False
+    """P quantized with its per-row scale (``p_scale="row_block"``; INT8 P·V only)."""
 
     def label(self) -> str:
-        extras = "".join(f" {name}" for name in ("causal", "decode", "tma") if getattr(self, name))
-        return f"sm_{self.arch} {self.variant} d{self.head_dim} n{self.block_n}{extras}"
+        extras = "".join(f" {name}" for name in ("causal", "decode", "tma", "window", "row_block")
+                         if getattr(self, name))
+        return f"sm_{self.arch} {self.variant} d{self.head_dim} n{self.block_n}{extras}" + (
+            f" {self.mask} mask" if self.mask else "")
 
 
 def launch_space() -> list[LaunchCase]:
@@ -374,8 +386,8 @@ def launch_space() -> list[LaunchCase]:
     key block the CUDA tiles offer there (64, and 128 where ``numerics.default_kv_block`` allows it: what
     ``kv_block_size`` "auto", "tune", 64 and 128 can run; ``passes.guards.cuda_tile_reason`` refuses the rest);
     and at d = 128, with the default key block, the causal loops, the 16-row decode tile and (sm_90) the TMA
-    loads. Not covered: masks,
-    sliding windows and row-block P scales (other constexprs, same loop structure)."""
+    loads, a causal sliding window and (full INT8) P's row-block scale; boolean and additive key-padding masks at
+    d = 64 and 128. Not covered: combinations of these (a mask with a window, say)."""
     cases = []
     for arch in (80, 90):
         for variant in ("full-int8", "half-int8", "fp8-pv"):
@@ -389,13 +401,19 @@ def launch_space() -> list[LaunchCase]:
             cases.append(LaunchCase(arch, variant, 128, default, decode=True))
             if arch == 90:
                 cases.append(LaunchCase(arch, variant, 128, default, tma=True))
+            cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, variant == "fp8-pv"), mask=mask)
+                      for head_dim in (64, 128) for mask in ("bool", "additive")]
+            cases.append(LaunchCase(arch, variant, 128, default, causal=True, window=True))
+            if variant == "full-int8":
+                cases.append(LaunchCase(arch, variant, 128, default, row_block=True))
     return cases
 
 
 def _case_rows(case: LaunchCase) -> list[dict]:
     """Registers and spills of every tile the autotuner may pick for ``case`` (after pruning)."""
-    kernel, args, constexprs = launch_case(case.variant, case.head_dim, case.causal, arch=case.arch,
-                                           decode=case.decode, tma=case.tma)
+    kernel, args, constexprs = launch_case(case.variant, case.head_dim, case.causal, window_left=256 if case.window
+                                           else -1, arch=case.arch, decode=case.decode, tma=case.tma, mask=case.mask,
+                                           p_scale="row_block" if case.row_block else "fixed")
     try:
         configs = autotune_candidates(kernel, args, constexprs, case.block_n)
     except ValueError as error:

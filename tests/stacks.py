@@ -129,7 +129,7 @@ def run_suite(stack: Stack, python: Path, extra: list[str]) -> tuple[int, str, f
     """pytest in ``stack``'s environment from the checkout's root, as ``make test`` runs it. Returns (exit
     status, pytest's summary line, seconds)."""
     start = time.monotonic()
-    command = [str(python), "-m", "pytest", "-q", *stack.pytest_args, *extra]
+    command = [str(python), "-m", "pytest", "-q", "--durations=15", *stack.pytest_args, *extra]  # where CI time goes
     print(f"$ {shlex.join(command)}", flush=True)
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     summary = ""
