@@ -44,7 +44,6 @@ from .rotation import rotate_and_quantize_qk
 
 log = logging.getLogger("intfa_compile")
 
-_FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
 OUT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 """The op's ``out_dtype`` values, by name. A name, not a ``torch.dtype``: AOTInductor's proxy executor before torch
 2.13 hands a custom op's dtype arguments over in the serializer's numbering, not c10's (bfloat16 arrives as
@@ -61,6 +60,9 @@ def _out_dtype(name: str) -> torch.dtype:
     if name not in OUT_DTYPES:
         raise TypeError(f"int8_attention: out_dtype must be one of {tuple(OUT_DTYPES)}, got {name!r}")
     return OUT_DTYPES[name]
+
+
+_FLOAT_OUT = tuple(OUT_DTYPES.values())
 _QUANTIZED_V = (torch.int8, torch.float8_e4m3fn)
 
 

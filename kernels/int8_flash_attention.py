@@ -378,9 +378,9 @@ def _register_safe_tiles(configs: list[triton.Config], block_d: int, mask_kind: 
     registers even on 3.8: 1–236 spilled). 64 query rows only, on 4 warps for 64 keys per block and on 8 for 128
     (two warpgroups share the 64×128 score tile: Q·Kᵀ and its exps run twice) or with an additive mask (its fp16
     tile spills FP8 P·V's 4-warp one on 3.9), two or three stages (three with a mask or window: two spill on
-    sm_80 on 3.9). Heads up to 64 without a mask or window keep
-    the tuned rule's tiles, which fit on every release. ``inspect_sass.py --spill-sweep`` checks every launch kind;
-    the one left spilling is listed in ``tests/test_kernel_codegen.py`` (``KNOWN_SPILLS``)."""
+    sm_80 on 3.9). Heads up to 64 without a mask or window keep the tuned rule's tiles, which fit on every
+    release. ``inspect_sass.py --spill-sweep`` checks every launch kind; those left spilling are listed in
+    ``tests/test_kernel_codegen.py`` (``KNOWN_SPILLS``)."""
     masked = mask_kind != _MASK_NONE or window
     if block_d <= 64 and not masked:
         return [c for c in configs if c.num_stages > 1 and c.num_warps == (8 if c.kwargs["BLOCK_M"] == 128 else 4)]
