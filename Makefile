@@ -8,6 +8,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 LOCK := constraints/dev.txt
 COMPAT_STACKS ?= gpu-machine newest
+COMPAT_FLAGS ?=
 
 .PHONY: setup demo test test-compat check-latest lock lint clean
 
@@ -28,7 +29,7 @@ test: setup
 	$(PY) -m pytest -q
 
 test-compat:
-	$(PYTHON) -m tests.stacks $(COMPAT_STACKS)
+	$(PYTHON) -m tests.stacks $(COMPAT_FLAGS) $(COMPAT_STACKS)
 
 check-latest:
 	$(PYTHON) -m tests.stacks --latest

@@ -9,6 +9,11 @@ whose header names the Python it needs (``# python: 3.12``) and, optionally, wha
     python -m tests.stacks gpu-machine newest     # make test-compat
     python -m tests.stacks --latest               # make check-latest: resolve the newest, name what moved
     python -m tests.stacks gpu-machine -- tests/test_export.py -x   # after --: passed on to pytest
+    python -m tests.stacks --discard gpu-machine newest   # CI: each environment removed once its suite ran
+
+Each environment holds a CUDA build of torch (5-6 GB with its NVIDIA libraries), so ``--discard`` keeps the peak
+at one stack's environment; a stack whose install fails is reported, its partial environment removed, and the
+next stack still runs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints"
+STACK_DISK_GB = 8.0
+"""Free disk a stack's install needs: its environment (5.3 GB for gpu-machine, 6.0 GB for newest, measured
+2026-12-05) plus the wheels pip holds while installing."""
 SHOWN = ("torch", "triton", "transformers", "numpy", "hypothesis", "pytest")
 """The versions printed for each stack."""
 
@@ -79,7 +87,13 @@ def find_python(version: str) -> str:
 def pip_environment() -> dict[str, str]:
     """pip's environment for a stack's install: no configuration files, so a machine-wide cap (such as one that
     holds torch below a release a stack pins) does not change what the lock file says."""
-    return {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    return {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_NO_CACHE_DIR": "1"}  # a cached copy of each CUDA wheel would double what a stack costs on disk
+
+
+def free_disk_gb(path: Path) -> float:
+    """Free space, in GB, on the file system holding ``path``."""
+    return shutil.disk_usage(path).free / 1e9
 
 
 def _stamp(stack: Stack) -> str:
@@ -97,6 +111,9 @@ def ensure_environment(stack: Stack) -> Path:
     if stamp.is_file() and stamp.read_text() == _stamp(stack) and python.exists():
         return python
     shutil.rmtree(stack.venv, ignore_errors=True)
+    if free_disk_gb(ROOT) < STACK_DISK_GB:
+        print(f"stacks: warning: {free_disk_gb(ROOT):.1f} GB free on {ROOT}'s disk; a stack's install needs about "
+              f"{STACK_DISK_GB:.0f} GB", flush=True)
     subprocess.run([find_python(stack.python), "-m", "venv", str(stack.venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     env = pip_environment()
@@ -117,6 +134,12 @@ def installed_versions(python: Path) -> dict[str, str]:
                              text=True, check=True, env=pip_environment()).stdout
     return {name.lower().replace("_", "-"): version
             for name, version in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)$", listing, flags=re.MULTILINE)}
+
+
+def python_version(python: Path) -> str:
+    """The full version of the environment's Python (``3.12.1``)."""
+    return subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def pinned_versions(lock: Path) -> dict[str, str]:
@@ -144,6 +167,8 @@ def run_suite(stack: Stack, python: Path, extra: list[str]) -> tuple[int, str, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stacks", nargs="*", help="lock files under constraints/ to run (by name)")
+    parser.add_argument("--discard", action="store_true",
+                        help="remove each stack's environment once its suite ran (CI: one stack on disk at a time)")
     parser.add_argument("--latest", action="store_true",
                         help="resolve today's newest releases (no lock), run the suite and name what moved "
                              "against constraints/newest.txt")
@@ -161,11 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     for stack in stacks:
         print(f"\n=== stack {stack.name}: Python {stack.python}, "
               f"{stack.lock.relative_to(ROOT) if stack.lock else 'newest releases, unpinned'}", flush=True)
-        python = ensure_environment(stack)
+        try:
+            python = ensure_environment(stack)
+        except subprocess.CalledProcessError as error:
+            shutil.rmtree(stack.venv, ignore_errors=True)
+            reason = f"install failed ({shlex.join(map(str, error.cmd[-4:]))} exited {error.returncode}; " \
+                     f"{free_disk_gb(ROOT):.1f} GB free)"
+            print(f"stacks: {stack.name}: {reason}", flush=True)
+            results.append((stack.name, f"Python {stack.python}", 1, reason, 0.0))
+            continue
         versions = installed_versions(python)
-        python_version = subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
-                                        capture_output=True, text=True, check=True).stdout.strip()
-        shown = f"Python {python_version}, " + ", ".join(f"{name} {versions.get(name, '-')}" for name in SHOWN)
+        shown = f"Python {python_version(python)}, " + ", ".join(f"{name} {versions.get(name, '-')}" for name in SHOWN)
         print(shown, flush=True)
         if stack.lock is None:
             pinned = pinned_versions(CONSTRAINTS / "newest.txt")
@@ -175,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                      in sorted(moved.items())) or "nothing"))
         status, summary, seconds = run_suite(stack, python, extra)
         results.append((stack.name, shown, status, summary or f"pytest exited {status}", seconds))
+        if options.discard:
+            shutil.rmtree(stack.venv, ignore_errors=True)
 
     print("\n| stack | versions | pytest | time |\n|---|---|---|---|")
     for name, shown, status, summary, seconds in results:
