@@ -386,7 +386,7 @@ def launch_space() -> list[LaunchCase]:
     key block the CUDA tiles offer there (64, and 128 where ``numerics.default_kv_block`` allows it: what
     ``kv_block_size`` "auto", "tune", 64 and 128 can run; ``passes.guards.cuda_tile_reason`` refuses the rest);
     and at d = 128, with the default key block, the causal loops, the 16-row decode tile and (sm_90) the TMA
-    loads, a causal sliding window and (full INT8) P's row-block scale; boolean and additive key-padding masks at
+    loads and (full INT8) P's row-block scale; boolean and additive key-padding masks and a causal sliding window at
     d = 64 and 128. Not covered: combinations of these (a mask with a window, say)."""
     cases = []
     for arch in (80, 90):
@@ -403,7 +403,8 @@ def launch_space() -> list[LaunchCase]:
                 cases.append(LaunchCase(arch, variant, 128, default, tma=True))
             cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, variant == "fp8-pv"), mask=mask)
                       for head_dim in (64, 128) for mask in ("bool", "additive")]
-            cases.append(LaunchCase(arch, variant, 128, default, causal=True, window=True))
+            cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, variant == "fp8-pv"), causal=True,
+                                 window=True) for head_dim in (64, 128)]
             if variant == "full-int8":
                 cases.append(LaunchCase(arch, variant, 128, default, row_block=True))
     return cases

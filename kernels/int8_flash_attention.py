@@ -63,7 +63,7 @@ _E4M3_SUBNORMAL_STEPS = tl.constexpr(2.0**9)
 
 @triton.jit
 def _round_to_bf16(x):
-    """fp32 → nearest bf16 (ties to even), kept in fp32; for finite x."""
+    """fp32 → nearest bf16 (ties to even), kept in fp32; for finite x and ±inf (a NaN may come back as inf)."""
     bits = x.to(tl.uint32, bitcast=True)
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     return rounded.to(tl.float32, bitcast=True)
@@ -375,17 +375,24 @@ def _register_safe_tiles(configs: list[triton.Config], block_d: int, mask_kind: 
                          ) -> list[triton.Config]:
     """The tiles where the tuned rule's spill, up to 128-wide heads: on a Triton other than ``TUNED_TRITON``, and on
     it for launches with a mask or a sliding window (whose extra loads and selects push the 128-row tiles over the
-    registers even on 3.8: 1–236 spilled). 64 query rows only, on 4 warps for 64 keys per block and on 8 for 128
-    (two warpgroups share the 64×128 score tile: Q·Kᵀ and its exps run twice) or with an additive mask (its fp16
-    tile spills FP8 P·V's 4-warp one on 3.9), two or three stages (three with a mask or window: two spill on
-    sm_80 on 3.9). Heads up to 64 without a mask or window keep the tuned rule's tiles, which fit on every
-    release. ``inspect_sass.py --spill-sweep`` checks every launch kind; those left spilling are listed in
-    ``tests/test_kernel_codegen.py`` (``KNOWN_SPILLS``)."""
+    registers even on 3.8: 1–236 spilled). 64 query rows only, on 4 warps for 64 keys per block and on 8 for 128 (two
+    warpgroups share the 64×128 score tile: Q·Kᵀ and its exps run twice) or with an additive mask (its fp16 tile
+    spills FP8 P·V's 4-warp one on 3.9), but for a boolean mask at heads up to 64 (one warpgroup: 4 warps), two or
+    three stages (three with a mask or window: two spill on sm_80 on 3.9). Heads up to 64 without a mask or window
+    keep the tuned rule's tiles, which fit on every release. ``inspect_sass.py --spill-sweep`` checks every launch
+    kind; those left spilling are listed in ``tests/test_kernel_codegen.py`` (``KNOWN_SPILLS``)."""
     masked = mask_kind != _MASK_NONE or window
     if block_d <= 64 and not masked:
         return [c for c in configs if c.num_stages > 1 and c.num_warps == (8 if c.kwargs["BLOCK_M"] == 128 else 4)]
+    one_warpgroup = block_d <= 64 and mask_kind == _MASK_BOOL and not window
+
+    def warps(config: triton.Config) -> int:
+        if one_warpgroup:  # 8 spill 7-9 registers on 3.6 (sm_80, 16-bit P·V); 4 fit on every release
+            return 4
+        return 8 if config.kwargs["BLOCK_N"] == 128 or mask_kind == _MASK_ADDITIVE else 4
+
     return [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.num_stages in ((3,) if masked else (2, 3))
-            and c.num_warps == (8 if c.kwargs["BLOCK_N"] == 128 or mask_kind == _MASK_ADDITIVE else 4)]
+            and c.num_warps == warps(c)]
 
 
 def _keys_128_fit(config: triton.Config, kwargs: dict) -> bool:
@@ -553,6 +560,11 @@ def _int8_attention_fwd(
             vs = tl.load(VS + b * stride_vsb + h_kv * stride_vsh + offs_d * stride_vsd, mask=d_ok, other=0.0)
             out = out * vs[None, :]
         o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        if INTERPRETER:
+            if OUT.dtype.element_ty == tl.bfloat16:
+                # The interpreter's fp32 → bf16 cast truncates (a GPU's rounds to nearest even, as torch does):
+                # round first, so the cast below is exact (NaN kept as it is).
+                out = tl.where(out != out, out, _round_to_bf16(out))
         tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 

@@ -429,6 +429,20 @@ def test_mqa_output_dtypes(out_dtype):
     assert ((kernel.double() - ref.out).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
+def test_16bit_outputs_are_the_fp32_result_rounded_to_nearest(out_dtype):
+    """The kernel's 16-bit output is its fp32 result rounded to nearest even, as a GPU's conversion and torch's
+    ``.to`` round (Triton's interpreter truncates fp32 → bf16 unless the kernel rounds first: then a result
+    could sit a bf16 step off the twin's and the method's bound)."""
+    gen = torch.Generator().manual_seed(14)
+    q, k, v = (torch.randn(2, 3, 70, 64, generator=gen) for _ in range(3))
+    inputs = quantized_inputs(q, k, v)
+    rounded, _ = _both(inputs, None, False, None, "fixed", out_dtype=out_dtype)
+    exact, _ = _both(inputs, None, False, None, "fixed", out_dtype=torch.float32)
+    assert torch.equal(rounded, exact.to(out_dtype))
+    assert not torch.equal(rounded.float(), exact)  # the fp32 results did need rounding
+
+
 def test_fully_masked_rows_give_zeros_as_sdpa():
     gen = torch.Generator().manual_seed(17)
     q, k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(3))
