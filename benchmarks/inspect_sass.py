@@ -51,6 +51,7 @@ from intfa_compile.kernels import int8_flash_attention as int8_kernel  # noqa: E
 
 from intfa_compile.key_splits import key_splits  # noqa: E402
 from intfa_compile.numerics import default_kv_block  # noqa: E402
+from intfa_compile.pv_formats import FP8, FP16, INT8, PVFormat  # noqa: E402
 
 VARIANTS = ("full-int8", "half-int8", "fp8-pv", "fp8-baseline", "fp16-baseline")
 """Kernels this script compiles: ours (full / half INT8, fp8-pv) and the baselines of the speed table."""
@@ -380,6 +381,11 @@ class LaunchCase:
             f" {self.mask} mask" if self.mask else "")
 
 
+def _pv_format(variant: str) -> PVFormat:
+    """The P·V format a kernel variant of this script runs."""
+    return {"full-int8": INT8, "half-int8": FP16, "fp8-pv": FP8}[variant]
+
+
 def launch_space() -> list[LaunchCase]:
     """Every kind of launch a user's call can make on a GPU: sm_80 and sm_90; full INT8, half-INT8 and FP8 P·V
     (sm_90 only: e4m3 needs sm_89); padded head dims 64, 128 and 256 (the kernel's, ``padded_head_dim``); each
@@ -394,16 +400,16 @@ def launch_space() -> list[LaunchCase]:
             if variant == "fp8-pv" and arch < 89:
                 continue
             for head_dim in (64, 128, 256):
-                widest = default_kv_block(head_dim, variant == "fp8-pv")
+                widest = default_kv_block(head_dim, _pv_format(variant))
                 cases += [LaunchCase(arch, variant, head_dim, block_n) for block_n in (64, 128) if block_n <= widest]
-            default = default_kv_block(128, variant == "fp8-pv")
+            default = default_kv_block(128, _pv_format(variant))
             cases.append(LaunchCase(arch, variant, 128, default, causal=True))
             cases.append(LaunchCase(arch, variant, 128, default, decode=True))
             if arch == 90:
                 cases.append(LaunchCase(arch, variant, 128, default, tma=True))
-            cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, variant == "fp8-pv"), mask=mask)
+            cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, _pv_format(variant)), mask=mask)
                       for head_dim in (64, 128) for mask in ("bool", "additive")]
-            cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, variant == "fp8-pv"), causal=True,
+            cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, _pv_format(variant)), causal=True,
                                  window=True) for head_dim in (64, 128)]
             if variant == "full-int8":
                 cases.append(LaunchCase(arch, variant, 128, default, row_block=True))

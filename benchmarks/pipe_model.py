@@ -35,6 +35,7 @@ import peer_kernels  # noqa: E402
 import triton  # noqa: E402
 
 from intfa_compile.numerics import default_kv_block, padded_head_dim  # noqa: E402
+from intfa_compile.pv_formats import INT8  # noqa: E402
 
 BASELINE_REVISION = "4b29d76"
 """The INT8 kernel before issue 11's rework (F2I rounding of P, per-block P·V conversion, D-major V)."""
@@ -262,7 +263,7 @@ def run(arch: int, head_dims: list[int], causal_cases: list[bool], variants: lis
                         continue
                     info = inspect_sass.inspect_peer(arch, variant, head_dim, causal)
                 elif variant.endswith("@64"):  # the 64-key tile the default rule replaced where 128 fits
-                    if default_kv_block(padded_head_dim(head_dim), False) == 64:
+                    if default_kv_block(padded_head_dim(head_dim), INT8) == 64:
                         continue
                     info = inspect_sass.inspect_variant(arch, variant[:-3], head_dim, causal, block_n=64)
                 else:

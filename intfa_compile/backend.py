@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,11 @@ def _input_signature(args: Sequence[Any]) -> tuple:
     )
 
 
+RECOMPILES_KEPT = 8
+"""Graphs a compiled model keeps for settings changed after it was compiled (per settings and input shapes), the
+least recently used dropped first: as many as Dynamo keeps per frame (``torch._dynamo.config.recompile_limit``)."""
+
+
 class _SettingsAwareCompiled:
     """A compiled graph that notices a later change of ``intfa_compile.config`` and recompiles for it.
 
@@ -65,7 +71,7 @@ class _SettingsAwareCompiled:
         self._gm, self._options, self._mode = gm, options, mode
         self._settings, self._compiled = settings, compiled
         self._generation = config.generation()
-        self._recompiled: dict[tuple, Callable[..., Any]] = {}
+        self._recompiled: collections.OrderedDict[tuple, Callable[..., Any]] = collections.OrderedDict()
 
     def __call__(self, *args: Any) -> Any:
         if config.generation() == self._generation:
@@ -80,6 +86,9 @@ class _SettingsAwareCompiled:
             log.info("intfa: config changed since this graph was compiled; recompiling under %s", settings)
             compiled = _compile(self._gm, list(args), settings, self._mode)
             self._recompiled[key] = compiled
+            if len(self._recompiled) > RECOMPILES_KEPT:
+                self._recompiled.popitem(last=False)
+        self._recompiled.move_to_end(key)
         return compiled(*args)
 
 

@@ -10,14 +10,14 @@ A site missing from the scales, or whose shapes disagree, falls back to dynamic 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
-import json
 import logging
 import math
 import struct
-from dataclasses import InitVar, dataclass, field
-from pathlib import Path
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,14 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .arguments import check_model, checked_options
+from .attention_scales import AttentionScales
 from .observers import OBSERVERS
 from .scales_format import (
     AMAX_CEILING,
     AMAX_FLOOR,
-    FORMAT,
-    check_top_level,
-    validated_observer,
-    validated_sites,
 )
 
 log = logging.getLogger("intfa_compile")
@@ -60,59 +57,10 @@ class CalibrationSession:
         return self.sites[site]
 
 
-_sessions: dict[str, CalibrationSession] = {}
+_sessions: weakref.WeakValueDictionary[str, CalibrationSession] = weakref.WeakValueDictionary()
+"""Every live calibration session by id (the id is what a compiled graph holds). The prepared model owns its
+session: once the model is gone, so is the session and what its observers saw."""
 _session_ids = itertools.count()
-
-
-@dataclass(frozen=True)
-class AttentionScales:
-    """Static quantization scales per attention site: Q and K per head, V per head and channel.
-
-    Validated whole when made (``scales_format``): a structure with a missing field, a wrong length or a range
-    that is not finite and positive raises ``ValueError`` naming the site and the field."""
-
-    sites: dict[str, dict[str, list]]
-    """site key → {"q": [Hq], "k": [Hk], "v": [Hk][D]} as amax values (scale = amax / 127)."""
-    observer: str = "minmax"
-    source: InitVar[str] = "AttentionScales"
-    """Where the ranges come from (a file's path), named in validation errors."""
-
-    def __post_init__(self, source: str) -> None:
-        object.__setattr__(self, "sites", validated_sites(self.sites, source))
-        validated_observer(self.observer, OBSERVERS, source)
-
-    def fingerprint(self) -> str:
-        """A hash of the content: part of the compiled graph's cache key."""
-        return hashlib.sha256(json.dumps({"sites": self.sites, "observer": self.observer},
-                                         sort_keys=True).encode()).hexdigest()[:16]
-
-    def save(self, path: str | Path) -> None:
-        """Write the scales as JSON (portable across machines and devices; the format is ``scales_format``'s)."""
-        Path(path).write_text(json.dumps({"format": FORMAT, "observer": self.observer, "sites": self.sites},
-                                         indent=1, sort_keys=True), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> AttentionScales:
-        """Read scales written by ``save``. The whole file is checked before anything is kept: text that is not
-        JSON (a truncated copy), another format or a newer version of this one, a missing or unknown field, a
-        wrong length, a range that is not finite and in [2⁻²⁴, 2⁴⁸] all raise ``ValueError`` naming the file,
-        the site and the field."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path}: not an intfa scales file: not UTF-8 text ({error.reason})") from error
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
-                             "a truncated or hand-edited copy?") from error
-        except RecursionError as error:
-            raise ValueError(f"{path}: not an intfa scales file: JSON nested too deeply") from error
-        data = check_top_level(data, str(path))
-        return cls(sites=data["sites"], observer=data.get("observer", "minmax"), source=str(path))
-
-    def __hash__(self) -> int:
-        return hash(self.fingerprint())
 
 
 def prepare(model: torch.nn.Module, observer: str = "minmax", options: dict[str, Any] | None = None
@@ -123,19 +71,18 @@ def prepare(model: torch.nn.Module, observer: str = "minmax", options: dict[str,
         raise ValueError(f"prepare: observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
     options = checked_options(options, "prepare", reserved=("calibrate", "scales"))
     session_id = f"session{next(_session_ids)}"
-    _sessions[session_id] = CalibrationSession(observer, options)
+    session = _sessions[session_id] = CalibrationSession(observer, options)
     prepared = torch.compile(model, backend="intfa", options={**options, "calibrate": session_id})
-    prepared._intfa_calibration = session_id
+    prepared._intfa_calibration = session  # the owner: the session lives as long as the prepared model
     return prepared
 
 
 def collect(prepared: torch.nn.Module) -> AttentionScales:
     """The scales the observers of a ``prepare``d model have seen, per site."""
-    session_id = getattr(prepared, "_intfa_calibration", None)
-    if session_id not in _sessions:
+    session = getattr(prepared, "_intfa_calibration", None)
+    if not isinstance(session, CalibrationSession):
         raise ValueError(f"collect: prepared must be a model returned by intfa_compile.prepare(), got "
                          f"{type(prepared).__name__}")
-    session = _sessions[session_id]
     if not session.sites:
         raise RuntimeError("no attention site has been observed: run calibration batches through the prepared "
                            "model first (under torch.no_grad())")
@@ -160,7 +107,11 @@ def observed_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
     """Calibration stand-in for an attention site: records Q, K, V ranges, returns fp attention. A scale known
     only at run time is ``scale`` times the 0-d ``scale_factor``; Q's range is recorded without it, as the INT8
     rewrite quantizes Q before applying it."""
-    observers = _sessions[session].observers_for(site)
+    owner = _sessions.get(session)
+    if owner is None:
+        raise RuntimeError(f"intfa calibration session {session!r} has ended: the model intfa_compile.prepare() "
+                           "returned for it is gone, and with it what its observers saw")
+    observers = owner.observers_for(site)
     observers.q(q)
     observers.k(k)
     observers.v(v)
@@ -214,7 +165,11 @@ def _scales_mismatch(scales: AttentionScales, site: str, q: Tensor, k: Tensor) -
     return "; ".join(differences) or None
 
 
-_device_copies: dict[tuple[str, torch.device], Tensor] = {}
+@functools.lru_cache(maxsize=256)
+def _device_copy(digest: str, device: torch.device, values: str, shape: tuple[int, ...]) -> Tensor:
+    """The ranges ``values`` encodes on ``device``, made once per (ranges, device) while in use: at most 256 kept
+    (every site's Q, K and V of a few models on a few devices), the least recently used dropped first."""
+    return torch.frombuffer(bytearray.fromhex(values), dtype=torch.float32).view(shape).to(device)
 
 
 @torch.library.custom_op("intfa::static_amax", mutates_args=())
@@ -224,11 +179,7 @@ def static_amax_op(like: Tensor, digest: str, values: str, shape: list[int]) -> 
     AOTInductor package carry them and nothing is looked up at run time. One copy per device is made on first use,
     found again by the short ``digest`` of ``values`` (no per-call conversion of the values), and cloned per call
     (the compiled graph may reuse the output in place)."""
-    key = (digest, like.device)
-    if key not in _device_copies:
-        host = torch.frombuffer(bytearray.fromhex(values), dtype=torch.float32)
-        _device_copies[key] = host.view(shape).to(like.device)
-    return _device_copies[key].clone()
+    return _device_copy(digest, like.device, values, tuple(shape)).clone()
 
 
 @static_amax_op.register_fake

@@ -1,8 +1,8 @@
 """Toggles of the INT8 attention rewrite, in the manner of ``torch/_inductor/config.py``.
 
 Each toggle is a typed module global with a docstring. Change one for the whole process
-(``intfa_compile.config.quantize_pv = False``), for a scope (``with config.patch(quantize_pv=False):``)
-or for one compiled model (``torch.compile(m, backend="intfa", options={"quantize_pv": False})``).
+(``intfa_compile.config.pv_format = "int8"``), for a scope (``with config.patch(pv_format="int8"):``)
+or for one compiled model (``torch.compile(m, backend="intfa", options={"pv_format": "int8"})``).
 
 The backend reads the values when it compiles a graph; every value is part of the compiled graph's
 cache key, so Inductor's FX graph cache never serves a graph built under other settings.
@@ -17,10 +17,16 @@ import sys
 import types
 import typing
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields, make_dataclass
 from typing import Any, Literal
 
-from .numerics import DEFAULT_PV_FORMAT, KV_BLOCK_AUTOTUNE, normalize_pv_format
+from .attention_scales import AttentionScales
+from .numerics import KV_BLOCK_AUTOTUNE, PScale, QKBits, QKGranularity, QKRotation, VGranularity
+from .pv_formats import DEFAULT_PV_FORMAT, PV_FORMATS, PVFormat
+from .pv_formats import pv_format as pv_format_named
+
+PVFormatName = Literal[tuple(PV_FORMATS)]  # type: ignore[valid-type]
+"""``pv_format``'s values: the names of ``pv_formats.PV_FORMATS``."""
 
 _TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -51,26 +57,22 @@ def _env_count(name: str, default: int) -> int:
 enabled: bool = _env_bool("INTFA_ENABLED", True)
 """Rewrite attention to INT8 at all. False compiles exactly what Inductor alone would compile."""
 
-pv_format: Literal["int8", "fp8", "fp16"] = DEFAULT_PV_FORMAT
-"""How P·V runs (Q·Kᵀ is INT8 in every case). "fp16" (default): P and V kept in 16-bit (V's own dtype when it is
-fp16 or bf16; an fp32 V is rounded to bf16), a 16-bit GEMM with fp32 accumulation: the paper's "half-INT8".
-"int8": P and V in INT8, an INT8 GEMM (full INT8, the paper's headline). "fp8": P and V in e4m3, V scaled per
-channel, an FP8 GEMM with fp32 accumulation (SageAttention2's choice).
+pv_format: PVFormatName = DEFAULT_PV_FORMAT
+"""How P·V runs (Q·Kᵀ is INT8 in every case; each format is one record in ``intfa_compile.pv_formats``). "fp16"
+(default): P and V kept in 16-bit (V's own dtype when it is fp16 or bf16; an fp32 V is rounded to bf16), a 16-bit GEMM
+with fp32 accumulation: the paper's "half-INT8". "int8": P and V in INT8, an INT8 GEMM (full INT8, the paper's
+headline). "fp8": P and V in e4m3, V scaled per channel, an FP8 GEMM with fp32 accumulation (SageAttention2's choice).
 
-Why half-INT8 is the default (README, "On a real task"): on semantic search with the real all-MiniLM-L6-v2 it keeps
-the nearest neighbours of eager fp32 better than running the whole model in bf16 (top-5 0.987 against 0.952); full
-INT8 does not (0.921), and no 8-bit P·V we found does (``benchmarks/task_accuracy.py --decompose`` splits its error
-between Q/K, V and P). The per-pipe model (``benchmarks/pipe_model.py``, sm_90) predicts half-INT8 at least as fast
-as full INT8 at every head dim when the pipes overlap (d = 128: tensor-bound 1,319 against issue-bound 1,294 TOPS;
-d = 64 and 256: faster), and 8% slower at d = 128 only if nothing overlaps; no GPU has timed either yet. Full INT8
-remains one option away for speed measured on your GPU; "fp8" needs FP8 tensor cores (sm_89+) and takes P's fixed
-scale only."""
+Why half-INT8 is the default (benchmarks/RESULTS.md, "On a real task"): on semantic search with the real
+all-MiniLM-L6-v2 it keeps the nearest neighbours of eager fp32 better than running the whole model in bf16 (top-5 0.987
+against 0.952); full INT8 does not (0.921), and no 8-bit P·V we found does (``benchmarks/task_accuracy.py --decompose``
+splits its error between Q/K, V and P). The per-pipe model (``benchmarks/pipe_model.py``, sm_90) predicts half-INT8 at
+least as fast as full INT8 at every head dim when the pipes overlap (d = 128: tensor-bound 1,319 against issue-bound
+1,294 TOPS; d = 64 and 256: faster), and 8% slower at d = 128 only if nothing overlaps; no GPU has timed either yet.
+Full INT8 remains one option away for speed measured on your GPU; "fp8" needs FP8 tensor cores (sm_89+) and takes P's
+fixed scale only."""
 
-quantize_pv: bool | None = None
-"""Deprecated alias of ``pv_format``: True is "int8", False is "fp16"; None (default) follows
-``pv_format``. Setting it warns once per compilation."""
-
-p_scale: Literal["fixed", "row_block"] = "fixed"
+p_scale: PScale = "fixed"
 """Scale of the INT8 softmax block P. "fixed" is the paper's 1/127 (P lies in [0, 1] after the running
 max is subtracted). "row_block" scales each row of each KV block by its own maximum, which keeps
 resolution for rows whose maximum was set by an earlier block."""
@@ -91,12 +93,12 @@ per-pipe model predicts 6.5% fewer issue cycles per key block for full INT8 at d
 (``benchmarks/NOTES.md``); off by default until a GPU run has measured it (``benchmarks/gpu_session.sh`` runs
 and times it)."""
 
-qk_granularity: Literal["per_token", "per_block", "per_head"] = "per_token"
+qk_granularity: QKGranularity = "per_token"
 """Granularity of the Q and K scales; each factors out of Q·Kᵀ. "per_token": one scale per token and
 head (INT-FlashAttention's choice). "per_block": one per block of tokens (128 query rows, 64 keys,
 as SageAttention). "per_head": one per head over the whole sequence (coarsest)."""
 
-v_granularity: Literal["per_channel", "per_tensor"] = "per_channel"
+v_granularity: VGranularity = "per_channel"
 """Granularity of the V scales. "per_channel": one scale per head-dim channel, which factors out of P·V
 because that sum runs over tokens. "per_tensor": one scale per (batch, head), as the paper's Triton code."""
 
@@ -113,7 +115,7 @@ It gives the kernel an additive mask, so the query scale no longer folds into th
 and a mask load per score); applied where the mask stays one row per head (no mask, a padding mask, a causal
 flag), else that site keeps Q as it is."""
 
-qk_rotation: Literal["none", "hadamard"] = "none"
+qk_rotation: QKRotation = "none"
 """Rotate the head dim of Q and K by the same orthonormal randomized Walsh–Hadamard matrix (blocks of up to 128
 channels) before quantizing them (``intfa_compile.rotation``; QuaRot, FlashAttention-3): Q·Kᵀ is unchanged and a
 channel with outliers is spread over its block, so per-token scales are no longer set by it. Rotation and
@@ -122,7 +124,7 @@ and writes INT8 and scales, the traffic of the quantization alone; Inductor feed
 output, or a realized buffer where a pointwise op such as rotary embeddings comes first (one more 16-bit write and
 read of Q and K there; ``benchmarks/rotation_cost.py``). ``per_head`` granularity rotates with a GEMM first."""
 
-qk_bits: Literal[8, 4] = 8
+qk_bits: QKBits = 8
 """Bits of the Q and K integers. 4 quantizes to [-7, 7] (held in INT8 storage; the GEMM still runs in
 INT8): an accuracy ablation only, with no speed path of its own yet."""
 
@@ -149,53 +151,42 @@ fallback: Literal["original", "error"] = "original"
 "error" raises ``UnsupportedAttentionError``."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The toggles one compilation runs under, frozen when it starts (``resolve``): the same names, types and
-    meanings as the module's globals above, where each is documented. ``pv_format`` is normalized (the
-    deprecated ``quantize_pv`` folded in)."""
+def _toggle_types() -> dict[str, Any]:
+    """Each toggle above (a public annotated module global) and its type, in definition order."""
+    module = sys.modules[__name__]
+    return {name: hint for name, hint in typing.get_type_hints(module).items() if not name.startswith("_")}
 
-    enabled: bool
-    pv_format: Literal["int8", "fp8", "fp16"]
-    quantize_pv: bool | None
-    p_scale: Literal["fixed", "row_block"]
-    kv_block_size: Literal["auto", "tune", 16, 32, 64, 128]
-    tma_loads: bool
-    qk_granularity: Literal["per_token", "per_block", "per_head"]
-    v_granularity: Literal["per_channel", "per_tensor"]
-    smooth_k: bool
-    smooth_q: bool
-    qk_rotation: Literal["none", "hadamard"]
-    qk_bits: Literal[8, 4]
-    cuda_lowering: Literal["custom_op", "triton_op"]
-    scales: Any
-    calibrate: str
-    min_seq_len: int
-    fallback: Literal["original", "error"]
+
+class _SettingsMethods:
+    """What ``Settings`` computes from its fields."""
+
+    @property
+    def pv(self) -> PVFormat:
+        """The P·V format's record (``pv_formats``)."""
+        return PV_FORMATS[self.pv_format]  # type: ignore[attr-defined]
 
     @property
     def kv_block(self) -> int:
         """``kv_block_size`` as the op's ``kv_block`` argument (0: the shape rule; ``KV_BLOCK_AUTOTUNE``)."""
-        return {"auto": 0, "tune": KV_BLOCK_AUTOTUNE}.get(self.kv_block_size, self.kv_block_size)  # type: ignore
+        size = self.kv_block_size  # type: ignore[attr-defined]
+        return {"auto": 0, "tune": KV_BLOCK_AUTOTUNE}.get(size, size)
 
     def fingerprint(self) -> dict[str, Any]:
         """Every setting as plain JSON data (static scales by their content's fingerprint): the cache key part."""
         return {f.name: (value.fingerprint() if hasattr(value, "fingerprint") else value)
-                for f in fields(self) for value in (getattr(self, f.name),)}
+                for f in fields(self) for value in (getattr(self, f.name),)}  # type: ignore[arg-type]
 
 
-def _toggle_types() -> dict[str, Any]:
-    module = sys.modules[__name__]
-    return {name: hint for name, hint in typing.get_type_hints(module).items() if not name.startswith("_")}
+Settings = make_dataclass("Settings", list(_toggle_types().items()), bases=(_SettingsMethods,), frozen=True)
+Settings.__module__ = __name__
+Settings.__doc__ = """The toggles one compilation runs under, frozen when it starts (``resolve``): one field per toggle
+above, made from the toggles' own declarations (name, type; each documented there), so a toggle is declared once."""
 
 
 @functools.cache
 def keys() -> tuple[str, ...]:
     """Names of every toggle, in definition order."""
-    names = tuple(_toggle_types())
-    if names != tuple(f.name for f in fields(Settings)):  # one list of toggles: a new one needs its field
-        raise RuntimeError(f"intfa config toggles {names} and Settings fields differ")
-    return names
+    return tuple(f.name for f in fields(Settings))
 
 
 def _check_value(name: str, value: Any) -> None:
@@ -210,15 +201,10 @@ def _check_value(name: str, value: Any) -> None:
     elif hint is int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"intfa config {name!r} must be a non-negative int, got {value!r}")
-    elif hint == bool | None:
-        if value is not None and not isinstance(value, bool):
-            raise ValueError(f"intfa config {name!r} must be a bool or None, got {value!r}")
     elif hint is str:
         if not isinstance(value, str):
             raise ValueError(f"intfa config {name!r} must be a str, got {value!r}")
     elif name == "scales":
-        from .calibration import AttentionScales
-
         if value is not None and not isinstance(value, AttentionScales):
             raise ValueError(f"intfa config 'scales' must be AttentionScales or None, got {type(value).__name__}")
 
@@ -249,10 +235,11 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> Settings:
     if overrides:
         validate(overrides)
         values.update(overrides)
-    values["pv_format"] = normalize_pv_format(values["pv_format"], values["quantize_pv"])
-    if values["pv_format"] == "fp8" and values["p_scale"] != "fixed":
-        raise ValueError("intfa: pv_format='fp8' takes P's fixed scale only (p_scale='fixed')")
-    if values["pv_format"] == "fp16":  # nothing of P·V is quantized: its INT8 options would do nothing
+    pv = pv_format_named(values["pv_format"])
+    if values["p_scale"] not in pv.p_scales:
+        raise ValueError(f"intfa: pv_format={pv.name!r} takes P's {' or '.join(pv.p_scales)} scale only "
+                         f"(p_scale={values['p_scale']!r})")
+    if not pv.quantized:  # nothing of P·V is quantized: its INT8 options would do nothing
         for name, default in (("p_scale", "fixed"), ("v_granularity", "per_channel")):
             if values[name] != default:
                 raise ValueError(f"intfa: {name}={values[name]!r} applies to a quantized P·V; pv_format='fp16' (the "

@@ -43,6 +43,7 @@ from .numerics import (
     padded_head_dim,
     resolve_kv_block,
 )
+from .pv_formats import pv_format_of_value
 
 _EXACT_FP32_INT = 2**24
 
@@ -83,7 +84,7 @@ def int8_flash_attention_cpu(
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
     group = heads_q // heads_k
-    block_n = resolve_kv_block(block_n, padded_head_dim(head_dim), v.dtype == torch.float8_e4m3fn)
+    block_n = resolve_kv_block(block_n, padded_head_dim(head_dim), pv_format_of_value(v.dtype))
     if INT8_MAX * INT8_MAX * max(head_dim, block_n) >= _EXACT_FP32_INT:
         raise ValueError(f"head_dim {head_dim} / block {block_n} too large for exact fp32 integer GEMMs")
     rows = group * n_q

@@ -5,7 +5,9 @@ quantized against the running maximum of the blocks seen so far), so the kernel 
 implementation must agree on it to compute the same thing.
 """
 
-import warnings
+from typing import Literal, get_args
+
+from .pv_formats import PVFormat
 
 INT8_MAX = 127
 """Symmetric INT8 range is [-127, 127]; -128 is never produced."""
@@ -24,19 +26,19 @@ KV_BLOCK_AUTOTUNE = -1
 ``default_kv_block``."""
 
 
-def default_kv_block(block_d: int, pv_fp8: bool) -> int:
-    """Keys per block when the caller fixes none (``kv_block`` 0), from the padded head dim: 128 where a 128-key
-    tile compiles without spills (head dims up to 128; up to 64 with FP8 P·V, whose e4m3 P and second fp32
-    accumulator spill at 128), else 64. The per-pipe model (``benchmarks/pipe_model.py``) puts 128 keys at
-    1.53× the tensor time against 1.75× for 64 (d = 128, full INT8, sm_90): the block's bookkeeping is spread
+def default_kv_block(block_d: int, pv: PVFormat) -> int:
+    """Keys per block when the caller fixes none (``kv_block`` 0), from the padded head dim and the P·V format: 128
+    where a 128-key tile compiles without spills (up to ``pv.widest_128_key_head_dim``: 128; 64 with FP8 P·V, whose e4m3
+    P and second fp32 accumulator spill at 128), else 64. The per-pipe model (``benchmarks/pipe_model.py``) puts 128
+    keys at 1.53× the tensor time against 1.75× for 64 (d = 128, full INT8, sm_90): the block's bookkeeping is spread
     over twice the scores. A rule of shapes only, so every device computes the same thing."""
-    return 128 if block_d <= (64 if pv_fp8 else 128) else KV_BLOCK_SIZE
+    return 128 if block_d <= pv.widest_128_key_head_dim else KV_BLOCK_SIZE
 
 
-def resolve_kv_block(kv_block: int, block_d: int, pv_fp8: bool) -> int:
+def resolve_kv_block(kv_block: int, block_d: int, pv: PVFormat) -> int:
     """The key block a call runs with: ``kv_block`` when it is fixed, ``default_kv_block`` for 0 and for
     ``KV_BLOCK_AUTOTUNE`` (which only the CUDA kernel's autotuner acts on)."""
-    return kv_block if kv_block > 0 else default_kv_block(block_d, pv_fp8)
+    return kv_block if kv_block > 0 else default_kv_block(block_d, pv)
 
 LOG2E = 1.4426950408889634
 """log2(e): the kernel works in base 2 (exp2), with this folded into Q's scale."""
@@ -44,8 +46,9 @@ LOG2E = 1.4426950408889634
 P_DEQUANT_FIXED = 1.0 / INT8_MAX
 """The paper's fixed scale of the softmax block P, whose entries lie in [0, 1]."""
 
-P_SCALE_MODES = ("fixed", "row_block")
-"""How P is scaled: "fixed" = 1/127 (paper); "row_block" = each row's block maximum / 127."""
+PScale = Literal["fixed", "row_block"]
+"""How P is scaled: "fixed" = 1/127 (paper); "row_block" = each row's block maximum / 127 (``config.p_scale``)."""
+P_SCALE_MODES: tuple[str, ...] = get_args(PScale)
 
 FP32_LOWEST = -3.4028234663852886e38
 """The most negative finite fp32. An additive mask entry scaled to base 2 is clamped here rather than
@@ -93,23 +96,21 @@ PV_FP8_FOLD_BLOCKS = 16
 the main fp32 accumulator. Hopper's FP8 MMA keeps about 22 significant bits in its accumulator (SageAttention2,
 DeepSeek-V3 report the same); folding every 16 blocks bounds what that loses to far below P's e4m3 rounding."""
 
-PV_FORMATS = ("int8", "fp8", "fp16")
-"""How P·V runs: INT8 P and V (full INT8), e4m3 P and V (fp8), or 16-bit P and V (half-INT8)."""
-
-DEFAULT_PV_FORMAT = "fp16"
-"""The P·V format when none is chosen: half-INT8 (why: ``config.pv_format``)."""
-
-QK_GRANULARITIES = ("per_token", "per_block", "per_head")
+QKGranularity = Literal["per_token", "per_block", "per_head"]
 """Groups of tokens sharing one Q or K scale (``config.qk_granularity``)."""
+QK_GRANULARITIES: tuple[str, ...] = get_args(QKGranularity)
 
-V_GRANULARITIES = ("per_channel", "per_tensor")
+VGranularity = Literal["per_channel", "per_tensor"]
 """Groups of channels sharing one V scale (``config.v_granularity``)."""
+V_GRANULARITIES: tuple[str, ...] = get_args(VGranularity)
 
-QK_ROTATIONS = ("none", "hadamard")
+QKRotation = Literal["none", "hadamard"]
 """Orthogonal rotations of the head dim applied to Q and K before they are quantized (``config.qk_rotation``)."""
+QK_ROTATIONS: tuple[str, ...] = get_args(QKRotation)
 
-QK_BITS = (8, 4)
+QKBits = Literal[8, 4]
 """Bits of the Q and K integers (``config.qk_bits``)."""
+QK_BITS: tuple[int, ...] = get_args(QKBits)
 
 
 def check_choice(name: str, value: object, allowed: tuple) -> None:
@@ -119,19 +120,18 @@ def check_choice(name: str, value: object, allowed: tuple) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def normalize_pv_format(pv_format: object, quantize_pv: bool | None = None) -> str:
-    """The P·V format from ``pv_format`` and the deprecated ``quantize_pv`` (True = "int8", False = "fp16"; a
-    bool passed as ``pv_format`` means the same). Warns on the deprecated spelling; raises ``ValueError`` on an
-    unknown format or when the two disagree."""
-    if isinstance(pv_format, bool):
-        quantize_pv, pv_format = pv_format, "int8"
-    if pv_format not in PV_FORMATS:
-        raise ValueError(f"pv_format must be one of {PV_FORMATS}, got {pv_format!r}")
-    if quantize_pv is None:
-        return pv_format
-    warnings.warn("quantize_pv is deprecated: use pv_format='int8' (True) or pv_format='fp16' (False)",
-                  DeprecationWarning, stacklevel=3)
-    legacy = "int8" if quantize_pv else "fp16"
-    if pv_format not in (DEFAULT_PV_FORMAT, legacy):  # pv_format left at its default yields to the alias
-        raise ValueError(f"quantize_pv={quantize_pv} contradicts pv_format={pv_format!r}; set pv_format only")
-    return legacy
+MAX_HADAMARD_BLOCK = 128
+"""The largest Walsh–Hadamard block: the kernel's constant operand is one block (or 16 channels) square, and a
+128 × 128 matrix already spreads an outlier over 128 channels."""
+
+
+def hadamard_block(head_dim: int) -> int:
+    """The block of the head-dim rotation: the largest power of two dividing ``head_dim``, at most
+    ``MAX_HADAMARD_BLOCK`` (all of it for 32, 64, 128; 32 for 96; 128 for 256)."""
+    return min(head_dim & -head_dim, MAX_HADAMARD_BLOCK)
+
+
+def chunk_width(head_dim: int) -> int:
+    """Channels the kernel rotates at a time: one block, or 16 (the smallest tensor-core operand) when blocks are
+    smaller; a whole number of blocks either way."""
+    return max(hadamard_block(head_dim), 16)

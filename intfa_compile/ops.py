@@ -18,27 +18,24 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from .cpu_attention import int8_flash_attention_cpu
 from .exact_fallback import exact_attention
 from .numerics import (
-    DEFAULT_PV_FORMAT,
     KV_BLOCK_AUTOTUNE,
     KV_BLOCK_SIZES,
     MAX_HEAD_DIM,
     P_SCALE_MODES,
     QK_ROTATIONS,
-    V_GRANULARITIES,
     check_choice,
-    normalize_pv_format,
 )
+from .pv_formats import DEFAULT_PV_FORMAT, PV_FORMATS, pv_format_of_value
+from .pv_formats import pv_format as pv_format_named
 from .quantize import (
     K_BLOCK_TOKENS,
     Q_BLOCK_TOKENS,
     center_queries,
     quantize_qk,
     quantize_static,
-    quantize_v,
-    quantize_v_fp8,
-    sequence_major,
+    quantize_value,
+    quantize_value_static,
     smooth,
-    value_16bit,
 )
 from .rotation import rotate_and_quantize_qk
 
@@ -63,7 +60,7 @@ def _out_dtype(name: str) -> torch.dtype:
 
 
 _FLOAT_OUT = tuple(OUT_DTYPES.values())
-_QUANTIZED_V = (torch.int8, torch.float8_e4m3fn)
+_QUANTIZED_V = tuple(fmt.v_dtype for fmt in PV_FORMATS.values() if fmt.quantized)
 
 
 def mask_broadcasts_to(mask_shape: Sequence[int], scores_shape: Sequence[int]) -> bool:
@@ -134,8 +131,10 @@ def _check(
                          "(half-INT8) takes none")
     if p_scale not in P_SCALE_MODES:
         raise ValueError(f"int8_attention: p_scale must be one of {P_SCALE_MODES}, got {p_scale!r}")
-    if v.dtype == torch.float8_e4m3fn and p_scale != "fixed":
-        raise ValueError("int8_attention: an e4m3 v (pv_format='fp8') takes P's fixed scale only (p_scale='fixed')")
+    pv = pv_format_of_value(v.dtype)
+    if p_scale not in pv.p_scales:
+        raise ValueError(f"int8_attention: a {v.dtype} v (pv_format={pv.name!r}) takes P's {' or '.join(pv.p_scales)} "
+                         f"scale only (p_scale={p_scale!r})")
     if kv_block not in (0, KV_BLOCK_AUTOTUNE, *KV_BLOCK_SIZES):
         raise ValueError(f"int8_attention: kv_block must be 0 (the default rule), {KV_BLOCK_AUTOTUNE} (autotuned on "
                          f"CUDA) or one of {KV_BLOCK_SIZES}, got {kv_block}")
@@ -378,7 +377,6 @@ def int8_sdpa(
     attention_op: Any = None,
     causal_offset: int = 0,
     window_left: int = -1,
-    quantize_pv: bool | None = None,
     kv_block: int = 0,
     tma: bool = False,
 ) -> Tensor:
@@ -386,7 +384,7 @@ def int8_sdpa(
 
     Quantizes Q and K (per token by default; see ``intfa_compile.config`` for the other choices) and V per
     channel to INT8 (``pv_format="int8"``) or e4m3 (``"fp8"``) or keeps it in 16-bit (``"fp16"``, the default:
-    half-INT8; an fp32 V is rounded to bf16, ``value_16bit``; ``quantize_pv`` is the deprecated spelling), then
+    half-INT8; an fp32 V is rounded to bf16, ``value_16bit``; ``intfa_compile.pv_formats``), then
     calls ``intfa::int8_attention`` (or ``attention_op``, an op of the same signature). ``smooth_q`` centres Q
     exactly (``quantize.center_queries``, where ``centring_fits``), ``smooth_k`` subtracts K's mean, and
     ``qk_rotation="hadamard"`` then rotates Q's and K's head dim as they are quantized (``rotation``, one
@@ -398,7 +396,7 @@ def int8_sdpa(
     """
     check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, causal_offset, window_left)
     check_choice("qk_rotation", qk_rotation, QK_ROTATIONS)
-    check_choice("v_granularity", v_granularity, V_GRANULARITIES)  # checked even where V stays 16-bit
+    pv = pv_format_named(pv_format)
     sm_scale, factor = scale_and_factor(scale, query)
     exact = _exact_inputs(query, key, value, factor)
     if smooth_k:
@@ -413,13 +411,7 @@ def int8_sdpa(
     quantize_qk_as = rotate_and_quantize_qk if qk_rotation == "hadamard" else quantize_qk
     q_int8, q_scale = fold_factor(*quantize_qk_as(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS), factor)
     k_int8, k_scale = quantize_qk_as(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
-    pv_format = normalize_pv_format(pv_format, quantize_pv)
-    if pv_format == "fp16":
-        v_in, v_scale = value_16bit(value), None
-    else:
-        quantize = quantize_v if pv_format == "int8" else quantize_v_fp8
-        v_in, v_scale = quantize(value, v_granularity)
-        v_in = sequence_major(v_in)
+    v_in, v_scale = quantize_value(value, pv, v_granularity)
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale,
               out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)
@@ -454,15 +446,7 @@ def int8_sdpa_static(
     exact = _exact_inputs(query, key, value, factor)
     q_int8, q_scale = fold_factor(*quantize_static(query, q_amax[:, None, None], qk_bits), factor)
     k_int8, k_scale = quantize_static(key, k_amax[:, None, None], qk_bits)
-    pv_format = normalize_pv_format(pv_format)
-    if pv_format == "int8":
-        v_in, v_scale = quantize_static(value, v_amax[:, None, :], 8)
-        v_in, v_scale = sequence_major(v_in), v_scale[:, :, 0, :]
-    elif pv_format == "fp8":
-        v_in, v_scale = quantize_v_fp8(value, amax=v_amax[:, None, :].expand(value.shape[0], -1, 1, -1))
-        v_in = sequence_major(v_in)
-    else:
-        v_in, v_scale = value_16bit(value), None
+    v_in, v_scale = quantize_value_static(value, pv_format_named(pv_format), v_amax)
     op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
               sm_scale, p_scale, out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)

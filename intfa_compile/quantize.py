@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .numerics import QK_BITS, QK_GRANULARITIES, V_GRANULARITIES, check_choice
+from .pv_formats import PVFormat
 
 Q_BLOCK_TOKENS = 128
 """Query tokens that share one scale under "per_block" granularity (SageAttention's choice)."""
@@ -171,3 +172,28 @@ def quantize_static(x: Tensor, amax: Tensor, bits: int = 8) -> tuple[Tensor, Ten
     xf = x.float()
     xq, scale = _quantize_with_amax(xf, amax.expand(xf.shape[1:]).unsqueeze(0), _int_max(bits))
     return xq, scale.expand(xf.shape)
+
+
+def quantize_value(value: Tensor, pv: PVFormat, granularity: str = "per_channel") -> tuple[Tensor, Tensor | None]:
+    """V as the op takes it in P·V format ``pv``: quantized with its scales (``quantize_v`` for INT8,
+    ``quantize_v_fp8`` for e4m3; stored sequence-major, ``sequence_major``) or, unquantized, 16-bit with no
+    scales (``value_16bit``). ``granularity`` is checked even where V stays 16-bit."""
+    check_choice("v_granularity", granularity, V_GRANULARITIES)
+    if not pv.quantized:
+        return value_16bit(value), None
+    quantize = quantize_v_fp8 if pv.v_dtype == torch.float8_e4m3fn else quantize_v
+    v_q, v_scale = quantize(value, granularity)
+    return sequence_major(v_q), v_scale
+
+
+def quantize_value_static(value: Tensor, pv: PVFormat, v_amax: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``quantize_value`` against calibrated per-head, per-channel ranges ``v_amax`` (Hk, D): elementwise only
+    (values beyond the range saturate), so no reduction over V runs per call."""
+    if not pv.quantized:
+        return value_16bit(value), None
+    if pv.v_dtype == torch.float8_e4m3fn:
+        v_q, v_scale = quantize_v_fp8(value, amax=v_amax[:, None, :].expand(value.shape[0], -1, 1, -1))
+    else:
+        v_q, v_scale = quantize_static(value, v_amax[:, None, :], 8)
+        v_scale = v_scale[:, :, 0, :]
+    return sequence_major(v_q), v_scale

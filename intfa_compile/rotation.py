@@ -14,24 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .numerics import QK_BITS, QK_GRANULARITIES, check_choice
+from .numerics import QK_BITS, QK_GRANULARITIES, check_choice, hadamard_block
 from .quantize import _int_max, _token_amax, quantize_qk
-
-MAX_HADAMARD_BLOCK = 128
-"""The largest Walsh–Hadamard block: the kernel's constant operand is one block (or 16 channels) square, and a
-128 × 128 matrix already spreads an outlier over 128 channels."""
-
-
-def hadamard_block(head_dim: int) -> int:
-    """The block of the head-dim rotation: the largest power of two dividing ``head_dim``, at most
-    ``MAX_HADAMARD_BLOCK`` (all of it for 32, 64, 128; 32 for 96; 128 for 256)."""
-    return min(head_dim & -head_dim, MAX_HADAMARD_BLOCK)
-
-
-def chunk_width(head_dim: int) -> int:
-    """Channels the kernel rotates at a time: one block, or 16 (the smallest tensor-core operand) when blocks are
-    smaller; a whole number of blocks either way."""
-    return max(hadamard_block(head_dim), 16)
 
 
 def hadamard_signs(head_dim: int, device: torch.device) -> Tensor:

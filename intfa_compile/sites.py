@@ -17,20 +17,17 @@ from dataclasses import dataclass
 
 import torch
 
+from .pv_formats import PV_FORMATS
+
 log = logging.getLogger("intfa_compile")
 
-INT8, HALF_INT8, FP8_PV, LEFT_ALONE = "INT8", "half-INT8", "INT8 Q·Kᵀ, FP8 P·V", "left alone"
-
-OUTCOME_OF_PV_FORMAT = {"int8": INT8, "fp16": HALF_INT8, "fp8": FP8_PV}
-"""The outcome a rewritten site records, by the P·V format it runs."""
-
-COUNTER_OF_PV_FORMAT = {"int8": "int8_sites", "fp16": "half_int8_sites", "fp8": "fp8_pv_sites"}
-"""The ``torch._dynamo.utils.counters["intfa"]`` entry a rewritten site counts in, by P·V format."""
+LEFT_ALONE = "left alone"
+"""The outcome of a site the rewrite did not take (a rewritten one records its P·V format's ``outcome``)."""
 
 
 def rewritten_sites(intfa_counters: dict) -> int:
     """Sites rewritten to the INT8 op in any P·V format, from ``torch._dynamo.utils.counters["intfa"]``."""
-    return sum(intfa_counters.get(name, 0) for name in COUNTER_OF_PV_FORMAT.values())
+    return sum(intfa_counters.get(fmt.counter, 0) for fmt in PV_FORMATS.values())
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from intfa_compile.rotation import chunk_width, hadamard_block
+from intfa_compile.numerics import chunk_width, hadamard_block
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _FP32_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**23)

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from intfa_compile import pv_formats
 from intfa_compile.key_splits import combine_key_splits, key_splits, split_keys_evenly
 from intfa_compile.numerics import (
     FP32_LOWEST,
@@ -357,7 +358,7 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0))
     # 128 keys only where the shape rule would choose them (the others spill: passes.guards refuses a fixed 128
     # there, and the autotuner, with KV_BLOCK 0, does not try them).
-    widest = default_kv_block(block_d, kwargs.get("PV_FP8", False))
+    widest = default_kv_block(block_d, pv_formats.FP8 if kwargs.get("PV_FP8", False) else pv_formats.INT8)
     configs = [c for c in configs if c.kwargs["BLOCK_N"] <= widest] or configs
     if block_d >= 256:
         kept = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.kwargs["BLOCK_N"] == 64 and c.num_stages <= 2
@@ -652,7 +653,7 @@ def launch_arguments(
         FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),
         MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
         KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE and not _INTERPRETED
-        else resolve_kv_block(kv_block, padded_head_dim(head_dim), v.dtype == torch.float8_e4m3fn),
+        else resolve_kv_block(kv_block, padded_head_dim(head_dim), pv_formats.pv_format_of_value(v.dtype)),
         TMA=tma and (target_arch >= 90 or _INTERPRETED) and tensor_descriptors_fit(k, v),
         V_SEQUENCE_MAJOR=v.stride(-2) == 1 and n_k > 1,
         BLOCK_D=padded_head_dim(head_dim),

@@ -16,9 +16,7 @@ from torch._dynamo.utils import counters
 
 from intfa_compile.config import Settings
 from intfa_compile.sites import (
-    COUNTER_OF_PV_FORMAT,
     LEFT_ALONE,
-    OUTCOME_OF_PV_FORMAT,
     SiteRecord,
     has_provenance,
     record,
@@ -151,8 +149,8 @@ class CompileContext:
         if reason is not None:
             return self.leave_alone(site, reason, unsupported=False)
         self._remember(site, True)
-        counters["intfa"][COUNTER_OF_PV_FORMAT[self.settings.pv_format]] += 1
-        outcome = OUTCOME_OF_PV_FORMAT[self.settings.pv_format]
+        counters["intfa"][self.settings.pv.counter] += 1
+        outcome = self.settings.pv.outcome
         self._approved[site.anchor] = approved = self.report(site.record(self.module_paths, outcome))
         log_site_graph(f"intfa: attention at {approved.module} [{approved.source}], to run {outcome} "
                        f"({site.form}); the graph it replaces:", site.anchor,
@@ -164,7 +162,7 @@ class CompileContext:
         or the error propagates under fallback="error"."""
         if self.settings.fallback == "error":
             raise error
-        counters["intfa"][COUNTER_OF_PV_FORMAT[self.settings.pv_format]] -= 1
+        counters["intfa"][self.settings.pv.counter] -= 1
         approved = self._approved.pop(site.anchor, None)
         if approved is not None:
             retract(approved)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-import intfa_compile
+from intfa_compile import numerics
 
 from .context import CompileContext
 from .leftovers import report_unrewritten_attention
@@ -23,7 +23,7 @@ log = logging.getLogger("intfa_compile")
 # Every source file of the package (its passes and kernels too, wherever they are installed): a change to any
 # of them may change what the rewritten graph holds, and a hand-kept list would miss one.
 _PASS_DIR = Path(__file__).resolve().parent
-_PACKAGE_DIR = Path(intfa_compile.__file__).resolve().parent
+_PACKAGE_DIR = Path(numerics.__file__).resolve().parent
 _SOURCE_FILES = tuple(sorted({str(path) for folder in (_PACKAGE_DIR, _PASS_DIR, _PASS_DIR.parent / "kernels")
                               if folder.is_dir() for path in folder.rglob("*.py")}))
 

@@ -58,7 +58,7 @@ def cuda_tile_reason(site: AttentionSite, settings: Settings) -> str | None:
     if kv_block not in CUDA_KV_BLOCKS:
         return f"kv_block_size={kv_block}: the CUDA kernel's tiles have {' or '.join(map(str, CUDA_KV_BLOCKS))} keys"
     head_dim = query.shape[-1]
-    widest = default_kv_block(padded_head_dim(head_dim), settings.pv_format == "fp8") if isinstance(head_dim, int) \
+    widest = default_kv_block(padded_head_dim(head_dim), settings.pv) if isinstance(head_dim, int) \
         else min(CUDA_KV_BLOCKS)
     if kv_block > widest:
         return (f"kv_block_size={kv_block} at head dim {head_dim} (pv_format={settings.pv_format!r}): no CUDA tile of "
@@ -70,11 +70,12 @@ def config_skip_reason(site: AttentionSite, settings: Settings) -> str | None:
     """Why ``settings`` choose to leave ``site`` alone although the kernel could take it, or None."""
     query, key = site.tensors[0], site.tensors[1]
     n_k = key.shape[2]
-    if settings.pv_format == "fp8" and query.device.type == "cuda":
+    oldest = settings.pv.min_cuda_capability
+    if oldest is not None and query.device.type == "cuda":
         capability = torch.cuda.get_device_capability(query.device)
-        if capability < (8, 9):
-            major, minor = capability
-            return f"pv_format='fp8' needs FP8 tensor cores (sm_89 or newer); this GPU is sm_{major}{minor}"
+        if capability < oldest:
+            return (f"pv_format={settings.pv.name!r} needs sm_{''.join(map(str, oldest))} or newer "
+                    f"(its tensor cores); this GPU is sm_{''.join(map(str, capability))}")
     min_len = settings.min_seq_len
     if min_len:
         if not isinstance(n_k, int):

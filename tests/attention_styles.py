@@ -4,7 +4,8 @@ Each style is a small module that computes attention the way the named codebase 
 same order: where the scale goes, how the mask enters, how heads are laid out, which product op), on
 (B, N, C) hidden states with its own projections. ``STYLES`` maps a name to (constructor, what it is);
 ``tests/test_attention_styles.py`` runs each under the backend with Inductor's own attention fusion on and
-off, and the README's table of supported attention is generated from it (``python -m tests.attention_styles``).
+off, and the table of styles in ``docs/supported-attention.md`` is generated from it
+(``python -m tests.attention_styles``).
 """
 
 from __future__ import annotations
@@ -324,8 +325,9 @@ def hidden_states(name: str) -> Tensor:
 
 
 def supported_table() -> str:
-    """The README's table of hand-written attention styles: each compiled under the backend (Inductor's own
-    attention fusion off, so what is shown is the structural matcher's), with what it saw and the cosine."""
+    """The table of hand-written attention styles (``docs/supported-attention.md``): each compiled under the
+    backend (Inductor's own attention fusion off, so what is shown is the structural matcher's), with what it saw
+    and the cosine."""
     from torch._dynamo.utils import counters
     from torch._inductor import config as inductor_config
 

@@ -7,13 +7,13 @@ from torch import Tensor
 
 import intfa_compile
 from intfa_compile.numerics import INT8_MAX
+from intfa_compile.pv_formats import PV_FORMATS
 from intfa_compile.quantize import quantize_per_channel, quantize_per_token, quantize_v_fp8, value_16bit
 from intfa_compile.reference import reference_attention
-from intfa_compile.sites import COUNTER_OF_PV_FORMAT, OUTCOME_OF_PV_FORMAT
 
-DEFAULT_OUTCOME = OUTCOME_OF_PV_FORMAT[intfa_compile.config.pv_format]
+DEFAULT_OUTCOME = PV_FORMATS[intfa_compile.config.pv_format].outcome
 """What a site rewritten under the default settings records (``explain``): "half-INT8" since issue 13."""
-DEFAULT_COUNTER = COUNTER_OF_PV_FORMAT[intfa_compile.config.pv_format]
+DEFAULT_COUNTER = PV_FORMATS[intfa_compile.config.pv_format].counter
 """The ``counters["intfa"]`` entry such a site counts in."""
 
 FP32_SLACK = 2.0**-14
@@ -43,10 +43,9 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
 
-def quantized_inputs(q: Tensor, k: Tensor, v: Tensor, quantize_pv: bool = True,
-                     pv_format: str | None = None) -> dict[str, Tensor | None]:
-    """The op's INT8 inputs for q, k, v, and their dequantized values (what the op really sees).
-    ``pv_format`` ("int8", "fp8", "fp16") overrides ``quantize_pv`` (True = "int8", False = "fp16")."""
+def quantized_inputs(q: Tensor, k: Tensor, v: Tensor, pv_format: str = "int8") -> dict[str, Tensor | None]:
+    """The op's INT8 inputs for q, k, v in P·V format ``pv_format`` ("int8", "fp8", "fp16"), and their dequantized
+    values (what the op really sees)."""
     q8, qs = quantize_per_token(q)
     k8, ks = quantize_per_token(k)
     inputs: dict[str, Tensor | None] = {"q": q8, "k": k8, "q_scale": qs, "k_scale": ks}
@@ -54,7 +53,7 @@ def quantized_inputs(q: Tensor, k: Tensor, v: Tensor, quantize_pv: bool = True,
         v8, vs = quantize_v_fp8(v)
         inputs.update(v=v8, v_scale=vs)
         v_seen = v8.double() * vs.double().unsqueeze(-2)
-    elif pv_format == "int8" or (pv_format is None and quantize_pv):
+    elif pv_format == "int8":
         v8, vs = quantize_per_channel(v)
         inputs.update(v=v8, v_scale=vs)
         v_seen = v8.double() * vs.double().unsqueeze(-2)
@@ -106,6 +105,15 @@ def half_int8_bound(q_hat: Tensor, k_hat: Tensor, v_hat: Tensor, attn_mask: Tens
     slack = fp32_slack(q_hat, k_hat, attn_mask, scale)
     return ((unit_roundoff(v_dtype) + slack) * weighted + (subnormal_half_step + slack / 2**10) * spread
             + slack * ref.out.abs().amax(-1, keepdim=True))
+
+
+END_TO_END_COSINE = 0.999
+"""The bar for a model, module or call compiled with INT8 attention against eager fp32 where no per-element bound
+applies (layers after attention carry its error on; ``p_quantization_bound`` and ``half_int8_bound`` bound the op
+alone): cosine ≥ 0.999, i.e. a relative L2 error of at most √(2·0.001) ≈ 4.5%. That is about ten times the
+relative rounding of one INT8 quantization (half a step of 1/127 against the largest value, ≈ 0.4%), room for it to
+pass through the layers after attention, and far below what a wrong mask, scale or layout gives (errors of order
+one: cosines near 0.5 or below)."""
 
 
 def cosine(a: Tensor, b: Tensor) -> float:

@@ -42,7 +42,7 @@ def _context(paths: dict, **overrides) -> CompileContext:
 
 
 def test_settings_are_frozen_typed_and_hold_every_toggle():
-    settings = config.resolve({"kv_block_size": "tune", "quantize_pv": True})
+    settings = config.resolve({"kv_block_size": "tune", "pv_format": "int8"})
     assert tuple(field.name for field in dataclasses.fields(settings)) == config.keys()
     assert settings.pv_format == "int8" and settings.kv_block == KV_BLOCK_AUTOTUNE
     assert config.resolve({"kv_block_size": 64}).kv_block == 64 and config.resolve().kv_block == 0

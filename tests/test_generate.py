@@ -1,6 +1,6 @@
 """Hugging Face ``generate()`` with a compiled forward: INT8 attention in the prefill and in every decode step,
 with the dynamic KV cache and with the static one (``cache_implementation="static"``), and the same greedy tokens
-as eager. The graphs compiled for each are reported (README, "Supported attention")."""
+as eager. The graphs compiled for each are reported (``docs/supported-attention.md``)."""
 
 from __future__ import annotations
 

@@ -23,10 +23,9 @@ import torch
 from intfa_compile.kernels.hadamard_quantize import hadamard_quantize_triton
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from intfa_compile.numerics import chunk_width, hadamard_block
 from intfa_compile.ops import int8_sdpa
 from intfa_compile.rotation import (
-    chunk_width,
-    hadamard_block,
     hadamard_quantize_reference,
     rotate_and_quantize_qk,
     rotate_hadamard,

@@ -14,8 +14,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import intfa_compile  # noqa: F401  (registers the op)
 from intfa_compile.ops import int8_sdpa
+from intfa_compile.pv_formats import PV_FORMATS
 from intfa_compile.reference import reference_attention
-from tests.helpers import P_STEP, cosine, half_int8_bound, p_quantization_bound, quantized_inputs
+from tests.helpers import END_TO_END_COSINE, P_STEP, cosine, half_int8_bound, p_quantization_bound, quantized_inputs
 
 op = torch.ops.intfa.int8_attention
 
@@ -39,7 +40,7 @@ def _assert_within(out, ref_out, bound):
 def test_full_int8_within_p_quantization_bound(n_q, n_k, head_dim, is_causal, p_scale):
     gen = torch.Generator().manual_seed(n_q * 1000 + n_k + head_dim)
     q, k, v = (torch.randn(2, 2, n, head_dim, generator=gen) for n in (n_q, n_k, n_k))
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     out = _run_op(inputs, None, is_causal, None, p_scale)
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, None, is_causal)
@@ -70,16 +71,14 @@ def test_fp8_pv_refuses_the_row_block_p_scale():
         _run_op(inputs, None, False, None, "row_block")
 
 
-def test_quantize_pv_is_a_deprecated_alias_of_pv_format():
+@pytest.mark.parametrize("name", ["int4", True, False, None])
+def test_pv_format_takes_a_format_name_only(name):
+    """An unknown name, or the boolean of 0.1's removed ``quantize_pv``, is an error naming the formats, never
+    some default format."""
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(3))
-    with pytest.warns(DeprecationWarning, match="pv_format"):
-        legacy = int8_sdpa(q, k, v, quantize_pv=False)
-    assert torch.equal(legacy, int8_sdpa(q, k, v, pv_format="fp16"))
-    with pytest.raises(ValueError, match="contradicts"), pytest.warns(DeprecationWarning):
-        int8_sdpa(q, k, v, pv_format="fp8", quantize_pv=True)
-    with pytest.raises(ValueError, match="pv_format must be one of"):
-        int8_sdpa(q, k, v, pv_format="int4")
+    with pytest.raises(ValueError, match="pv_format must be one of .'int8', 'fp8', 'fp16'."):
+        int8_sdpa(q, k, v, pv_format=name)
 
 
 @pytest.mark.parametrize("v_dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -88,7 +87,7 @@ def test_half_int8_within_rounding_bound(v_dtype, is_causal):
     gen = torch.Generator().manual_seed(7)
     q, k = (torch.randn(1, 4, 130, 64, generator=gen) for _ in range(2))
     v = torch.randn(1, 4, 130, 64, generator=gen).to(v_dtype)
-    inputs = quantized_inputs(q, k, v, quantize_pv=False)
+    inputs = quantized_inputs(q, k, v, pv_format="fp16")
     out = _run_op(inputs, None, is_causal, None, "fixed")
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, None, is_causal)
@@ -103,7 +102,7 @@ def test_gqa_bool_and_additive_masks_and_scale():
     keep = torch.rand(2, 1, 33, 70, generator=gen) > 0.3
     keep[..., 0] = True
     additive = torch.randn(1, 6, 1, 70, generator=gen)
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     q_hat, k_hat, v_hat = inputs["dequantized"]
     for mask in (keep, additive):
         out = _run_op(inputs, mask, False, 0.3, "fixed")
@@ -135,9 +134,9 @@ def test_input_quantization_keeps_attention_close_to_unquantized():
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 4, 384, 64, generator=gen) for _ in range(3))
     ref = reference_attention(q, k, v, None, True).out
-    for quantize_pv in (True, False):
-        out = int8_sdpa(q, k, v, is_causal=True, quantize_pv=quantize_pv)
-        assert cosine(out, ref) >= 0.999
+    for pv_format in ("int8", "fp16"):
+        out = int8_sdpa(q, k, v, is_causal=True, pv_format=pv_format)
+        assert cosine(out, ref) >= END_TO_END_COSINE
 
 
 def test_output_dtype_and_layout_follow_the_query():
@@ -169,13 +168,13 @@ def test_bad_arguments_raise_with_a_message(change, message):
 
 
 @pytest.mark.parametrize("where", ["q", "k", "v"])
-@pytest.mark.parametrize("quantize_pv", [True, False])
-def test_nan_reaches_the_outputs_eager_attention_poisons(where, quantize_pv):
+@pytest.mark.parametrize("pv_format", list(PV_FORMATS))
+def test_nan_reaches_the_outputs_eager_attention_poisons(where, pv_format):
     gen = torch.Generator().manual_seed(9)
     q, k, v = (torch.randn(1, 2, 20, 32, generator=gen) for _ in range(3))
     {"q": q, "k": k, "v": v}[where][0, 1, 7, 3] = float("nan")
     eager = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    out = int8_sdpa(q, k, v, quantize_pv=quantize_pv)
+    out = int8_sdpa(q, k, v, pv_format=pv_format)
     assert torch.equal(out.isnan(), eager.isnan())
     assert eager.isnan().any()
 
@@ -238,7 +237,7 @@ def test_decode_splits_the_keys_by_the_shared_rule_and_stays_within_the_bound():
     assert per_range % 128 == 0 and (ranges - 1) * per_range < 5000 <= ranges * per_range
     gen = torch.Generator().manual_seed(41)
     q, k, v = (torch.randn(1, 2, n, 64, generator=gen) for n in (1, 2048, 2048))
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     out = _run_op(inputs, None, False, None, "fixed")
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
 

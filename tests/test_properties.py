@@ -2,7 +2,8 @@
 
 Every example must stay within the bound derived in ``helpers.p_quantization_bound`` (full INT8: half
 a P step per key, plus fp32 rounding that grows with the logits) or ``helpers.half_int8_bound`` (P
-rounded to V's dtype), plus one rounding of the output to its dtype. Hypothesis runs derandomized,
+rounded to V's dtype: 16-bit for half-INT8, e4m3 for FP8 P·V), plus one rounding of the output to its dtype.
+Every P·V format is drawn, with each P scale it takes. Hypothesis runs derandomized,
 so CI sees the same examples every time.
 """
 
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 from torch._dynamo.utils import counters
 
 from intfa_compile.ops import out_dtype_name
+from intfa_compile.pv_formats import PV_FORMATS
 from intfa_compile.reference import reference_attention
+from intfa_compile.sites import rewritten_sites
 from tests.helpers import P_STEP, half_int8_bound, p_quantization_bound, quantized_inputs, unit_roundoff
 
 settings.register_profile("intfa-ci", max_examples=200, deadline=None, derandomize=True, database=None,
@@ -38,8 +41,8 @@ def attention_problems(draw):
     is_causal = draw(st.booleans())
     mask_kind = draw(st.sampled_from(["none", "bool", "additive"]))
     mask_shape = draw(st.sampled_from(["full", "key_padding", "per_head_row"]))
-    quantize_pv = draw(st.booleans())
-    p_scale = draw(st.sampled_from(["fixed", "row_block"]))
+    pv_format = draw(st.sampled_from(list(PV_FORMATS)))
+    p_scale = draw(st.sampled_from(PV_FORMATS[pv_format].p_scales))
     seed = draw(st.integers(0, 2**16))
 
     gen = torch.Generator().manual_seed(seed)
@@ -58,17 +61,17 @@ def attention_problems(draw):
         mask = torch.rand(shape, generator=gen) > 0.3
     elif mask_kind == "additive":
         mask = (torch.randn(shape, generator=gen) * 2).to(dtype)
-    return q, k, v, mask, is_causal, quantize_pv, p_scale
+    return q, k, v, mask, is_causal, pv_format, p_scale
 
 
 def _assert_within_derived_bound(out, inputs, problem):
-    q, k, v, mask, is_causal, quantize_pv, _ = problem
+    q, k, v, mask, is_causal, pv_format, _ = problem
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, mask, is_causal)
-    if quantize_pv:
+    if pv_format == "int8":
         bound = p_quantization_bound(q_hat, k_hat, v_hat, mask, is_causal, None, P_STEP)
     else:
-        bound = half_int8_bound(q_hat, k_hat, v_hat, mask, is_causal, None, inputs["v"].dtype)  # as the op saw V
+        bound = half_int8_bound(q_hat, k_hat, v_hat, mask, is_causal, None, inputs["v"].dtype)  # P in V's dtype
     # Rounding the result o to the output dtype: |round(o) − ref| ≤ |o − ref| + u·|o| ≤ b + u·(|ref| + b).
     bound = bound + unit_roundoff(q.dtype) * (ref.out.abs() + bound) + torch.finfo(q.dtype).tiny
     assert not out.isnan().any()
@@ -78,8 +81,8 @@ def _assert_within_derived_bound(out, inputs, problem):
 
 @given(attention_problems())
 def test_int8_attention_within_derived_bound(problem):
-    q, k, v, mask, is_causal, quantize_pv, p_scale = problem
-    inputs = quantized_inputs(q, k, v, quantize_pv)
+    q, k, v, mask, is_causal, pv_format, p_scale = problem
+    inputs = quantized_inputs(q, k, v, pv_format)
     out = torch.ops.intfa.int8_attention(inputs["q"], inputs["k"], inputs["v"], inputs["q_scale"], inputs["k_scale"],
                                          inputs["v_scale"], mask, is_causal, q.shape[-1] ** -0.5, p_scale,
                                          out_dtype_name(q.dtype))
@@ -93,9 +96,9 @@ def test_triton_kernel_within_derived_bound(problem):
     """The kernel itself (Triton's interpreter here, the GPU where there is one) under the same bound."""
     from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
 
-    q, k, v, mask, is_causal, quantize_pv, p_scale = problem
+    q, k, v, mask, is_causal, pv_format, p_scale = problem
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    inputs = quantized_inputs(q, k, v, quantize_pv)
+    inputs = quantized_inputs(q, k, v, pv_format)
     names = ("q", "k", "v", "q_scale", "k_scale", "v_scale")
     args = [inputs[name].to(device) if inputs[name] is not None else None for name in names]
     out = torch.empty(q.shape, dtype=q.dtype, device=device)
@@ -108,7 +111,7 @@ def test_triton_kernel_within_derived_bound(problem):
 @given(attention_problems())
 def test_compiled_sdpa_within_derived_bound(problem):
     """Through torch.compile(backend="intfa"): the compiled graph computes the op on the same quantized inputs."""
-    q, k, v, mask, is_causal, quantize_pv, p_scale = problem
+    q, k, v, mask, is_causal, pv_format, p_scale = problem
     torch._dynamo.reset()
     group = q.shape[1] // k.shape[1]
 
@@ -118,10 +121,10 @@ def test_compiled_sdpa_within_derived_bound(problem):
 
     if is_causal and mask is not None:
         mask = None  # SDPA takes one or the other
-    options = {"quantize_pv": quantize_pv, "p_scale": p_scale if quantize_pv else "fixed"}  # P's scale: INT8 P
-    rewritten_before = counters["intfa"]["int8_sites"] + counters["intfa"]["half_int8_sites"]
+    options = {"pv_format": pv_format, "p_scale": p_scale if pv_format == "int8" else "fixed"}  # INT8 P's scale
+    rewritten_before = rewritten_sites(counters["intfa"])
     with torch.no_grad():
         out = torch.compile(attend, backend="intfa", options=options)(q, k, v, mask)
-    assert counters["intfa"]["int8_sites"] + counters["intfa"]["half_int8_sites"] == rewritten_before + 1
-    inputs = quantized_inputs(q, k, v, quantize_pv)
-    _assert_within_derived_bound(out, inputs, (q, k, v, mask, is_causal, quantize_pv, p_scale))
+    assert rewritten_sites(counters["intfa"]) == rewritten_before + 1
+    inputs = quantized_inputs(q, k, v, pv_format)
+    _assert_within_derived_bound(out, inputs, (q, k, v, mask, is_causal, pv_format, p_scale))

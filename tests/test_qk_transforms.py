@@ -14,10 +14,11 @@ import torch.nn.functional as F
 import intfa_compile
 from intfa_compile import ops
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
+from intfa_compile.numerics import hadamard_block
 from intfa_compile.ops import centring_fits, int8_sdpa
 from intfa_compile.quantize import center_queries, value_16bit
 from intfa_compile.reference import reference_attention
-from intfa_compile.rotation import hadamard_block, hadamard_matrix, hadamard_signs, rotate_hadamard
+from intfa_compile.rotation import hadamard_matrix, hadamard_signs, rotate_hadamard
 
 
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 96, 128, 256])

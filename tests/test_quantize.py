@@ -7,8 +7,6 @@ import torch
 
 from intfa_compile.quantize import (
     K_BLOCK_TOKENS,
-    quantize_per_channel,
-    quantize_per_token,
     quantize_qk,
     quantize_v,
     smooth,
@@ -36,14 +34,15 @@ def test_granularities_share_scales_as_named():
     _, per_head = quantize_qk(x, "per_head")
     assert (per_head == per_head[..., :1]).all()
     assert torch.equal(per_head[..., 0], x.abs().amax(dim=(-1, -2)) / 127)
-    assert torch.equal(quantize_qk(x)[1], quantize_per_token(x)[1])
+    assert torch.equal(quantize_qk(x)[1], x.abs().amax(dim=-1) / 127)  # per token by default
 
 
 def test_v_per_tensor_shares_one_scale_per_head():
     x = torch.randn(2, 3, 40, 16)
     _, per_tensor = quantize_v(x, "per_tensor")
     assert (per_tensor == per_tensor[..., :1]).all()
-    assert torch.equal(quantize_v(x)[1], quantize_per_channel(x)[1])
+    assert torch.equal(per_tensor[..., 0], x.abs().amax(dim=(-1, -2)) / 127)
+    assert torch.equal(quantize_v(x)[1], x.abs().amax(dim=-2) / 127)  # per channel by default
 
 
 def test_zero_rows_get_unit_scale_and_zero_values():
@@ -77,7 +76,8 @@ def test_config_choices_are_the_ones_the_quantizers_accept():
     import typing
 
     from intfa_compile import config
-    from intfa_compile.numerics import PV_FORMATS, QK_BITS, QK_GRANULARITIES, V_GRANULARITIES
+    from intfa_compile.numerics import QK_BITS, QK_GRANULARITIES, V_GRANULARITIES
+    from intfa_compile.pv_formats import PV_FORMATS
 
     hints = typing.get_type_hints(config)
     for setting, allowed in (("qk_granularity", QK_GRANULARITIES), ("v_granularity", V_GRANULARITIES),

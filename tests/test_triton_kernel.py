@@ -141,7 +141,7 @@ def _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref, extra=0.0, p_step=P_STEP
 def test_full_int8_kernel(n_q, n_k, head_dim, is_causal, p_scale):
     gen = torch.Generator().manual_seed(n_q + n_k * 7 + head_dim)
     q, k, v = (torch.randn(1, 2, n, head_dim, generator=gen) for n in (n_q, n_k, n_k))
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, None, is_causal, None, p_scale)
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, None, is_causal)
@@ -307,7 +307,7 @@ def test_split_keys_propagate_nan_and_fully_masked_rows_give_zeros():
     k[0, 1, 200, 3] = float("nan")
     keep = torch.ones(1, 1, 3, 300, dtype=torch.bool)
     keep[..., 2, :] = False
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, keep, False, None, "fixed", splits=3)
     eager = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
     for out in (kernel, cpu):
@@ -328,7 +328,7 @@ def test_int32_pv_sums_fold_when_a_maximum_grows(trend):
     ramp = torch.linspace(0, 3, n_k)[:, None] if trend == "rising" else torch.linspace(3, 0, n_k)[:, None]
     k = ramp * direction / direction.norm(dim=-1, keepdim=True) + 0.3 * torch.randn(1, 2, n_k, head_dim, generator=gen)
     v = torch.randn(1, 2, n_k, head_dim, generator=gen)
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, None, False, None, "fixed", kv_block=64)
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, None, False)
@@ -346,7 +346,7 @@ def test_bottom_right_causal(n_q, n_k, p_scale):
 
     gen = torch.Generator().manual_seed(n_q * 5 + n_k)
     q, k, v = (torch.randn(1, 2, n, 64, generator=gen) for n in (n_q, n_k, n_k))
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, None, True, None, p_scale, causal_offset=n_k - n_q)
     keep = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)
     q_hat, k_hat, v_hat = inputs["dequantized"]
@@ -365,7 +365,7 @@ def test_sliding_window(n_q, n_k, causal_offset, window_left):
     """window_left: query i sees keys i + offset − window_left <= j <= i + offset (Mistral's sliding window)."""
     gen = torch.Generator().manual_seed(n_q + window_left)
     q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for n in (n_q, n_k, n_k))
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, None, True, None, "fixed", causal_offset=causal_offset, window_left=window_left)
     keep = torch.ones(n_q, n_k, dtype=torch.bool).tril(causal_offset).triu(causal_offset - window_left)
     q_hat, k_hat, v_hat = inputs["dequantized"]
@@ -381,7 +381,7 @@ def test_half_int8_kernel(v_dtype):
     gen = torch.Generator().manual_seed(11)
     q, k = (torch.randn(1, 2, 80, 64, generator=gen) for _ in range(2))
     v = torch.randn(1, 2, 80, 64, generator=gen).to(v_dtype)
-    inputs = quantized_inputs(q, k, v, quantize_pv=False)
+    inputs = quantized_inputs(q, k, v, pv_format="fp16")
     kernel, cpu = _both(inputs, None, True, None, "fixed")
     q_hat, k_hat, v_hat = inputs["dequantized"]
     bound = half_int8_bound(q_hat, k_hat, v_hat, None, True, None, inputs["v"].dtype)  # fp32 V: bf16
@@ -401,7 +401,7 @@ def test_gqa_masks_and_strided_layout(mask_kind):
         mask[..., 0] = True
     else:
         mask = torch.randn(1, 4, 1, 90, generator=gen)
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, mask, False, 0.2, "fixed", out_dtype=torch.float16)
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, mask, False, 0.2)
@@ -417,7 +417,7 @@ def test_mqa_output_dtypes(out_dtype):
     gen = torch.Generator().manual_seed(13)
     q = torch.randn(1, 4, 70, 64, generator=gen)
     k, v = (torch.randn(1, 1, 70, 64, generator=gen) for _ in range(2))
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, None, True, None, "fixed", out_dtype=out_dtype)
     assert kernel.dtype == out_dtype
     q_hat, k_hat, v_hat = inputs["dequantized"]
@@ -448,7 +448,7 @@ def test_fully_masked_rows_give_zeros_as_sdpa():
     q, k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(3))
     keep = torch.rand(1, 1, 40, 40, generator=gen) > 0.5
     keep[..., 5, :] = False
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, keep, False, None, "fixed")
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
     assert not kernel.isnan().any()
@@ -461,7 +461,7 @@ def test_kernel_propagates_nan_like_eager(where):
     gen = torch.Generator().manual_seed(21)
     q, k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(3))
     {"q": q, "k": k, "v": v}[where][0, 0, 11, 5] = float("nan")
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     kernel, cpu = _both(inputs, None, False, None, "fixed")
     eager = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.equal(kernel.isnan(), eager.isnan())
@@ -475,7 +475,7 @@ def test_rows_masked_with_finfo_min_average_uniformly_like_eager():
     bias = torch.zeros(1, 1, 30, 30)
     bias[..., 4, :] = torch.finfo(torch.float32).min
     bias[..., :, 20:] = torch.finfo(torch.float32).min
-    inputs = quantized_inputs(q, k, v, quantize_pv=False)
+    inputs = quantized_inputs(q, k, v, pv_format="fp16")
     kernel, cpu = _both(inputs, bias, False, None, "fixed")
     v_seen = inputs["dequantized"][2].float()  # half-INT8 rounds an fp32 V to bf16
     eager = torch.nn.functional.scaled_dot_product_attention(q, k, v_seen, attn_mask=bias)
@@ -491,7 +491,7 @@ def test_triton_op_variant_runs_the_same_kernel():
 
     gen = torch.Generator().manual_seed(29)
     q, k, v = (torch.randn(1, 2, 70, 32, generator=gen).to(DEVICE) for _ in range(3))
-    inputs = quantized_inputs(q, k, v, quantize_pv=True)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
     via_triton_op = torch.ops.intfa.int8_attention_triton(*args, None, True, 32**-0.5, "fixed", "float32")
     out = torch.empty(q.shape, device=DEVICE)

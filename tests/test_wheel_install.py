@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import END_TO_END_COSINE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,6 +54,6 @@ def test_the_built_wheel_runs_int8_attention_from_outside_the_checkout(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(report["installed_at"]).is_relative_to(env)
-    assert report["sdpa_sites"] == 1 and report["sdpa_cosine"] > 0.999
-    assert report["model_sites"] == 2 and report["model_cosine"] > 0.999
+    assert report["sdpa_sites"] == 1 and report["sdpa_cosine"] >= END_TO_END_COSINE
+    assert report["model_sites"] == 2 and report["model_cosine"] >= END_TO_END_COSINE
     assert report["torch_logs_registered"]
