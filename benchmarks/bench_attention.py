@@ -140,11 +140,13 @@ def _triton_interpreted(causal: bool) -> tuple[Callable, Attention]:
     """The Triton kernel itself on CPU tensors (interpreter): keeps the GPU path exercised in --smoke."""
     from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
 
+    from intfa_compile.attention_call import AttentionCall
+
     prepare, _ = _intfa_prequantized("int8", causal)
 
     def attend(q8, k8, v8, qs, ks, vs, sm_scale, dtype):
         out = torch.empty_like(q8, dtype=dtype)
-        return int8_flash_attention_triton(q8, k8, v8, qs, ks, vs, None, causal, sm_scale, "fixed", out)
+        return int8_flash_attention_triton(AttentionCall(q8, k8, v8, qs, ks, vs, None, causal, sm_scale), out)
 
     return prepare, attend
 

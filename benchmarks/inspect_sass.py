@@ -49,6 +49,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intfa_compile.kernels import int8_flash_attention as int8_kernel  # noqa: E402
 
+from intfa_compile.attention_call import AttentionCall  # noqa: E402
 from intfa_compile.key_splits import key_splits  # noqa: E402
 from intfa_compile.numerics import default_kv_block  # noqa: E402
 from intfa_compile.pv_formats import FP8, FP16, INT8, PVFormat  # noqa: E402
@@ -257,10 +258,10 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
             parts = (_meta(ranges, *q.shape, dtype=torch.float32), _meta(ranges, *q.shape[:3], 2, dtype=torch.float32))
         attn_mask = None if not mask else _meta(batch, 1, 1, seq, dtype=torch.bool if mask == "bool" else
                                                 torch.float16)
-        args, constexprs = int8_kernel.launch_arguments(q, k, v, q_scale, k_scale, v_scale, attn_mask, causal,
-                                                        sm_scale, p_scale, out, window_left=window_left,
-                                                        target_arch=arch, parts=parts, split_keys=split_keys,
-                                                        tma=tma)
+        call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, causal, sm_scale, p_scale,
+                             window_left=window_left)
+        args, constexprs = int8_kernel.launch_arguments(call, out, target_arch=arch, parts=parts,
+                                                        split_keys=split_keys, tma=tma)
         kernel = module._int8_attention_fwd
         if module is not int8_kernel:  # an earlier revision: pass it the arguments it takes, by name
             takes = set(kernel.fn.arg_names)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .attention_call import AttentionCall
 from .key_splits import combine_key_splits, key_splits, split_keys_evenly
 from .numerics import (
     FP32_LOWEST,
@@ -40,10 +41,7 @@ from .numerics import (
     PV_FP8_FOLD_BLOCKS,
     folds_query_scale,
     lazy_pv_accumulation,
-    padded_head_dim,
-    resolve_kv_block,
 )
-from .pv_formats import pv_format_of_value
 
 _EXACT_FP32_INT = 2**24
 
@@ -61,30 +59,16 @@ def round_to_int8(p: Tensor, scale: Tensor | float) -> Tensor:
     return torch.round(p.double() * scale).float()
 
 
-def int8_flash_attention_cpu(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_scale: Tensor,
-    k_scale: Tensor,
-    v_scale: Tensor | None,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    sm_scale: float,
-    p_scale: str,
-    out: Tensor,
-    causal_offset: int = 0,
-    window_left: int = -1,
-    block_n: int = 0,
-    splits: int | None = None,
-) -> Tensor:
-    """Blockwise INT8 attention into ``out`` (B, Hq, Nq, D); see ``intfa_compile.ops.int8_attention``.
-    ``block_n``: keys per block (0: ``default_kv_block``, as the kernel); ``splits``: key ranges (split-K; by
-    default ``key_splits``' rule, as the kernel's launcher)."""
+def int8_flash_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None = None) -> Tensor:
+    """Blockwise INT8 attention of ``call`` into ``out`` (B, Hq, Nq, D); see ``intfa_compile.ops.int8_attention``.
+    Keys per block: ``call.block_n`` (as the kernel); ``splits``: key ranges (split-K; by default ``key_splits``'
+    rule, as the kernel's launcher)."""
+    q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
+    is_causal, sm_scale, p_scale = call.is_causal, call.sm_scale, call.p_scale
+    causal_offset, window_left, block_n = call.causal_offset, call.window_left, call.block_n
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
     group = heads_q // heads_k
-    block_n = resolve_kv_block(block_n, padded_head_dim(head_dim), pv_format_of_value(v.dtype))
     if INT8_MAX * INT8_MAX * max(head_dim, block_n) >= _EXACT_FP32_INT:
         raise ValueError(f"head_dim {head_dim} / block {block_n} too large for exact fp32 integer GEMMs")
     rows = group * n_q

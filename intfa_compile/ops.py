@@ -7,25 +7,28 @@ convenience entry that quantizes 16/32-bit Q, K, V and calls the op.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from .attention_call import (
+    OUT_DTYPES,
+    AttentionCall,
+    check_call,
+    empty_output,
+    kernel_shape_problem,
+    out_dtype_name,
+    static_sizes,
+)
 from .cpu_attention import int8_flash_attention_cpu
 from .exact_fallback import exact_attention
-from .numerics import (
-    KV_BLOCK_AUTOTUNE,
-    KV_BLOCK_SIZES,
-    MAX_HEAD_DIM,
-    P_SCALE_MODES,
-    QK_ROTATIONS,
-    check_choice,
-)
-from .pv_formats import DEFAULT_PV_FORMAT, PV_FORMATS, pv_format_of_value
+from .numerics import QK_ROTATIONS, check_choice
+from .pv_formats import DEFAULT_PV_FORMAT
 from .pv_formats import pv_format as pv_format_named
 from .quantize import (
     K_BLOCK_TOKENS,
@@ -41,149 +44,10 @@ from .rotation import rotate_and_quantize_qk
 
 log = logging.getLogger("intfa_compile")
 
-OUT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-"""The op's ``out_dtype`` values, by name. A name, not a ``torch.dtype``: AOTInductor's proxy executor before torch
-2.13 hands a custom op's dtype arguments over in the serializer's numbering, not c10's (bfloat16 arrives as
-quint8, float32 as float64), so a package built with the op's dtype argument computes nothing right; a string
-travels unchanged on every release."""
+__all__ = ["OUT_DTYPES", "int8_attention", "int8_sdpa", "out_dtype_name"]
 
 
-def out_dtype_name(dtype: torch.dtype) -> str:
-    """``dtype`` as the op's ``out_dtype`` (``OUT_DTYPES``)."""
-    return str(dtype).removeprefix("torch.")
-
-
-def _out_dtype(name: str) -> torch.dtype:
-    if name not in OUT_DTYPES:
-        raise TypeError(f"int8_attention: out_dtype must be one of {tuple(OUT_DTYPES)}, got {name!r}")
-    return OUT_DTYPES[name]
-
-
-_FLOAT_OUT = tuple(OUT_DTYPES.values())
-_QUANTIZED_V = tuple(fmt.v_dtype for fmt in PV_FORMATS.values() if fmt.quantized)
-
-
-def mask_broadcasts_to(mask_shape: Sequence[int], scores_shape: Sequence[int]) -> bool:
-    """Whether a mask of ``mask_shape`` expands to exactly ``scores_shape`` (B, Hq, Nq, Nk)."""
-    if len(mask_shape) > len(scores_shape):
-        return False
-    return all(m in (1, s) for m, s in zip(reversed(mask_shape), reversed(scores_shape), strict=False))
-
-
-def mask_never_broadcasts(mask_shape: Sequence[Any], scores_shape: Sequence[Any]) -> bool:
-    """Whether a mask of ``mask_shape`` cannot expand to ``scores_shape`` whatever values symbolic sizes take
-    (a size known to be neither 1 nor the scores')."""
-    if len(mask_shape) > len(scores_shape):
-        return True
-    return any(statically_known_true(m != 1) and statically_known_true(m != s)
-               for m, s in zip(reversed(mask_shape), reversed(scores_shape), strict=False))
-
-
-def kernel_shape_problem(q_shape: Sequence[Any], k_shape: Sequence[Any], v_shape: Sequence[Any]
-                         ) -> tuple[str | None, bool]:
-    """Whether the INT8 kernel takes q, k, v of these (B, H, N, D) shapes: (the reason it cannot for any value
-    of their symbols, or None; True if it can for every value). Plain sizes decide at once; symbolic ones
-    (dynamic shapes) may leave it open, and then the op decides when it runs (``exact_*`` arguments). No guard
-    is added."""
-    conditions = (
-        (q_shape[-1] == v_shape[-1], f"value head dim {v_shape[-1]} differs from query head dim {q_shape[-1]}"),
-        (q_shape[-1] <= MAX_HEAD_DIM, f"head dim {q_shape[-1]} is above the INT8 kernel's {MAX_HEAD_DIM}"),
-        (q_shape[-1] == k_shape[-1], f"key head dim {k_shape[-1]} differs from query head dim {q_shape[-1]}"),
-        (q_shape[0] == k_shape[0], f"query batch {q_shape[0]} differs from key batch {k_shape[0]}"),
-        (q_shape[1] % k_shape[1] == 0, f"{q_shape[1]} query heads are not a multiple of {k_shape[1]} KV heads"),
-        *((k == v, f"key {tuple(k_shape)} and value {tuple(v_shape)} shapes differ")
-          for k, v in zip(k_shape, v_shape, strict=True)),
-    )
-    for condition, reason in conditions:
-        if statically_known_true(torch.sym_not(condition)):
-            return reason, False
-    return None, all(statically_known_true(condition) for condition, _ in conditions)
-
-
-def _check(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_scale: Tensor,
-    k_scale: Tensor,
-    v_scale: Tensor | None,
-    attn_mask: Tensor | None,
-    p_scale: str,
-    out_dtype: str,
-    kv_block: int = 0,
-    shapes: bool = True,
-) -> None:
-    """What the op refuses, naming the argument: kinds (ranks, dtypes, choices) always; ``shapes`` too unless the
-    caller is the fake implementation tracing symbolic sizes, which it must not guard on."""
-    for name, tensor in (("q", q), ("k", k), ("v", v)):
-        if tensor.dim() != 4:
-            raise ValueError(f"int8_attention: {name} must be 4-D (B, H, N, D), got shape {tuple(tensor.shape)}")
-    for name, tensor in (("q", q), ("k", k)):
-        if tensor.dtype != torch.int8:
-            raise TypeError(f"int8_attention: {name} must be int8, got {tensor.dtype}")
-    for name, tensor in (("q_scale", q_scale), ("k_scale", k_scale), ("v_scale", v_scale)):
-        if tensor is not None and tensor.dtype != torch.float32:
-            raise TypeError(f"int8_attention: {name} must be float32, got {tensor.dtype}")
-    if v.dtype not in _QUANTIZED_V and v.dtype not in _FLOAT_OUT:
-        raise TypeError(f"int8_attention: v must be int8, float8_e4m3fn, float16, bfloat16 or float32, got {v.dtype}")
-    if (v.dtype in _QUANTIZED_V) != (v_scale is not None):
-        raise ValueError("int8_attention: an int8 or float8_e4m3fn v needs its per-channel v_scale; a 16/32-bit v "
-                         "(half-INT8) takes none")
-    if p_scale not in P_SCALE_MODES:
-        raise ValueError(f"int8_attention: p_scale must be one of {P_SCALE_MODES}, got {p_scale!r}")
-    pv = pv_format_of_value(v.dtype)
-    if p_scale not in pv.p_scales:
-        raise ValueError(f"int8_attention: a {v.dtype} v (pv_format={pv.name!r}) takes P's {' or '.join(pv.p_scales)} "
-                         f"scale only (p_scale={p_scale!r})")
-    if kv_block not in (0, KV_BLOCK_AUTOTUNE, *KV_BLOCK_SIZES):
-        raise ValueError(f"int8_attention: kv_block must be 0 (the default rule), {KV_BLOCK_AUTOTUNE} (autotuned on "
-                         f"CUDA) or one of {KV_BLOCK_SIZES}, got {kv_block}")
-    _out_dtype(out_dtype)
-    if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.dtype.is_floating_point:
-        raise TypeError(f"int8_attention: attn_mask must be boolean (True = keep) or additive floating point, got "
-                        f"{attn_mask.dtype}")
-    if shapes:
-        _check_shapes(q, k, v, q_scale, k_scale, v_scale, attn_mask)
-
-
-def _check_shapes(q: Tensor, k: Tensor, v: Tensor, q_scale: Tensor, k_scale: Tensor, v_scale: Tensor | None,
-                  attn_mask: Tensor | None) -> None:
-    batch, heads_q, n_q, head_dim = q.shape
-    if k.shape[0] != batch or k.shape[3] != head_dim or v.shape != k.shape:
-        raise ValueError(f"int8_attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
-    if heads_q % k.shape[1] != 0:
-        raise ValueError(f"int8_attention: query heads {heads_q} must be a multiple of KV heads {k.shape[1]}")
-    if q_scale.shape != q.shape[:3] or k_scale.shape != k.shape[:3]:
-        raise ValueError("int8_attention: q_scale and k_scale must be per token: (B, H, N)")
-    if v_scale is not None and v_scale.shape != (*v.shape[:2], head_dim):
-        raise ValueError("int8_attention: v_scale must be per channel: (B, Hk, D)")
-    if attn_mask is not None and not mask_broadcasts_to(attn_mask.shape, (batch, heads_q, n_q, k.shape[2])):
-        raise ValueError(f"int8_attention: attn_mask {tuple(attn_mask.shape)} does not broadcast to the scores")
-
-
-def _check_window(is_causal: bool, window_left: int) -> None:
-    if window_left >= 0 and not is_causal:
-        raise ValueError("int8_attention: window_left is a sliding window behind the causal diagonal: it needs "
-                         "is_causal=True")
-
-
-def _static_sizes(*tensors: Tensor | None) -> bool:
-    return all(isinstance(size, int) for tensor in tensors if tensor is not None for size in tensor.shape)
-
-
-def _empty_out(q: Tensor, out_dtype: str, exact_value: Tensor | None = None) -> Tensor:
-    """The op's output. Strided like q, so a (B, N, H, D)-major query gives a (B, N, H, D)-major output, as SDPA
-    does; where the shapes were symbolic at compile time (``exact_value`` given) it is contiguous with value's
-    head dim instead, the one layout the compile-time description and the run can agree on whatever the sizes
-    turn out to be."""
-    if exact_value is None:
-        return torch.empty_like(q, dtype=_out_dtype(out_dtype))
-    return q.new_empty((*q.shape[:-1], exact_value.shape[-1]), dtype=_out_dtype(out_dtype))
-
-
-@torch.library.custom_op("intfa::int8_attention", mutates_args=())
-def int8_attention(
+def _int8_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -229,53 +93,46 @@ def int8_attention(
     """
     if (exact_query is None) != (exact_value is None) or (exact_query is None) != (exact_key is None):
         raise ValueError("exact_query, exact_key and exact_value come together")
-    out = _empty_out(q, out_dtype, exact_value)
+    out = empty_output(q, out_dtype, exact_value)
     if exact_query is not None:
         problem, _ = kernel_shape_problem(q.shape, k.shape, v.shape)
         if problem is not None:
             exact = exact_query, exact_key, exact_value, scale_factor
             out.copy_(exact_attention(exact, attn_mask, is_causal, sm_scale, causal_offset, window_left, problem))
             return out
-    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block)
-    _check_window(is_causal, window_left)
+    call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, causal_offset,
+                         window_left, kv_block)
+    check_call(call, out_dtype)
     if q.device.type == "cuda":
         # Imported here: Triton reads TRITON_INTERPRET when the kernel is defined.
         from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
 
-        return int8_flash_attention_triton(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale,
-                                           p_scale, out, causal_offset, window_left, kv_block, tma=tma)
-    return int8_flash_attention_cpu(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, out,
-                                    causal_offset, window_left, kv_block)
+        return int8_flash_attention_triton(call, out, tma=tma)
+    return int8_flash_attention_cpu(call, out)
+
+
+int8_attention = torch.library.custom_op("intfa::int8_attention", mutates_args=())(_int8_attention)
+_OP_SIGNATURE = inspect.signature(_int8_attention)
+_CALL_FIELDS = tuple(field.name for field in fields(AttentionCall))
+
+
+def _call_of(arguments: dict[str, Any]) -> AttentionCall:
+    """The call description of the op's arguments (by name; the op's parameters carry the fields' names)."""
+    return AttentionCall(**{name: arguments[name] for name in _CALL_FIELDS})
 
 
 @int8_attention.register_fake
-def _int8_attention_fake(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_scale: Tensor,
-    k_scale: Tensor,
-    v_scale: Tensor | None,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    sm_scale: float,
-    p_scale: str,
-    out_dtype: str,
-    causal_offset: int = 0,
-    window_left: int = -1,
-    kv_block: int = 0,
-    tma: bool = False,
-    exact_query: Tensor | None = None,
-    exact_key: Tensor | None = None,
-    exact_value: Tensor | None = None,
-    scale_factor: Tensor | None = None,
-) -> Tensor:
-    # Refuses what the real implementation refuses; sizes only where they are plain numbers and the real one
-    # would check them too (with exact inputs it may turn to the exact fallback instead).
-    static = exact_query is None and _static_sizes(q, k, v, q_scale, k_scale, v_scale, attn_mask)
-    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block, shapes=static)
-    _check_window(is_causal, window_left)
-    return _empty_out(q, out_dtype, exact_value)
+def _int8_attention_fake(*args: Any, **kwargs: Any) -> Tensor:
+    """The op's output without computing it, for tracing. Refuses what the real implementation refuses; sizes only
+    where they are plain numbers and the real one would check them too (with exact inputs it may turn to the
+    exact fallback instead). Takes the op's arguments as the op does (``_OP_SIGNATURE``)."""
+    bound = _OP_SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = bound.arguments
+    call = _call_of(arguments)
+    exact = arguments["exact_query"] is None
+    check_call(call, arguments["out_dtype"], shapes=exact and static_sizes(*call.tensors))
+    return empty_output(call.q, arguments["out_dtype"], arguments["exact_value"])
 
 
 def scale_and_factor(scale: Any, query: Tensor) -> tuple[float, Tensor | None]:
@@ -379,6 +236,7 @@ def int8_sdpa(
     window_left: int = -1,
     kv_block: int = 0,
     tma: bool = False,
+    static_amax: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
 
@@ -391,14 +249,28 @@ def int8_sdpa(
     fused operator): all three leave softmax(Q·Kᵀ) as it is. ``causal_offset`` moves the causal diagonal and
     ``window_left`` limits how far back a query sees, ``kv_block`` fixes the keys per block, ``tma`` picks the
     CUDA kernel's load path (see the op). ``scale`` may also be a one-element tensor (or, in a traced graph, a
-    symbolic float): it then joins Q's quantization scales (``fold_factor``). This is what the compiler passes
-    insert in place of attention.
+    symbolic float): it then joins Q's quantization scales (``fold_factor``). ``static_amax``: calibrated ranges
+    (Q per head (Hq,), K per head (Hk,), V per head and channel (Hk, D)) instead of dynamic scales: quantization is
+    then elementwise only (values beyond a range saturate), no reduction over the inputs runs per call, and the
+    granularities and Q/K transforms do not apply (the ranges were calibrated on Q and K as they are). This is what
+    the compiler passes insert in place of attention.
     """
     check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, causal_offset, window_left)
     check_choice("qk_rotation", qk_rotation, QK_ROTATIONS)
     pv = pv_format_named(pv_format)
     sm_scale, factor = scale_and_factor(scale, query)
     exact = _exact_inputs(query, key, value, factor)
+    op = attention_op or torch.ops.intfa.int8_attention
+    if static_amax is not None:
+        if smooth_k or smooth_q or qk_rotation != "none":
+            raise ValueError("int8_sdpa: static_amax was calibrated on Q and K as they are; it cannot be combined "
+                             "with smooth_k, smooth_q or qk_rotation")
+        q_amax, k_amax, v_amax = static_amax
+        q_int8, q_scale = fold_factor(*quantize_static(query, q_amax[:, None, None], qk_bits), factor)
+        k_int8, k_scale = quantize_static(key, k_amax[:, None, None], qk_bits)
+        v_in, v_scale = quantize_value_static(value, pv, v_amax)
+        return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal, sm_scale,
+                  p_scale, out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)
     if smooth_k:
         key = smooth(key)
     if smooth_q and centring_fits(attn_mask, exact):
@@ -412,41 +284,5 @@ def int8_sdpa(
     q_int8, q_scale = fold_factor(*quantize_qk_as(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS), factor)
     k_int8, k_scale = quantize_qk_as(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
     v_in, v_scale = quantize_value(value, pv, v_granularity)
-    op = attention_op or torch.ops.intfa.int8_attention
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale,
               out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)
-
-
-def int8_sdpa_static(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    scale: float | Tensor | None,
-    q_amax: Tensor,
-    k_amax: Tensor,
-    v_amax: Tensor,
-    pv_format: str = DEFAULT_PV_FORMAT,
-    p_scale: str = "fixed",
-    qk_bits: int = 8,
-    attention_op: Any = None,
-    causal_offset: int = 0,
-    window_left: int = -1,
-    kv_block: int = 0,
-    tma: bool = False,
-) -> Tensor:
-    """``int8_sdpa`` with calibrated ranges: Q and K per head (Hq,), (Hk,); V per head and channel (Hk, D).
-
-    Quantization is elementwise only (values beyond the calibrated range saturate), so no reduction
-    over the inputs runs per call.
-    """
-    check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, causal_offset, window_left)
-    sm_scale, factor = scale_and_factor(scale, query)
-    exact = _exact_inputs(query, key, value, factor)
-    q_int8, q_scale = fold_factor(*quantize_static(query, q_amax[:, None, None], qk_bits), factor)
-    k_int8, k_scale = quantize_static(key, k_amax[:, None, None], qk_bits)
-    v_in, v_scale = quantize_value_static(value, pv_format_named(pv_format), v_amax)
-    op = attention_op or torch.ops.intfa.int8_attention
-    return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal,
-              sm_scale, p_scale, out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)

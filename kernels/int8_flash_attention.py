@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from intfa_compile import pv_formats
+from intfa_compile.attention_call import AttentionCall
 from intfa_compile.key_splits import combine_key_splits, key_splits, split_keys_evenly
 from intfa_compile.numerics import (
     FP32_LOWEST,
@@ -41,7 +42,6 @@ from intfa_compile.numerics import (
     default_kv_block,
     folds_query_scale,
     padded_head_dim,
-    resolve_kv_block,
 )
 
 _MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
@@ -592,21 +592,9 @@ def tensor_descriptors_fit(k: Tensor, v: Tensor) -> bool:
 
 
 def launch_arguments(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_scale: Tensor,
-    k_scale: Tensor,
-    v_scale: Tensor | None,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    sm_scale: float,
-    p_scale: str,
+    call: AttentionCall,
     out: Tensor,
-    causal_offset: int = 0,
-    window_left: int = -1,
     target_arch: int | None = None,
-    kv_block: int = 0,
     parts: tuple[Tensor, Tensor] | None = None,
     split_keys: int = 0,
     tma: bool = False,
@@ -616,13 +604,16 @@ def launch_arguments(
     One place builds them, so the launch and ``benchmarks/inspect_sass.py`` (which compiles the kernel
     offline with the specialization Triton derives from these very arguments) cannot drift apart.
     ``target_arch`` (e.g. 90) is the GPU the kernel is built for; by default, that of ``q``'s device.
-    ``kv_block``: keys per block (the result depends on it); 0 for ``default_kv_block``, ``KV_BLOCK_AUTOTUNE``
-    to let the autotuner choose (under the interpreter, which times nothing, the rule again).
+    ``call.kv_block``: keys per block (the result depends on it); 0 for ``default_kv_block``,
+    ``KV_BLOCK_AUTOTUNE`` to let the autotuner choose (under the interpreter, which times nothing, the rule again).
     ``parts``, the fp32 outputs (S, B, Hq, Nq, D) and (maximum, row sum) pairs (S, B, Hq, Nq, 2) of S key
     ranges, and ``split_keys``, keys per range: split-K, the grid's third axis walks the ranges
     (``intfa_compile.key_splits``). ``tma``: load K and V through tensor descriptors where the target has TMA
     (sm_90 on) and ``tensor_descriptors_fit`` (the interpreter runs them too); the result is the same.
     """
+    q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
+    is_causal, sm_scale, p_scale = call.is_causal, call.sm_scale, call.p_scale
+    causal_offset, window_left, kv_block = call.causal_offset, call.window_left, call.kv_block
     if target_arch is None:
         major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
         target_arch = 10 * major + minor
@@ -652,8 +643,7 @@ def launch_arguments(
         UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16, INTERPRETER=_INTERPRETED,
         FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),
         MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
-        KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE and not _INTERPRETED
-        else resolve_kv_block(kv_block, padded_head_dim(head_dim), pv_formats.pv_format_of_value(v.dtype)),
+        KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE and not _INTERPRETED else call.block_n,
         TMA=tma and (target_arch >= 90 or _INTERPRETED) and tensor_descriptors_fit(k, v),
         V_SEQUENCE_MAJOR=v.stride(-2) == 1 and n_k > 1,
         BLOCK_D=padded_head_dim(head_dim),
@@ -662,25 +652,14 @@ def launch_arguments(
 
 
 def int8_flash_attention_triton(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_scale: Tensor,
-    k_scale: Tensor,
-    v_scale: Tensor | None,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    sm_scale: float,
-    p_scale: str,
+    call: AttentionCall,
     out: Tensor,
-    causal_offset: int = 0,
-    window_left: int = -1,
-    kv_block: int = 0,
+    *,
     traceable: bool = False,
     splits: int | None = None,
     tma: bool = False,
 ) -> Tensor:
-    """Launch the kernel into ``out``; arguments as ``intfa_compile.ops.int8_attention`` (inputs unchecked).
+    """Launch the kernel for ``call`` into ``out`` (``intfa_compile.ops.int8_attention``; inputs unchecked).
 
     ``traceable`` launches through ``torch.library.wrap_triton``, so that torch.compile sees the kernel
     (inside the ``intfa::int8_attention_triton`` triton_op) instead of an opaque call. ``splits``: how many key
@@ -690,6 +669,7 @@ def int8_flash_attention_triton(
     """
     if out.numel() == 0:
         return out
+    q, k = call.q, call.k
     batch, heads_q, n_q, head_dim = q.shape
     n_k, batch_heads = k.shape[2], batch * heads_q
     ranges, split_keys = key_splits(n_q, n_k, batch_heads) if splits is None else split_keys_evenly(n_k, splits)
@@ -697,9 +677,7 @@ def int8_flash_attention_triton(
     if ranges > 1:
         parts = (torch.empty(ranges, batch, heads_q, n_q, head_dim, dtype=torch.float32, device=q.device),
                  torch.empty(ranges, batch, heads_q, n_q, 2, dtype=torch.float32, device=q.device))
-    args, constexprs = launch_arguments(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale,
-                                       p_scale, out, causal_offset, window_left, kv_block=kv_block, parts=parts,
-                                       split_keys=split_keys, tma=tma)
+    args, constexprs = launch_arguments(call, out, parts=parts, split_keys=split_keys, tma=tma)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch_heads, ranges)
@@ -711,8 +689,8 @@ def int8_flash_attention_triton(
         kernel[grid](*args, **constexprs)
     if parts is not None:
         merged = combine_key_splits(parts[0], parts[1][..., 0], parts[1][..., 1])
-        if v_scale is not None:
-            merged = merged * v_scale.float().repeat_interleave(heads_q // k.shape[1], dim=1).unsqueeze(-2)
+        if call.v_scale is not None:
+            merged = merged * call.v_scale.float().repeat_interleave(heads_q // k.shape[1], dim=1).unsqueeze(-2)
         out.copy_(merged)
     return out
 

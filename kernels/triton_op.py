@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from intfa_compile.ops import _check, _empty_out
+from intfa_compile.attention_call import AttentionCall, check_call, empty_output
 
 from .int8_flash_attention import int8_flash_attention_triton
 
@@ -34,7 +34,7 @@ def int8_attention_triton(
     tma: bool = False,
 ) -> Tensor:
     """Same contract as ``intfa::int8_attention``; always runs the Triton kernel."""
-    _check(q, k, v, q_scale, k_scale, v_scale, attn_mask, p_scale, out_dtype, kv_block)
-    out = _empty_out(q, out_dtype)
-    return int8_flash_attention_triton(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale,
-                                       out, causal_offset, window_left, kv_block, traceable=True, tma=tma)
+    call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, causal_offset,
+                         window_left, kv_block)
+    check_call(call, out_dtype)
+    return int8_flash_attention_triton(call, empty_output(q, out_dtype), traceable=True, tma=tma)

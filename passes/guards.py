@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from intfa_compile.attention_call import kernel_shape_problem, mask_never_broadcasts
 from intfa_compile.config import Settings
 from intfa_compile.numerics import default_kv_block, padded_head_dim
-from intfa_compile.ops import kernel_shape_problem, mask_never_broadcasts
 
 from .attention_site import AttentionSite
 

@@ -18,9 +18,9 @@ package, saved = sys.argv[1], torch.load(sys.argv[2])
 calls = []
 
 
-def counted(*args, **kwargs):
-    calls.append(tuple(args[0].shape))
-    return int8_flash_attention_cpu(*args, **kwargs)
+def counted(call, *args, **kwargs):
+    calls.append(tuple(call.q.shape))
+    return int8_flash_attention_cpu(call, *args, **kwargs)
 
 
 runner = torch._inductor.aoti_load_package(package)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from intfa_compile.attention_call import AttentionCall
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.reference import reference_attention
 from tests.helpers import END_TO_END_COSINE, P_STEP, cosine, p_quantization_bound, quantized_inputs
@@ -45,8 +46,9 @@ def test_autotuned_kernel_within_bound_at_2k(head_dim, is_causal):
     args = [inputs[name] for name in names]
     sm_scale = head_dim**-0.5
     out = torch.empty(q.shape, device="cuda")
-    int8_flash_attention_triton(*[a.cuda() for a in args], None, is_causal, sm_scale, "fixed", out)
-    cpu = int8_flash_attention_cpu(*args, None, is_causal, sm_scale, "fixed", torch.empty(q.shape))
+    call = AttentionCall(*args, None, is_causal, sm_scale)
+    int8_flash_attention_triton(call.to("cuda"), out)
+    cpu = int8_flash_attention_cpu(call, torch.empty(q.shape))
     q_hat, k_hat, v_hat = inputs["dequantized"]
     ref = reference_attention(q_hat, k_hat, v_hat, None, is_causal)
     bound = p_quantization_bound(q_hat, k_hat, v_hat, None, is_causal, None, P_STEP)

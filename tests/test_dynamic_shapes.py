@@ -16,8 +16,9 @@ from torch._inductor import config as inductor_config
 
 import intfa_compile
 from intfa_compile import exact_fallback, ops
+from intfa_compile.attention_call import kernel_shape_problem
 from intfa_compile.numerics import INT8_MAX, MAX_HEAD_DIM
-from intfa_compile.ops import fold_factor, int8_sdpa, kernel_shape_problem, scale_and_factor
+from intfa_compile.ops import fold_factor, int8_sdpa, scale_and_factor
 from intfa_compile.sites import collect_sites
 from tests.helpers import DEFAULT_OUTCOME, END_TO_END_COSINE, cosine
 

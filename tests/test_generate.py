@@ -40,9 +40,9 @@ def generate_with_intfa(cache: str) -> dict:
     counters.clear()
     query_lengths = []
 
-    def counted(q, *args, **kwargs):
-        query_lengths.append(q.shape[2])
-        return int8_flash_attention_cpu(q, *args, **kwargs)
+    def counted(call, *args, **kwargs):
+        query_lengths.append(call.q.shape[2])
+        return int8_flash_attention_cpu(call, *args, **kwargs)
 
     forward = model.forward
     model.forward = torch.compile(forward, backend="intfa")

@@ -13,6 +13,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import intfa_compile  # noqa: F401  (registers the op)
+from intfa_compile.attention_call import AttentionCall
 from intfa_compile.ops import int8_sdpa
 from intfa_compile.pv_formats import PV_FORMATS
 from intfa_compile.reference import reference_attention
@@ -208,14 +209,13 @@ def test_static_scales_take_every_pv_format(pv_format):
     equal to V's own per-channel maximum, the static e4m3 V is the dynamic one; against fp64 attention of the
     original inputs each of Q, K, V, P carries at most one rounding of its format (≤ 2**-4 relative for e4m3), so the
     cosine stays within 1 − (4·2**-4)²/2."""
-    from intfa_compile.ops import int8_sdpa_static
     from intfa_compile.quantize import quantize_v_fp8
 
     gen = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, 3, 48, 32, generator=gen) for _ in range(3))
     q_amax, k_amax = q.abs().amax(dim=(0, 2, 3)), k.abs().amax(dim=(0, 2, 3))
     v_amax = v.abs().amax(dim=(0, 2))
-    out = int8_sdpa_static(q, k, v, None, False, None, q_amax, k_amax, v_amax, pv_format)
+    out = int8_sdpa(q, k, v, None, False, None, pv_format, static_amax=(q_amax, k_amax, v_amax))
     exact = reference_attention(q.double(), k.double(), v.double(), None, False).out
     assert cosine(out, exact) >= 1 - (4 * 2.0**-4) ** 2 / 2
     if pv_format == "fp8":
@@ -242,7 +242,7 @@ def test_decode_splits_the_keys_by_the_shared_rule_and_stays_within_the_bound():
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
 
     def cpu(splits):
-        return int8_flash_attention_cpu(*args, None, False, 64**-0.5, "fixed", torch.empty(q.shape), splits=splits)
+        return int8_flash_attention_cpu(AttentionCall(*args, None, False, 64**-0.5), torch.empty(q.shape), splits)
 
     assert torch.equal(out, cpu(4))
     assert not torch.equal(out, cpu(1))

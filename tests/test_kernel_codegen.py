@@ -233,14 +233,16 @@ def test_autotuning_keys_lengths_by_power_of_two_bucket():
     import torch
     from intfa_compile.kernels.int8_flash_attention import _int8_attention_fwd, launch_arguments
 
+    from intfa_compile.attention_call import AttentionCall
+
     assert "N_Q" not in _int8_attention_fwd.keys and "N_K" not in _int8_attention_fwd.keys
     keys = set()
     for n in range(1000, 1101):
         q = torch.empty(1, 2, n, 64, dtype=torch.int8, device="meta")
         scale = torch.empty(1, 2, n, device="meta")
         out = torch.empty(1, 2, n, 64, dtype=torch.float16, device="meta")
-        args, constexprs = launch_arguments(q, q, q, scale, scale, torch.empty(1, 2, 64, device="meta"), None, True,
-                                            0.125, "fixed", out)
+        call = AttentionCall(q, q, q, scale, scale, torch.empty(1, 2, 64, device="meta"), None, True, 0.125)
+        args, constexprs = launch_arguments(call, out)
         named = {**dict(zip(_int8_attention_fwd.arg_names, args, strict=False)), **constexprs}
         keys.add(tuple(named[name] for name in _int8_attention_fwd.keys))
     assert len(keys) == 2

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch._dynamo.utils import counters
 
+from intfa_compile.attention_call import AttentionCall
 from intfa_compile.ops import out_dtype_name
 from intfa_compile.pv_formats import PV_FORMATS
 from intfa_compile.reference import reference_attention
@@ -100,10 +101,9 @@ def test_triton_kernel_within_derived_bound(problem):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     inputs = quantized_inputs(q, k, v, pv_format)
     names = ("q", "k", "v", "q_scale", "k_scale", "v_scale")
-    args = [inputs[name].to(device) if inputs[name] is not None else None for name in names]
+    call = AttentionCall(*(inputs[name] for name in names), mask, is_causal, q.shape[-1] ** -0.5, p_scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=device)
-    int8_flash_attention_triton(*args, mask.to(device) if mask is not None else None, is_causal,
-                                q.shape[-1] ** -0.5, p_scale, out)
+    int8_flash_attention_triton(call.to(device), out)
     _assert_within_derived_bound(out, inputs, problem)
 
 

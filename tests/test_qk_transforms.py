@@ -136,9 +136,9 @@ def test_backend_runs_the_transforms_in_int8(options):
     compiled = torch.compile(attention, backend="intfa", options=options)
     calls = []
 
-    def counted(*args, **kwargs):
-        calls.append(args[2].dtype)
-        return int8_flash_attention_cpu(*args, **kwargs)
+    def counted(call, *args, **kwargs):
+        calls.append(call.v.dtype)
+        return int8_flash_attention_cpu(call, *args, **kwargs)
 
     with mock.patch.object(ops, "int8_flash_attention_cpu", counted):
         out = compiled(q, k, v, mask)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from intfa_compile import AttentionScales
 from intfa_compile.calibration import ScalesMismatchError, collect, prepare, static_amax
-from intfa_compile.ops import int8_sdpa_static
+from intfa_compile.ops import int8_sdpa
 from intfa_compile.scales_format import AMAX_CEILING, AMAX_FLOOR, FORMAT
 
 SITE = "layers.0.attn#0"
@@ -214,8 +214,8 @@ def _quantized_output_is_finite(scales: AttentionScales) -> None:
         entry = static_amax(scales, site, q, k)
         if entry is None:
             continue
-        out = int8_sdpa_static(q, k, v, None, False, None, torch.tensor(entry["q"]), torch.tensor(entry["k"]),
-                               torch.tensor(entry["v"]))
+        ranges = torch.tensor(entry["q"]), torch.tensor(entry["k"]), torch.tensor(entry["v"])
+        out = int8_sdpa(q, k, v, None, False, None, static_amax=ranges)
         assert torch.isfinite(out).all()
 
 

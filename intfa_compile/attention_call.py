@@ -1,0 +1,192 @@
+"""One call of the INT8 attention op, described whole, and the op's contract: what it takes and refuses.
+
+``intfa::int8_attention``'s schema is flat (a custom op's must be); right behind it the call becomes one frozen
+``AttentionCall`` (the tensors, the causal band, the scale, the P scale and the key block), which the CPU
+implementation, the Triton launcher and the triton_op take whole, so its fields are spelled out once. The shape
+rules and checks that the op, the guards and the triton_op share live here too, public.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from .numerics import KV_BLOCK_AUTOTUNE, KV_BLOCK_SIZES, MAX_HEAD_DIM, P_SCALE_MODES, padded_head_dim, resolve_kv_block
+from .pv_formats import PV_FORMATS, PVFormat, pv_format_of_value
+
+OUT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+"""The op's ``out_dtype`` values, by name. A name, not a ``torch.dtype``: AOTInductor's proxy executor before torch
+2.13 hands a custom op's dtype arguments over in the serializer's numbering, not c10's (bfloat16 arrives as
+quint8, float32 as float64), so a package built with the op's dtype argument computes nothing right; a string
+travels unchanged on every release."""
+
+
+def out_dtype_name(dtype: torch.dtype) -> str:
+    """``dtype`` as the op's ``out_dtype`` (``OUT_DTYPES``)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def out_dtype_of(name: str) -> torch.dtype:
+    """The dtype an ``out_dtype`` name stands for; ``TypeError`` for any other name."""
+    if name not in OUT_DTYPES:
+        raise TypeError(f"int8_attention: out_dtype must be one of {tuple(OUT_DTYPES)}, got {name!r}")
+    return OUT_DTYPES[name]
+
+
+_FLOAT_OUT = tuple(OUT_DTYPES.values())
+_QUANTIZED_V = tuple(fmt.v_dtype for fmt in PV_FORMATS.values() if fmt.quantized)
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs: everything one call computes with (see
+    ``ops.int8_attention`` for each argument's meaning); launch details (TMA loads, key splits) are not part of it."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    q_scale: Tensor
+    k_scale: Tensor
+    v_scale: Tensor | None
+    attn_mask: Tensor | None = None
+    is_causal: bool = False
+    sm_scale: float = 1.0
+    p_scale: str = "fixed"
+    causal_offset: int = 0
+    window_left: int = -1
+    kv_block: int = 0
+
+    @property
+    def pv(self) -> PVFormat:
+        """The P·V format the call runs, from V's dtype."""
+        return pv_format_of_value(self.v.dtype)
+
+    @property
+    def block_n(self) -> int:
+        """Keys per block of the online softmax this call computes with (``kv_block``, or the shape rule)."""
+        return resolve_kv_block(self.kv_block, padded_head_dim(self.q.shape[-1]), self.pv)
+
+    @property
+    def tensors(self) -> tuple[Tensor | None, ...]:
+        """q, k, v, q_scale, k_scale, v_scale, attn_mask: the call's tensors, in the op's order."""
+        return self.q, self.k, self.v, self.q_scale, self.k_scale, self.v_scale, self.attn_mask
+
+    def to(self, device: torch.device | str) -> AttentionCall:
+        """The same call with its tensors on ``device``."""
+        moved = {name: getattr(self, name).to(device) for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale",
+                                                                    "attn_mask") if getattr(self, name) is not None}
+        return replace(self, **moved)
+
+
+
+
+def mask_broadcasts_to(mask_shape: Sequence[int], scores_shape: Sequence[int]) -> bool:
+    """Whether a mask of ``mask_shape`` expands to exactly ``scores_shape`` (B, Hq, Nq, Nk)."""
+    if len(mask_shape) > len(scores_shape):
+        return False
+    return all(m in (1, s) for m, s in zip(reversed(mask_shape), reversed(scores_shape), strict=False))
+
+
+def mask_never_broadcasts(mask_shape: Sequence[Any], scores_shape: Sequence[Any]) -> bool:
+    """Whether a mask of ``mask_shape`` cannot expand to ``scores_shape`` whatever values symbolic sizes take
+    (a size known to be neither 1 nor the scores')."""
+    if len(mask_shape) > len(scores_shape):
+        return True
+    return any(statically_known_true(m != 1) and statically_known_true(m != s)
+               for m, s in zip(reversed(mask_shape), reversed(scores_shape), strict=False))
+
+
+def kernel_shape_problem(q_shape: Sequence[Any], k_shape: Sequence[Any], v_shape: Sequence[Any]
+                         ) -> tuple[str | None, bool]:
+    """Whether the INT8 kernel takes q, k, v of these (B, H, N, D) shapes: (the reason it cannot for any value
+    of their symbols, or None; True if it can for every value). Plain sizes decide at once; symbolic ones
+    (dynamic shapes) may leave it open, and then the op decides when it runs (``exact_*`` arguments). No guard
+    is added."""
+    conditions = (
+        (q_shape[-1] == v_shape[-1], f"value head dim {v_shape[-1]} differs from query head dim {q_shape[-1]}"),
+        (q_shape[-1] <= MAX_HEAD_DIM, f"head dim {q_shape[-1]} is above the INT8 kernel's {MAX_HEAD_DIM}"),
+        (q_shape[-1] == k_shape[-1], f"key head dim {k_shape[-1]} differs from query head dim {q_shape[-1]}"),
+        (q_shape[0] == k_shape[0], f"query batch {q_shape[0]} differs from key batch {k_shape[0]}"),
+        (q_shape[1] % k_shape[1] == 0, f"{q_shape[1]} query heads are not a multiple of {k_shape[1]} KV heads"),
+        *((k == v, f"key {tuple(k_shape)} and value {tuple(v_shape)} shapes differ")
+          for k, v in zip(k_shape, v_shape, strict=True)),
+    )
+    for condition, reason in conditions:
+        if statically_known_true(torch.sym_not(condition)):
+            return reason, False
+    return None, all(statically_known_true(condition) for condition, _ in conditions)
+
+
+def check_call(call: AttentionCall, out_dtype: str, shapes: bool = True) -> None:
+    """What the op refuses in ``call``, naming the argument: kinds (ranks, dtypes, choices) always; ``shapes`` too
+    unless the caller is the fake implementation tracing symbolic sizes, which it must not guard on."""
+    q, k, v, q_scale, k_scale, v_scale = call.q, call.k, call.v, call.q_scale, call.k_scale, call.v_scale
+    attn_mask, p_scale, kv_block = call.attn_mask, call.p_scale, call.kv_block
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if tensor.dim() != 4:
+            raise ValueError(f"int8_attention: {name} must be 4-D (B, H, N, D), got shape {tuple(tensor.shape)}")
+    for name, tensor in (("q", q), ("k", k)):
+        if tensor.dtype != torch.int8:
+            raise TypeError(f"int8_attention: {name} must be int8, got {tensor.dtype}")
+    for name, tensor in (("q_scale", q_scale), ("k_scale", k_scale), ("v_scale", v_scale)):
+        if tensor is not None and tensor.dtype != torch.float32:
+            raise TypeError(f"int8_attention: {name} must be float32, got {tensor.dtype}")
+    if v.dtype not in _QUANTIZED_V and v.dtype not in _FLOAT_OUT:
+        raise TypeError(f"int8_attention: v must be int8, float8_e4m3fn, float16, bfloat16 or float32, got {v.dtype}")
+    if (v.dtype in _QUANTIZED_V) != (v_scale is not None):
+        raise ValueError("int8_attention: an int8 or float8_e4m3fn v needs its per-channel v_scale; a 16/32-bit v "
+                         "(half-INT8) takes none")
+    if p_scale not in P_SCALE_MODES:
+        raise ValueError(f"int8_attention: p_scale must be one of {P_SCALE_MODES}, got {p_scale!r}")
+    pv = pv_format_of_value(v.dtype)
+    if p_scale not in pv.p_scales:
+        raise ValueError(f"int8_attention: a {v.dtype} v (pv_format={pv.name!r}) takes P's {' or '.join(pv.p_scales)} "
+                         f"scale only (p_scale={p_scale!r})")
+    if kv_block not in (0, KV_BLOCK_AUTOTUNE, *KV_BLOCK_SIZES):
+        raise ValueError(f"int8_attention: kv_block must be 0 (the default rule), {KV_BLOCK_AUTOTUNE} (autotuned on "
+                         f"CUDA) or one of {KV_BLOCK_SIZES}, got {kv_block}")
+    out_dtype_of(out_dtype)
+    if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.dtype.is_floating_point:
+        raise TypeError(f"int8_attention: attn_mask must be boolean (True = keep) or additive floating point, got "
+                        f"{attn_mask.dtype}")
+    if call.window_left >= 0 and not call.is_causal:
+        raise ValueError("int8_attention: window_left is a sliding window behind the causal diagonal: it needs "
+                         "is_causal=True")
+    if shapes:
+        _check_shapes(q, k, v, q_scale, k_scale, v_scale, attn_mask)
+
+
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor, q_scale: Tensor, k_scale: Tensor, v_scale: Tensor | None,
+                  attn_mask: Tensor | None) -> None:
+    batch, heads_q, n_q, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[3] != head_dim or v.shape != k.shape:
+        raise ValueError(f"int8_attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if heads_q % k.shape[1] != 0:
+        raise ValueError(f"int8_attention: query heads {heads_q} must be a multiple of KV heads {k.shape[1]}")
+    if q_scale.shape != q.shape[:3] or k_scale.shape != k.shape[:3]:
+        raise ValueError("int8_attention: q_scale and k_scale must be per token: (B, H, N)")
+    if v_scale is not None and v_scale.shape != (*v.shape[:2], head_dim):
+        raise ValueError("int8_attention: v_scale must be per channel: (B, Hk, D)")
+    if attn_mask is not None and not mask_broadcasts_to(attn_mask.shape, (batch, heads_q, n_q, k.shape[2])):
+        raise ValueError(f"int8_attention: attn_mask {tuple(attn_mask.shape)} does not broadcast to the scores")
+
+
+def static_sizes(*tensors: Tensor | None) -> bool:
+    """Whether every size of ``tensors`` is a plain number (no symbol of dynamic shapes)."""
+    return all(isinstance(size, int) for tensor in tensors if tensor is not None for size in tensor.shape)
+
+
+def empty_output(q: Tensor, out_dtype: str, exact_value: Tensor | None = None) -> Tensor:
+    """The op's output. Strided like q, so a (B, N, H, D)-major query gives a (B, N, H, D)-major output, as SDPA
+    does; where the shapes were symbolic at compile time (``exact_value`` given) it is contiguous with value's
+    head dim instead, the one layout the compile-time description and the run can agree on whatever the sizes
+    turn out to be."""
+    if exact_value is None:
+        return torch.empty_like(q, dtype=out_dtype_of(out_dtype))
+    return q.new_empty((*q.shape[:-1], exact_value.shape[-1]), dtype=out_dtype_of(out_dtype))
