@@ -30,7 +30,7 @@ export PYTHONPATH=$site:$PWD${PYTHONPATH:+:$PYTHONPATH}
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$OUT/device.txt"
 
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_triton_kernel.py tests/test_int8_attention_op.py \
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_int8_flash_attention.py tests/test_ops.py \
     tests/test_fp8_baseline.py tests/test_backend.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -n 15
 
 python3 benchmarks/bench_attention.py "$@" 2>&1 | tee "$OUT/bench.log" | tail -n 60

@@ -15,8 +15,8 @@ from intfa_compile import numerics
 
 from .context import CompileContext
 from .leftovers import report_unrewritten_attention
+from .matcher import rewrite_attention
 from .sdpa_to_int8 import sdpa_patterns
-from .structural import rewrite_attention
 
 log = logging.getLogger("intfa_compile")
 

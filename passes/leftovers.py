@@ -12,7 +12,7 @@ import torch
 from intfa_compile.sites import LEFT_ALONE, SiteRecord, module_path, source_line
 
 from .context import CompileContext
-from .structural import softmax_at
+from .matcher import softmax_at
 
 aten = torch.ops.aten
 prims = torch.ops.prims

@@ -3,8 +3,6 @@ and the hand-over between stages, on small hand-made graphs."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from intfa_compile.passes.attention_site import AttentionSite
@@ -14,7 +12,6 @@ from torch._inductor import config as inductor_config
 
 import intfa_compile
 from intfa_compile import config
-from intfa_compile.numerics import KV_BLOCK_AUTOTUNE
 from intfa_compile.sites import collect_sites
 from tests.helpers import DEFAULT_COUNTER, DEFAULT_OUTCOME
 
@@ -39,17 +36,6 @@ def _context(paths: dict, **overrides) -> CompileContext:
     context = CompileContext(config.resolve(overrides), paths)
     context.begin_stage()
     return context
-
-
-def test_settings_are_frozen_typed_and_hold_every_toggle():
-    settings = config.resolve({"kv_block_size": "tune", "pv_format": "int8"})
-    assert tuple(field.name for field in dataclasses.fields(settings)) == config.keys()
-    assert settings.pv_format == "int8" and settings.kv_block == KV_BLOCK_AUTOTUNE
-    assert config.resolve({"kv_block_size": 64}).kv_block == 64 and config.resolve().kv_block == 0
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.pv_format = "fp16"  # type: ignore[misc]
-    assert config.resolve() == config.resolve() and hash(config.resolve()) == hash(config.resolve())
-    assert config.resolve().fingerprint()["pv_format"] == "fp16"
 
 
 def test_a_decision_is_taken_once_and_recorded_once():

@@ -1,6 +1,6 @@
 """The CUDA path: the compiled Triton kernel under torch.compile and at realistic sizes (`pytest -m cuda`).
 
-Skipped on machines without a GPU (conftest). The kernel tests in test_triton_kernel.py also run on
+Skipped on machines without a GPU (conftest). The kernel tests in test_int8_flash_attention.py also run on
 CUDA there; these add what the interpreter cannot reach: autotuning, real sizes, 16-bit models.
 """
 

@@ -1,6 +1,6 @@
 """What users hand the public entry points is checked: environment variables at import, the arguments of
 ``prepare``, ``collect`` and ``explain``, each refused with an error that names it (the op's and ``int8_sdpa``'s
-checks are in ``test_int8_attention_op.py``, the scales file's in ``test_scales_file.py``)."""
+checks are in ``test_ops.py``, the scales file's in ``test_scales_format.py``)."""
 
 from __future__ import annotations
 

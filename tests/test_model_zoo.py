@@ -1,7 +1,7 @@
 """Any model: every attention layer of every zoo model runs INT8 and the output stays close to eager fp32.
 
 Accuracy bar: cosine ≥ 0.999 to eager fp32 on the model's output, the issue's end-to-end criterion;
-the per-op error bounds are derived and tested in test_int8_attention_op.py.
+the per-op error bounds are derived and tested in test_ops.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The exact transforms of Q and K before quantization: the Hadamard rotation (``qk_rotation``), Q centring
-(``smooth_q``) and the 16-bit V of half-INT8 (``value_16bit``), as functions, through ``int8_sdpa`` and through
-the backend."""
+"""The exact transforms of Q and K before quantization through ``int8_sdpa`` and the backend: Q centring
+(``smooth_q``), the 16-bit V of half-INT8 (``value_16bit``) and the rotation's place among them (the rotation
+itself: ``test_rotation.py``)."""
 
 from __future__ import annotations
 
@@ -14,39 +14,9 @@ import torch.nn.functional as F
 import intfa_compile
 from intfa_compile import ops
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
-from intfa_compile.numerics import hadamard_block
 from intfa_compile.ops import centring_fits, int8_sdpa
 from intfa_compile.quantize import center_queries, value_16bit
-from intfa_compile.reference import reference_attention
-from intfa_compile.rotation import hadamard_matrix, hadamard_signs, rotate_hadamard
-
-
-@pytest.mark.parametrize("head_dim", [16, 32, 64, 96, 128, 256])
-def test_rotation_is_orthonormal_and_keeps_every_score(head_dim):
-    rotation = rotate_hadamard(torch.eye(head_dim, dtype=torch.float64))
-    assert torch.allclose(rotation @ rotation.T, torch.eye(head_dim, dtype=torch.float64), atol=1e-12)
-    q, k = torch.randn(2, 5, head_dim, dtype=torch.float64), torch.randn(2, 7, head_dim, dtype=torch.float64)
-    scores = rotate_hadamard(q) @ rotate_hadamard(k).transpose(-1, -2)
-    assert torch.allclose(scores, q @ k.transpose(-1, -2), rtol=1e-10, atol=1e-10)
-    assert rotate_hadamard(q.half()).dtype == torch.float32  # 16-bit inputs rotate with fp32 sums, as the kernel
-
-
-def test_rotation_stays_within_its_blocks_and_its_matrix_is_exact_in_16_bit():
-    matrix = hadamard_matrix(96, torch.device("cpu"))
-    assert hadamard_block(96) == 32 and hadamard_block(128) == 128 and hadamard_block(256) == 128
-    assert set(matrix.unique().tolist()) == {-1.0, 0.0, 1.0}
-    assert (matrix[:32, 32:] == 0).all() and (matrix[32:64, :32] == 0).all()
-    assert torch.equal(matrix.to(torch.bfloat16).float(), matrix)
-
-
-@pytest.mark.parametrize("head_dim", [32, 64, 128])
-def test_rotation_spreads_an_outlier_channel_and_a_shared_offset(head_dim):
-    spike = torch.zeros(head_dim)
-    spike[3] = 1.0
-    assert torch.allclose(rotate_hadamard(spike).abs(), torch.full((head_dim,), head_dim ** -0.5))
-    # Without the sign flips an offset shared by every channel would become a spike of √d in one channel.
-    assert hadamard_signs(head_dim, torch.device("cpu")).abs().eq(1).all()
-    assert rotate_hadamard(torch.ones(head_dim)).abs().max() <= 3.75 < head_dim ** 0.5
+from intfa_compile.reference import error_metrics, reference_attention
 
 
 @pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
@@ -79,10 +49,6 @@ def test_centring_only_where_the_mask_stays_one_row_per_head(caplog):
     assert any("smooth_q not applied" in record.getMessage() for record in caplog.records)
 
 
-def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
 def test_centring_recovers_the_resolution_a_shared_query_offset_takes():
     # An offset of 5σ in every query token sets each token's INT8 range, leaving the part that varies about a
     # sixth of it; centred, the range is the variation's own, so the Q·Kᵀ quantization error shrinks several-fold.
@@ -90,20 +56,8 @@ def test_centring_recovers_the_resolution_a_shared_query_offset_takes():
     q = torch.randn(1, 2, 64, 64) + 5 * torch.randn(64)
     k, v = torch.randn(1, 2, 64, 64), torch.randn(1, 2, 64, 64)
     reference = reference_attention(q, k, v).out
-    plain, centred = (_relative_error(int8_sdpa(q, k, v, smooth_q=flag), reference) for flag in (False, True))
+    plain, centred = (error_metrics(int8_sdpa(q, k, v, smooth_q=flag), reference).rel_l2 for flag in (False, True))
     assert centred < plain / 3
-
-
-def test_rotation_recovers_the_resolution_an_outlier_channel_takes():
-    # One channel 30× the others sets every token's INT8 range (about 30·|x₅| ≈ 24σ); rotated, it is spread over
-    # all 64 channels, whose largest entry is then about 2.5·√((63 + 900·x₅²)/64) ≈ 9σ: a range 2–3× narrower.
-    torch.manual_seed(2)
-    q, k, v = torch.randn(1, 2, 64, 64), torch.randn(1, 2, 64, 64), torch.randn(1, 2, 64, 64)
-    q[..., 5] *= 30
-    k[..., 5] *= 30
-    reference = reference_attention(q, k, v).out
-    plain, rotated = (_relative_error(int8_sdpa(q, k, v, qk_rotation=r), reference) for r in ("none", "hadamard"))
-    assert rotated < plain / 2
 
 
 def test_half_int8_runs_a_16_bit_product_for_fp32_models():
@@ -146,7 +100,7 @@ def test_backend_runs_the_transforms_in_int8(options):
     reference = reference_attention(q, k, v, mask).out
     baseline = int8_sdpa(q, k, v, mask)
     # The transforms are exact: what differs from the default is quantization noise of the same size.
-    assert _relative_error(out, reference) < 2 * _relative_error(baseline, reference) + 1e-3
+    assert error_metrics(out, reference).rel_l2 < 2 * error_metrics(baseline, reference).rel_l2 + 1e-3
 
 
 @pytest.mark.parametrize("option", [{"smooth_q": True}, {"qk_rotation": "hadamard"}])

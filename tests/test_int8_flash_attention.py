@@ -481,17 +481,3 @@ def test_rows_masked_with_finfo_min_average_uniformly_like_eager():
     for out in (kernel, cpu):
         assert torch.allclose(out[..., 4, :], uniform, atol=1e-5)
         assert torch.allclose(out[..., 4, :], eager[..., 4, :], atol=1e-5)
-
-
-def test_triton_op_variant_runs_the_same_kernel():
-    """intfa::int8_attention_triton (the lowering Inductor traces into on CUDA) computes what the kernel does."""
-    import intfa_compile.kernels.triton_op  # noqa: F401
-
-    gen = torch.Generator().manual_seed(29)
-    q, k, v = (torch.randn(1, 2, 70, 32, generator=gen).to(DEVICE) for _ in range(3))
-    inputs = quantized_inputs(q, k, v, pv_format="int8")
-    args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
-    via_triton_op = torch.ops.intfa.int8_attention_triton(*args, None, True, 32**-0.5, "fixed", "float32")
-    out = torch.empty(q.shape, device=DEVICE)
-    direct = int8_flash_attention_triton(AttentionCall(*args, None, True, 32**-0.5), out)
-    assert torch.equal(via_triton_op, direct)

@@ -1,4 +1,4 @@
-"""The structural matcher (``passes/structural.py``) on small attention functions: what it takes, what it reads
+"""The structural matcher (``passes/matcher/``) on small attention functions: what it takes, what it reads
 (scale, terms, layout, repeated heads) and the reasons it gives for what it does not take."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from intfa_compile.passes.graph_values import uniform_value
-from intfa_compile.passes.structural import softmax_at
+from intfa_compile.passes.matcher import softmax_at
 from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 

@@ -1,0 +1,186 @@
+"""What the walks found, as one attention site: the products' operands as (B, H, N, D) views, the scale, the
+mask combined from the added terms and drops."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from ..attention_site import AttentionSite
+from ..causal_masks import fold_causal_mask
+from ..symbolic_sizes import SizeNodes, is_symbolic
+from .graph_ops import NotAttention, op_name
+from .layout_probe import LayoutProbe
+from .score_walk import probs_to_value_product, read_scores, repeated_heads, same_layout, same_shape
+from .softmax_forms import Softmax, softmax_at
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class Recognised:
+    """Attention found around one softmax: the site the guards judge and what its replacement needs."""
+
+    site: AttentionSite
+    value_product: torch.fx.Node
+    scale: float
+    lead: tuple[int, ...]
+    """The batch dimensions the softmax ran over (e.g. (B, H)); their product is the products' batch."""
+    additive: tuple[tuple[torch.fx.Node, float, bool], ...]
+    """(term, coefficient, added in the products' (batch, queries, keys) frame rather than the softmax's)."""
+    drops: tuple[tuple[torch.fx.Node, bool, bool], ...]
+    """(boolean mask, True if True drops, applied in the products' frame)."""
+    kv_heads_found: tuple[bool, bool] = (False, False)
+    """Whether the site's key and value are the un-repeated (B, Hk, N, D) tensors behind repeated heads (GQA)
+    rather than the products' operands."""
+    factors: tuple[tuple[torch.fx.Node, int], ...] = ()
+    """Parts of the scale known only at run time: (node, +1 multiplies / −1 divides)."""
+    region: frozenset[torch.fx.Node] = frozenset()
+    """The nodes from Q·Kᵀ to P·V that the rewrite removes."""
+
+    @property
+    def inputs(self) -> list[torch.fx.Node]:
+        """The nodes the replacement reads: q, k, v, the terms of the mask (unless folded into causality) and
+        the run-time scale factors."""
+        inputs = [self.site.query, self.site.key, self.site.value]
+        if self.site.attn_mask is not None and not self.site.is_causal:
+            inputs += [t for t, _, _ in self.additive] + [m for m, _, _ in self.drops]
+        return inputs + [node for node, _ in self.factors]
+
+    def symbolic_sizes(self) -> list[torch.SymInt]:
+        """The symbolic sizes the replacement needs beyond its inputs' shapes: the batch dimensions and the
+        output's shape (distinct by value)."""
+        heads = heads_layout(self.lead, bool(self.additive or self.drops))
+        sizes: list[torch.SymInt] = []
+        for size in (*heads, *self.lead, *self.value_product.meta["val"].shape):
+            if is_symbolic(size) and not any(statically_known_true(size == seen) for seen in sizes):
+                sizes.append(size)
+        return sizes
+
+
+def heads_layout(lead: tuple[int, ...], masked: bool) -> tuple[int, int]:
+    """(B, H) the kernel runs the softmax's batch dimensions as."""
+    if len(lead) == 2:
+        return lead
+    if len(lead) < 2:
+        return (1, math.prod(lead))
+    if masked:
+        raise NotAttention(f"the scores have {len(lead)} batch dimensions and a mask; the kernel takes two")
+    return (math.prod(lead[:-1]), lead[-1])
+
+
+def combined_mask(additive: Sequence[tuple[torch.Tensor, float, bool]],
+                  drops: Sequence[tuple[torch.Tensor, bool, bool]], lead: tuple[int, ...], n_q: Any, n_k: Any,
+                  dtype: torch.dtype) -> torch.Tensor | None:
+    """One mask of (B, H, Nq, Nk)-broadcastable shape equal to the terms the scores received: the additive
+    terms summed (a boolean term adds 0 or 1, as ``scores + mask`` does), dropped positions at −inf, or a
+    boolean keep-mask where there are only drops. Runs on fake values (the site's shapes) and in the traced
+    replacement alike. A term added in the products' (B·H, Nq, Nk) frame is laid out as (B, H, Nq, Nk); with
+    fewer than two batch dimensions the frames are one (the kernel runs them as (1, B·H) or (1, 1))."""
+
+    def in_softmax_frame(term: torch.Tensor, product_frame: bool) -> torch.Tensor:
+        if product_frame and len(lead) == 2:
+            return term.expand(math.prod(lead), n_q, n_k).reshape(*lead, n_q, n_k)
+        return term
+
+    total = None
+    for term, coefficient, product_frame in additive:
+        term = in_softmax_frame(term, product_frame)
+        if term.dtype == torch.bool:
+            term = term.to(dtype)
+        if coefficient != 1.0:
+            term = term * coefficient
+        total = term if total is None else total + term
+    keep = None
+    for mask, true_drops, product_frame in drops:
+        mask = in_softmax_frame(mask, product_frame)
+        kept = ~mask if true_drops else mask
+        keep = kept if keep is None else keep & kept
+    if keep is None:
+        return total
+    if total is None:
+        return keep
+    return total.masked_fill(~keep, float("-inf"))
+
+
+def recognise(node: torch.fx.Node, fake_mode: Any) -> Recognised | None:
+    """The attention whose softmax ends at ``node``, or None if ``node`` ends no softmax; raises ``NotAttention``
+    (with the reason) for a softmax whose surroundings are not attention the op can take."""
+    softmax = softmax_at(node)
+    if softmax is None:
+        return None
+    scores, probe = read_scores(softmax, fake_mode)
+    product_shape = tuple(scores.product.meta["val"].shape)
+    final = tuple(probe.tensor.shape)
+    if not probe.row_major() or not same_shape(final[-2:], product_shape[-2:]):
+        raise NotAttention("the softmax does not run over each query's keys as Q·Kᵀ laid them out")
+    lead = final[:-2]
+    value_product, walked = probs_to_value_product(softmax, fake_mode, lead, product_shape)
+    lead = tuple(lead)
+    if scores.product.target is aten.baddbmm.default:
+        query, key_t = scores.product.args[1], scores.product.args[2]
+    else:
+        query, key_t = scores.product.args[0], scores.product.args[1]
+    value = value_product.args[1]
+    key_kv = repeated_heads(key_t, lead, True, fake_mode)
+    value_kv = repeated_heads(value, lead, False, fake_mode) if key_kv is not None else None
+    if value_kv is None:
+        key_kv = None  # both or neither: the kernel takes K and V with the same heads
+    final_layout, product_layout = probe.layout(), LayoutProbe(product_shape, fake_mode).layout()
+
+    def in_product_frame(at: tuple) -> bool:
+        """Whether a term met the scores laid out as Q·Kᵀ made them rather than as the softmax reads them."""
+        if same_layout(at, final_layout):
+            return False
+        if same_layout(at, product_layout):
+            return True
+        raise NotAttention("a term meets the scores in a layout that is neither Q·Kᵀ's nor the softmax's")
+
+    additive = tuple((term, coefficient, in_product_frame(at)) for term, coefficient, at in scores.additive)
+    drops = tuple((mask, true_drops, in_product_frame(at)) for mask, true_drops, at in scores.drops)
+    heads = heads_layout(lead, bool(additive or drops))
+    with fake_mode:
+        q_val, kt_val, v_val = (n.meta["val"] for n in (query, key_t, value))
+        q4 = q_val.reshape(*heads, *q_val.shape[-2:])
+        if key_kv is not None:
+            k4, v4 = key_kv.meta["val"], value_kv.meta["val"]
+        else:
+            k4 = kt_val.transpose(-1, -2).reshape(*heads, kt_val.shape[-1], kt_val.shape[-2])
+            v4 = v_val.reshape(*heads, *v_val.shape[-2:])
+        mask4 = combined_mask([(t.meta["val"], c, p) for t, c, p in additive],
+                              [(m.meta["val"], d, p) for m, d, p in drops], lead, q4.shape[-2], k4.shape[-2],
+                              q4.dtype)
+    terms = [t for t, _, _ in additive] + [m for m, _, _ in drops]
+    form = _describe(scores.product, softmax, additive, drops, key_kv is not None)
+    if key_kv is not None:
+        key_t, value = key_kv, value_kv
+    site = AttentionSite(anchor=value_product, form=form, query=query, key=key_t, value=value,
+                         attn_mask=terms[0] if terms else None, is_causal=False, scale=scores.scale,
+                         values=(q4, k4, v4, mask4))
+    if len(terms) == 1 and not (additive and (additive[0][1] != 1.0 or additive[0][2])) and not (
+            drops and drops[0][2]):
+        site = fold_causal_mask(site, drops=bool(drops) and drops[0][1])
+    region = frozenset({*scores.region, *softmax.inner, softmax.probs, *walked, value_product})
+    found = Recognised(site, value_product, scores.scale, lead, additive, drops,
+                       (key_kv is not None, value_kv is not None), tuple(scores.factors), region)
+    if not SizeNodes(node.graph, found.inputs).readable(found.symbolic_sizes()):
+        raise NotAttention("a symbolic size of the attention (its batch or head count) is held by no tensor the "
+                           "INT8 op reads")
+    return found
+
+
+def _describe(product: torch.fx.Node, softmax: Softmax, additive: Sequence, drops: Sequence,
+              repeated_heads: bool) -> str:
+    parts = [op_name(product), "decomposed softmax" if softmax.inner else op_name(softmax.probs)]
+    if repeated_heads:
+        parts.append("repeated KV heads")
+    if additive:
+        parts.append(f"{len(additive)} additive term{'s' if len(additive) > 1 else ''}")
+    if drops:
+        parts.append("filled mask")
+    return f"hand-written ({', '.join(parts)})"
