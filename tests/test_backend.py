@@ -243,35 +243,6 @@ def test_backend_found_by_name_in_a_fresh_process():
     assert "sites 1 close True" in result.stdout
 
 
-@pytest.mark.parametrize("variant", ["scale", "enable_gqa", "additive_broadcast_mask", "bool_key_padding"])
-def test_sdpa_argument_variants_run_int8(variant):
-    gen = torch.Generator().manual_seed(4)
-    q = torch.randn(2, 8, 64, 32, generator=gen)
-    kv_heads = 2 if variant == "enable_gqa" else 8
-    k, v = (torch.randn(2, kv_heads, 64, 32, generator=gen) for _ in range(2))
-    kwargs: dict = {}
-    if variant == "scale":
-        kwargs["scale"] = 0.3
-    elif variant == "enable_gqa":
-        kwargs["enable_gqa"] = True
-    elif variant == "additive_broadcast_mask":
-        kwargs["attn_mask"] = torch.randn(1, 8, 1, 64, generator=gen)
-    else:
-        keep = torch.ones(2, 1, 1, 64, dtype=torch.bool)
-        keep[0, ..., 40:] = False
-        kwargs["attn_mask"] = keep
-
-    def attend(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-
-    with torch.no_grad():
-        out, code = run_and_get_code(torch.compile(attend, backend="intfa"), q, k, v)
-        eager = attend(q, k, v)
-    assert OP_NAME in "\n".join(code)
-    assert counters["intfa"][DEFAULT_COUNTER] == 1
-    assert cosine(out, eager) >= END_TO_END_COSINE
-
-
 @pytest.mark.parametrize("n_q, n_k", [(48, 112), (112, 48), (64, 64)])
 @pytest.mark.parametrize("spelling", ["causal_lower_right", "tril_bool", "tril_additive"])
 def test_causal_masks_run_as_the_causal_flag(n_q, n_k, spelling):

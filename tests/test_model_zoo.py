@@ -43,45 +43,6 @@ def test_decoder_eager_masks_run_as_the_causal_flag(name, window):
         assert (f"window {window}" in site.form) if window else ("window" not in site.form)
 
 
-def test_fused_encoder_fast_path_is_reported_with_the_fix():
-    """With PyTorch's MHA fast path on, attention hides in one fused op: explain says so and how to fix it."""
-    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
-    model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
-    report = intfa_compile.explain(model, torch.randn(2, 24, 64))
-    assert report.count(DEFAULT_OUTCOME) == 0
-    assert len(report.sites) == 2
-    assert all("set_fastpath_enabled(False)" in site.reason for site in report.sites)
-    assert [site.module for site in report.sites] == ["layers.0", "layers.1"]
-
-
-def test_explain_lists_sites_with_module_shapes_and_outcome():
-    model = TimmStyleAttention().eval()
-    x = torch.randn(2, 24, 64)
-    report = intfa_compile.explain(model, x)
-    (site,) = report.sites
-    assert site.outcome == DEFAULT_OUTCOME
-    assert site.module == "<model>"
-    assert site.shapes == "q 2×4×24×16, kv 2×4×24×16"
-    assert site.form.startswith("hand-written")
-    assert "| module |" in str(report) and "INT8" in str(report)
-    with_min_len = intfa_compile.explain(model, x, options={"min_seq_len": 64})
-    assert with_min_len.sites[0].outcome == "left alone"
-    assert "below min_seq_len=64" in with_min_len.sites[0].reason
-
-
-def test_weights_returned_by_the_model_are_reported_not_rewritten():
-    class ReturnsWeights(torch.nn.Module):
-        def forward(self, q, k, v):
-            weights = torch.softmax(q @ k.transpose(-2, -1) * 0.25, dim=-1)
-            return weights @ v, weights
-
-    q, k, v = torch.randn(3, 1, 2, 16, 16)
-    report = intfa_compile.explain(ReturnsWeights(), q, k, v)
-    (site,) = report.sites
-    assert site.outcome == "left alone"
-    assert "used elsewhere" in site.reason
-
-
 class QueryDividedAttention(torch.nn.Module):
     """Scale divided out of q before the product, additive mask, softmax upcast to fp32 and cast back."""
 

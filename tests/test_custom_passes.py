@@ -1,4 +1,5 @@
-"""Inductor's FX graph cache, on, across processes: a graph built under other settings is never served."""
+"""passes/custom_passes.py: the passes the backend installs in Inductor and their keys in its FX graph cache (on,
+across processes: a graph built under other settings is never served); a pass the user installed still runs."""
 
 from __future__ import annotations
 
@@ -39,3 +40,35 @@ def test_other_settings_miss_the_cache_and_same_settings_hit(tmp_path):
     assert not again_hits.startswith("0 "), "the same settings should be served from the cache"
     assert row_block != fixed
     assert fixed_again == fixed
+
+
+def test_each_stage_and_setting_has_its_own_key_and_the_users_pass_runs_first():
+    import torch
+    from intfa_compile.passes.context import CompileContext
+    from intfa_compile.passes.custom_passes import ChainedPass, IntfaPostGradPass, IntfaStructuralPass
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    from intfa_compile import config
+
+    default, int8 = (CompileContext(config.resolve(options), {}) for options in ({}, {"pv_format": "int8"}))
+    keys = {IntfaStructuralPass(default).uuid(), IntfaPostGradPass(default).uuid(), IntfaPostGradPass(int8).uuid()}
+    assert len(keys) == 3 and IntfaPostGradPass(default).uuid() == IntfaPostGradPass(default).uuid()
+
+    ran = []
+
+    class Theirs(CustomGraphPass):
+        def __call__(self, graph):
+            ran.append("theirs")
+
+        def uuid(self):
+            return "theirs-v1"
+
+    class Ours(IntfaPostGradPass):
+        def run(self, graph):
+            ran.append("ours")
+
+    chained = ChainedPass(Theirs(), Ours(default))
+    chained(torch.fx.Graph())
+    assert ran == ["theirs", "ours"] and chained.uuid() == ("theirs-v1", Ours(default).uuid())
+    assert ChainedPass(lambda graph: None, Ours(default)).uuid() is None  # a pass without a key: no caching
+
