@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 import triton
 from results_file import RunInfo
+from timing import samples_ms
 from torch._dynamo.utils import counters
 
 from intfa_compile.sites import rewritten_sites
@@ -67,13 +67,7 @@ def build_model(shape: dict, dtype: torch.dtype, device: str) -> torch.nn.Module
 def _time_ms(fn: Callable[[], object], device: str, repeats: int) -> float:
     if device == "cuda":
         return triton.testing.do_bench(fn, warmup=5, rep=50, return_mode="median")
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(samples_ms(fn, repeats))
 
 
 def _last_logits(model: Callable, ids: torch.Tensor) -> torch.Tensor:

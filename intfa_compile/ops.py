@@ -1,7 +1,8 @@
 """The ``intfa::int8_attention`` operator: INT-FlashAttention's forward pass as one PyTorch op.
 
 On CUDA it runs the Triton kernel in ``intfa_compile.kernels``; on every other device it runs
-``int8_flash_attention_cpu``, which computes what the kernel computes. ``int8_sdpa`` is the
+``fast_int8_attention_cpu``, which computes what the kernel computes up to fp32 rounding (its step-by-step twin,
+``cpu_attention.int8_flash_attention_cpu``, is the oracle both are tested against). ``int8_sdpa`` is the
 convenience entry that quantizes 16/32-bit Q, K, V and calls the op.
 """
 
@@ -25,7 +26,7 @@ from .attention_call import (
     out_dtype_name,
     static_sizes,
 )
-from .cpu_attention import int8_flash_attention_cpu
+from .cpu_fast_attention import fast_int8_attention_cpu
 from .exact_fallback import exact_attention
 from .numerics import QK_ROTATIONS, check_choice
 from .pv_formats import DEFAULT_PV_FORMAT
@@ -108,7 +109,7 @@ def _int8_attention(
         from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
 
         return int8_flash_attention_triton(call, out, tma=tma)
-    return int8_flash_attention_cpu(call, out)
+    return fast_int8_attention_cpu(call, out)
 
 
 int8_attention = torch.library.custom_op("intfa::int8_attention", mutates_args=())(_int8_attention)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import intfa_compile  # noqa: F401  (registers the intfa:: operators the package calls)
 from intfa_compile import ops
-from intfa_compile.cpu_attention import int8_flash_attention_cpu
+from intfa_compile.cpu_fast_attention import fast_int8_attention_cpu
 
 package, saved = sys.argv[1], torch.load(sys.argv[2])
 calls = []
@@ -20,11 +20,11 @@ calls = []
 
 def counted(call, *args, **kwargs):
     calls.append(tuple(call.q.shape))
-    return int8_flash_attention_cpu(call, *args, **kwargs)
+    return fast_int8_attention_cpu(call, *args, **kwargs)
 
 
 runner = torch._inductor.aoti_load_package(package)
-with torch.no_grad(), mock.patch.object(ops, "int8_flash_attention_cpu", counted):
+with torch.no_grad(), mock.patch.object(ops, "fast_int8_attention_cpu", counted):
     out = runner(*saved["args"], **saved["kwargs"])
 print(json.dumps({"int8_calls": len(calls), "cosine": F.cosine_similarity(out.flatten().double(),
                                                                          saved["eager"].flatten().double(),

@@ -166,3 +166,21 @@ def test_quantization_traffic_is_counted_from_inductors_kernels():
     assert half.kernels >= 1 and half.bytes_per_token >= 2 * elements * (2 + 1)  # read 16-bit Q, K; write INT8
     assert half.net_bytes_per_token < 0 < full.net_bytes_per_token
     assert full.bytes_per_token - half.bytes_per_token >= elements * (2 + 1)  # V read in 16-bit, written INT8
+
+
+BENCH_CPU = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu.py"
+
+
+def test_bench_cpu_smoke_times_each_case_and_the_model_three_ways(tmp_path):
+    """``benchmarks/bench_cpu.py --smoke``: the op against SDPA per case, the model eager / Inductor / intfa, and the
+    CPU's instructions in the results file (timings at these sizes mean nothing; the script must not rot)."""
+    result = subprocess.run([sys.executable, str(BENCH_CPU), "--smoke", "--out", str(tmp_path)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = next(tmp_path.glob("cpu-attention-*.md")).read_text()
+    assert "torch " in text and "INT8 dot products:" in text and "Q·Kᵀ as " in text
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
+    cases = [r for r in rows if r[0].startswith(("causal", "padding"))]
+    assert len(cases) == 2 and all(float(r[1]) > 0 and float(r[2]) >= 0 for r in cases)
+    model = [r for r in rows if r[0].replace(".", "").isdigit()]
+    assert len(model) == 1 and all(float(value) > 0 for value in model[0][:3])

@@ -51,7 +51,7 @@ SHAPES = [(2, 3, 16, 32), (2, 3, 24, 48), (3, 5, 40, 64), (2, 3, 8, 320)]
 def _calls_through(fn):
     """Count the calls of the INT8 CPU kernel and of the exact fallback while ``fn`` runs."""
     seen = {"int8": 0, "exact": 0}
-    int8_impl, exact_impl = ops.int8_flash_attention_cpu, ops.exact_attention
+    int8_impl, exact_impl = ops.fast_int8_attention_cpu, ops.exact_attention
 
     def int8(*args, **kwargs):
         seen["int8"] += 1
@@ -61,7 +61,7 @@ def _calls_through(fn):
         seen["exact"] += 1
         return exact_impl(*args, **kwargs)
 
-    with mock.patch.object(ops, "int8_flash_attention_cpu", int8), mock.patch.object(ops, "exact_attention", exact):
+    with mock.patch.object(ops, "fast_int8_attention_cpu", int8), mock.patch.object(ops, "exact_attention", exact):
         out = fn()
     return out, seen
 

@@ -11,7 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from intfa_compile import ops
-from intfa_compile.cpu_attention import int8_flash_attention_cpu
+from intfa_compile.cpu_fast_attention import fast_int8_attention_cpu
 from tests.model_zoo import SMALL_GQA
 
 LAYERS, PROMPT, NEW_TOKENS = SMALL_GQA["num_hidden_layers"], 12, 6
@@ -42,12 +42,12 @@ def generate_with_intfa(cache: str) -> dict:
 
     def counted(call, *args, **kwargs):
         query_lengths.append(call.q.shape[2])
-        return int8_flash_attention_cpu(call, *args, **kwargs)
+        return fast_int8_attention_cpu(call, *args, **kwargs)
 
     forward = model.forward
     model.forward = torch.compile(forward, backend="intfa")
     try:
-        with torch.no_grad(), mock.patch.object(ops, "int8_flash_attention_cpu", counted):
+        with torch.no_grad(), mock.patch.object(ops, "fast_int8_attention_cpu", counted):
             compiled = model.generate(prompt, **options)
     finally:
         model.forward = forward

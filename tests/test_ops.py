@@ -218,7 +218,7 @@ def test_decode_splits_the_keys_by_the_shared_rule_and_stays_within_the_bound():
     """One query over 2,048 keys in two heads: the op splits the keys (``key_splits``: four ranges of 512) as the
     CUDA launcher would, so CPU and GPU quantize P against the same per-range maxima; the merged result stays
     within the P-quantization bound of fp64 attention; a prefill-shaped call is not split."""
-    from intfa_compile.cpu_attention import int8_flash_attention_cpu
+    from intfa_compile.cpu_fast_attention import fast_int8_attention_cpu
     from intfa_compile.key_splits import key_splits
 
     assert key_splits(1, 2048, 2) == (4, 512)
@@ -232,7 +232,7 @@ def test_decode_splits_the_keys_by_the_shared_rule_and_stays_within_the_bound():
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
 
     def cpu(splits):
-        return int8_flash_attention_cpu(AttentionCall(*args, None, False, 64**-0.5), torch.empty(q.shape), splits)
+        return fast_int8_attention_cpu(AttentionCall(*args, None, False, 64**-0.5), torch.empty(q.shape), splits)
 
     assert torch.equal(out, cpu(4))
     assert not torch.equal(out, cpu(1))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import intfa_compile
 from intfa_compile import ops
-from intfa_compile.cpu_attention import int8_flash_attention_cpu
+from intfa_compile.cpu_fast_attention import fast_int8_attention_cpu
 from intfa_compile.ops import centring_fits, int8_sdpa
 from intfa_compile.quantize import center_queries, value_16bit
 from intfa_compile.reference import error_metrics, reference_attention
@@ -92,9 +92,9 @@ def test_backend_runs_the_transforms_in_int8(options):
 
     def counted(call, *args, **kwargs):
         calls.append(call.v.dtype)
-        return int8_flash_attention_cpu(call, *args, **kwargs)
+        return fast_int8_attention_cpu(call, *args, **kwargs)
 
-    with mock.patch.object(ops, "int8_flash_attention_cpu", counted):
+    with mock.patch.object(ops, "fast_int8_attention_cpu", counted):
         out = compiled(q, k, v, mask)
     assert calls == [torch.bfloat16]  # INT8 Q·Kᵀ, 16-bit P·V (the default)
     reference = reference_attention(q, k, v, mask).out

@@ -1,0 +1,276 @@
+"""The op's CPU implementation: the method of ``cpu_attention`` (the kernel's twin) computed a whole key range at once.
+
+The twin walks the key blocks one after another, as the GPU kernel does, and emulates its grid (split-K ranges) and
+its FFMA in float64; that makes it the oracle the kernel is tested against, and 3–18× slower than SDPA on a CPU.
+This module computes the same quantities without the walk. For a chunk of query rows it takes the scores of all
+the keys they see in one GEMM and, per row,
+
+- the running maximum after each key block: the block maxima and their running maximum (``cummax``), reset at the
+  split-K range boundaries, as the kernel's programs keep one each (``key_splits``' rule, a rule of shapes);
+- P of each block against that running maximum, quantized as the kernel quantizes it (INT8 with the fixed or
+  per-row-block scale, e4m3, or V's 16-bit type);
+- the online softmax's rescalings: after the last block, block j's contribution has been multiplied by
+  exp2(m_j − m_last) (the product of the α's after it), so each block is weighted by that factor and the
+  blocks are summed in one GEMM; the row sums likewise.
+
+Every integer the twin forms is formed the same way (the Q·Kᵀ products as exact fp32 GEMMs of integers; P's
+integers and e4m3 values by the same roundings of P), so the two differ only by fp32 rounding: of the scores'
+scalings (the twin folds the query scale into the exponent with one FFMA), of the α chain (here one exp2 per
+block), and of the P·V sums (here fp32 sums of weighted integers). Such a rounding can move a P entry across a
+rounding midpoint, i.e. by one INT8 (or e4m3) step, which is the bound the tests hold it to
+(``tests/test_cpu_fast_attention.py``).
+
+Query heads that share a KV head are stacked token-major, so a chunk of rows is a range of query positions and a
+causal chunk only multiplies the keys up to its last row's diagonal.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .attention_call import AttentionCall
+from .key_splits import key_splits, split_keys_evenly
+from .numerics import FP32_LOWEST, INT8_MAX, LOG2_P_FP8_SCALE, LOG2E
+
+SCORES_PER_CHUNK = 1 << 20
+"""Scores (fp32) one chunk of query rows holds at most (4 MiB), unless a single query position's rows need more:
+small enough for the passes over them to stay in a core's L2/L3, large enough that per-op overhead is small."""
+
+CAUSAL_TOKENS = 128
+
+_INF = float("inf")
+
+
+@functools.cache
+def exact_int8_gemm() -> bool:
+    """Whether ``torch._int_mm`` on this CPU computes INT8 products exactly, and fast: only with INT8 dot-product
+    instructions (AVX512-VNNI, AVX-VNNI, AMX). Without them oneDNN emulates s8·s8 with ``vpmaddubsw``, whose 16-bit
+    pair sums saturate (measured: wrong results on random INT8 inputs with ``ONEDNN_MAX_CPU_ISA=AVX2``), so a probe
+    of the worst case (127·127 everywhere, and random signs) must also come out exact; otherwise fp32 GEMMs of the
+    integers (exact below 2**24) are used."""
+    is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
+    if is_vnni is None or not is_vnni():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    for rows, depth, cols in ((64, 64, 256), (256, 128, 128), (17, 96, 40)):
+        a = torch.randint(-127, 128, (rows, depth), generator=gen, dtype=torch.int8)
+        b = torch.randint(-127, 128, (depth, cols), generator=gen, dtype=torch.int8)
+        a[0], b[:, 0] = 127, 127
+        a[1], b[:, 1] = -127, 127
+        try:
+            product = torch._int_mm(a, b)
+        except RuntimeError:
+            return False
+        if not torch.equal(product.double(), a.double() @ b.double()):
+            return False
+    return True
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+def _mask_in_base2(attn_mask: Tensor, finite_scores: bool) -> Tensor:
+    """The mask as the scores take it: the bias times log2(e), clamped at fp32's lowest (a row masked with
+    ``finfo.min`` stays finite, as in the twin), −inf kept. A boolean mask becomes a bias of 0 and −inf where the
+    scores are finite (adding is ten times faster than ``masked_fill_`` with a broadcast mask), else the entries
+    to drop (a NaN score at a dropped key must not reach the row, as in the twin)."""
+    if attn_mask.dtype == torch.bool:
+        return torch.zeros(attn_mask.shape).masked_fill_(~attn_mask, -_INF) if finite_scores else ~attn_mask
+    bias = attn_mask.float()
+    return torch.where(bias == -_INF, bias, (bias * LOG2E).clamp(min=FP32_LOWEST))
+
+
+def _running_block_maxima(block_max: Tensor, first_block: int, blocks_per_range: int) -> Tensor:
+    """The running maximum after each key block (…, nb), restarting at every split-K range (``blocks_per_range``
+    blocks each, counted from block 0 of the keys; the chunk starts at block ``first_block``)."""
+    n_blocks = block_max.shape[-1]
+    if first_block // blocks_per_range == (first_block + n_blocks - 1) // blocks_per_range:
+        return torch.cummax(block_max, dim=-1).values
+    parts, start = [], 0
+    while start < n_blocks:
+        stop = min(n_blocks, (first_block + start) // blocks_per_range * blocks_per_range + blocks_per_range
+                   - first_block)
+        parts.append(torch.cummax(block_max[..., start:stop], dim=-1).values)
+        start = stop
+    return torch.cat(parts, dim=-1)
+
+
+@dataclass(frozen=True)
+class _Operands:
+    """The call's tensors laid out for whole-row GEMMs: rows token-major (B·Hk, Nq·G, …), keys padded to a whole
+    number of blocks, K transposed; Q and K as INT8 for ``torch._int_mm`` or as fp32 integers."""
+
+    q: Tensor
+    q_scale: Tensor
+    kt: Tensor
+    k_scale: Tensor
+    v: Tensor
+    drop_or_bias: Tensor | None
+    finite_scores: bool
+    int8_gemm: bool
+
+
+def _operands(call: AttentionCall, block_n: int, int8_gemm: bool) -> _Operands:
+    q, k, v, q_scale, k_scale, _, attn_mask = call.tensors
+    batch, heads_q, n_q, head_dim = q.shape
+    heads_k, n_k = k.shape[1], k.shape[2]
+    group, pair = heads_q // heads_k, batch * heads_k
+
+    def token_major(x: Tensor) -> Tensor:
+        x = x.reshape(batch, heads_k, group, n_q, *x.shape[3:]).transpose(2, 3)
+        return x.reshape(pair, n_q * group, *x.shape[4:])
+
+    pad = _round_up(max(n_k, 1), block_n) - n_k
+    gemm_type = torch.int8 if int8_gemm else torch.float32
+    kt = F.pad(k.to(gemm_type), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim).transpose(1, 2)
+    # Q·Kᵀ of INT8 values is finite, so the scores are finite unless a scale is not.
+    finite_scores = _all_finite(q_scale) and _all_finite(k_scale)
+    mask = None
+    if attn_mask is not None:
+        mask = _mask_in_base2(attn_mask, finite_scores).expand(batch, heads_q, n_q, n_k)
+        mask = mask.reshape(batch, heads_k, group, n_q, n_k).transpose(2, 3)
+    return _Operands(
+        q=token_major(q.to(gemm_type)).contiguous(),
+        q_scale=token_major(q_scale.float() * (call.sm_scale * LOG2E)).unsqueeze(-1),
+        kt=kt.contiguous() if int8_gemm else kt,
+        k_scale=F.pad(k_scale.float(), (0, pad)).reshape(pair, 1, n_k + pad),
+        v=F.pad(v.float(), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim),
+        drop_or_bias=mask,
+        finite_scores=finite_scores,
+        int8_gemm=int8_gemm,
+    )
+
+
+def _drop(scores: Tensor, dropped: Tensor, finite_scores: bool) -> None:
+    """Set ``scores`` to −inf where ``dropped`` (broadcast): by adding −inf where the scores are finite (fast), else
+    by ``masked_fill_`` (a NaN score at a dropped key must not reach the row)."""
+    if finite_scores:
+        scores.add_(torch.zeros(dropped.shape).masked_fill_(dropped, -_INF))
+    else:
+        scores.masked_fill_(dropped, -_INF)
+
+
+def _scores(ops: _Operands, pairs: slice, rows: slice, lo: int, hi: int) -> Tensor:
+    """Base-2 scores of ``rows`` of ``pairs`` against keys [lo, hi): the exact Q·Kᵀ integers times both scales."""
+    if ops.int8_gemm:
+        products = torch.empty(pairs.stop - pairs.start, rows.stop - rows.start, hi - lo, dtype=torch.int32)
+        for index, pair in enumerate(range(pairs.start, pairs.stop)):
+            torch._int_mm(ops.q[pair, rows], ops.kt[pair, :, lo:hi], out=products[index])
+        scores = products.float()  # a cast and an in-place product beat one type-promoting product
+    else:
+        scores = torch.bmm(ops.q[pairs, rows], ops.kt[pairs, :, lo:hi])
+    return scores.mul_(ops.k_scale[pairs, :, lo:hi]).mul_(ops.q_scale[pairs, rows])
+
+
+def _all_finite(x: Tensor) -> bool:
+    return x.numel() == 0 or bool(x.abs().amax() < _INF)
+
+
+def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None = None,
+                            int8_gemm: bool | None = None) -> Tensor:
+    """INT8 attention of ``call`` into ``out`` (B, Hq, Nq, D): what ``int8_flash_attention_cpu`` computes, up to fp32
+    rounding, a chunk of query rows and all its keys at a time. ``splits``: key ranges, as the twin's. ``int8_gemm``:
+    Q·Kᵀ with ``torch._int_mm`` (default: where it is exact, ``exact_int8_gemm``) or as fp32 GEMMs."""
+    q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
+    batch, heads_q, n_q, head_dim = q.shape
+    heads_k, n_k = k.shape[1], k.shape[2]
+    group, block_n = heads_q // heads_k, call.block_n
+    if INT8_MAX * INT8_MAX * head_dim >= 2**24:
+        raise ValueError(f"head_dim {head_dim} too large for exact fp32 integer GEMMs")
+    ops = _operands(call, block_n, exact_int8_gemm() if int8_gemm is None else int8_gemm)
+    keys_padded = ops.v.shape[1]
+    is_causal, offset, window_left = call.is_causal, call.causal_offset, call.window_left
+    quantized_pv, pv_fp8 = v_scale is not None, v.dtype == torch.float8_e4m3fn
+    out5 = out.view(batch, heads_k, group, n_q, head_dim).transpose(2, 3)
+    v_scale5 = v_scale.float().view(batch, heads_k, 1, 1, head_dim) if quantized_pv else None
+
+    ranges, split_keys = key_splits(n_q, n_k, batch * heads_q) if splits is None else split_keys_evenly(n_k, splits)
+    blocks_per_range = split_keys // block_n if ranges > 1 else keys_padded // block_n + 1
+    p_shift = LOG2_P_FP8_SCALE if pv_fp8 else 0.0
+
+    def key_range(t0: int, t1: int) -> tuple[int, int]:
+        """Keys [lo, hi) the query positions [t0, t1) may see, on block boundaries."""
+        if not is_causal:
+            return 0, keys_padded
+        hi = min(n_k, max(0, t1 - 1 + offset + 1))
+        lo = max(0, t0 + offset - window_left) // block_n * block_n if window_left >= 0 else 0
+        return min(lo, hi), _round_up(hi, block_n)
+
+    def scores_of(heads: int, t0: int, t1: int) -> int:
+        lo, hi = key_range(t0, t1)
+        return heads * group * (t1 - t0) * max(hi - lo, block_n)
+
+    def chunks() -> Iterator[tuple[int, int, int, int, int]]:
+        """(batch, first head, last head + 1, first token, last token + 1) per chunk: heads of one batch entry
+        together while their whole rows fit ``SCORES_PER_CHUNK``, else one head and as many query positions as fit."""
+        heads = max(1, min(heads_k, SCORES_PER_CHUNK // max(1, scores_of(1, 0, n_q))))
+        for b in range(batch):
+            for h0 in range(0, heads_k, heads):
+                t0 = 0
+                while t0 < n_q:
+                    tokens = min(n_q - t0, CAUSAL_TOKENS) if is_causal else n_q - t0
+                    while tokens > 1 and scores_of(heads, t0, t0 + tokens) > SCORES_PER_CHUNK:
+                        tokens = (tokens + 1) // 2
+                    yield b, h0, min(heads_k, h0 + heads), t0, t0 + tokens
+                    t0 += tokens
+
+    for b, h0, h1, t0, t1 in chunks():
+        lo, hi = key_range(t0, t1)
+        if hi <= lo:  # rows that see no key give zeros, as the twin's
+            out5[b, h0:h1, t0:t1].zero_()
+            continue
+        pairs = slice(b * heads_k + h0, b * heads_k + h1)
+        s = _scores(ops, pairs, slice(t0 * group, t1 * group), lo, hi)
+        s5 = s.view(h1 - h0, t1 - t0, group, hi - lo)
+        real_hi = min(hi, n_k)
+        if ops.drop_or_bias is not None:
+            block_mask = ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi]
+            if block_mask.dtype == torch.bool:
+                s5[..., : real_hi - lo].masked_fill_(block_mask, -_INF)
+            else:
+                s5[..., : real_hi - lo].add_(block_mask)
+        if hi > n_k:
+            s5[..., n_k - lo:].fill_(-_INF)
+        if is_causal:
+            tokens_idx = torch.arange(t0, t1).view(-1, 1, 1)
+            first_dropped = t0 + offset + 1  # the first key some row of the chunk does not see
+            if first_dropped < hi:
+                c0 = max(first_dropped, lo)
+                _drop(s5[..., c0 - lo:], torch.arange(c0, hi) > tokens_idx + offset, ops.finite_scores)
+            if window_left >= 0:
+                last_dropped = t1 - 1 + offset - window_left  # keys below this are left of some row's window
+                if last_dropped > lo:
+                    c1 = min(last_dropped, hi)
+                    _drop(s5[..., : c1 - lo], torch.arange(lo, c1) < tokens_idx + offset - window_left,
+                          ops.finite_scores)
+
+        n_pairs, n_rows, n_blocks = s.shape[0], s.shape[1], (hi - lo) // block_n
+        s4 = s.view(n_pairs, n_rows, n_blocks, block_n)
+        block_max = s4.amax(dim=-1)
+        running = _running_block_maxima(block_max, lo // block_n, blocks_per_range)
+        row_max = block_max.amax(dim=-1, keepdim=True)
+        weight = torch.exp2(running - torch.where(row_max == -_INF, 0.0, row_max))  # the α's after block j
+        running = torch.where(running == -_INF, 0.0, running)
+        s4.sub_((running - p_shift).unsqueeze(-1)).exp2_()  # P (times 448 for e4m3)
+        row_sum = (s4.sum(dim=-1) * weight).sum(dim=-1, keepdim=True)
+        if not quantized_pv or pv_fp8:  # P rounded to V's 16-bit type, or to e4m3
+            p = s4.to(torch.float8_e4m3fn if pv_fp8 else v.dtype).float().mul_(weight.unsqueeze(-1))
+        elif call.p_scale == "fixed":
+            p = s4.mul_(float(INT8_MAX)).round_().mul_((weight / INT8_MAX).unsqueeze(-1))
+        else:
+            p_max = s4.amax(dim=-1)
+            inv = torch.where(p_max > 0, float(INT8_MAX) / p_max, 0.0)
+            p = s4.mul_(inv.unsqueeze(-1)).round_().mul_((weight * p_max / INT8_MAX).unsqueeze(-1))
+        acc = torch.bmm(p.view(n_pairs, n_rows, hi - lo), ops.v[pairs, lo:hi])
+        acc5 = acc.div_(torch.where(row_sum == 0, 1.0, row_sum)).view(h1 - h0, t1 - t0, group, head_dim)
+        if v_scale5 is not None:
+            acc5.mul_(v_scale5[b, h0:h1])
+        out5[b, h0:h1, t0:t1].copy_(acc5)
+    return out
