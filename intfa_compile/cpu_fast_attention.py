@@ -38,11 +38,14 @@ from .attention_call import AttentionCall
 from .key_splits import key_splits, split_keys_evenly
 from .numerics import FP32_LOWEST, INT8_MAX, LOG2_P_FP8_SCALE, LOG2E
 
-SCORES_PER_CHUNK = 1 << 20
-"""Scores (fp32) one chunk of query rows holds at most (4 MiB), unless a single query position's rows need more:
-small enough for the passes over them to stay in a core's L2/L3, large enough that per-op overhead is small."""
+SCORES_PER_CHUNK = 1 << 21
+"""Scores (fp32) one chunk of query rows holds at most (8 MiB), unless a single query position's rows need more:
+small enough for the passes over them to stay mostly in cache, large enough that per-op overhead and the GEMMs'
+packing are spread (1 Mi and 4 Mi were slower on the issue's cases, ``benchmarks/bench_cpu.py``)."""
 
 CAUSAL_TOKENS = 128
+"""Query positions a causal chunk holds at most: its keys end at its last row's diagonal, so the GEMMs multiply
+at most 128 × 128 / 2 masked scores per head more than the triangle."""
 
 _INF = float("inf")
 
@@ -129,7 +132,11 @@ def _operands(call: AttentionCall, block_n: int, int8_gemm: bool) -> _Operands:
 
     pad = _round_up(max(n_k, 1), block_n) - n_k
     gemm_type = torch.int8 if int8_gemm else torch.float32
-    kt = F.pad(k.to(gemm_type), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim).transpose(1, 2)
+
+    def padded(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+        return F.pad(x, dims) if pad else x
+
+    kt = padded(k.to(gemm_type), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim).transpose(1, 2)
     # Q·Kᵀ of INT8 values is finite, so the scores are finite unless a scale is not.
     finite_scores = _all_finite(q_scale) and _all_finite(k_scale)
     mask = None
@@ -140,8 +147,8 @@ def _operands(call: AttentionCall, block_n: int, int8_gemm: bool) -> _Operands:
         q=token_major(q.to(gemm_type)).contiguous(),
         q_scale=token_major(q_scale.float() * (call.sm_scale * LOG2E)).unsqueeze(-1),
         kt=kt.contiguous() if int8_gemm else kt,
-        k_scale=F.pad(k_scale.float(), (0, pad)).reshape(pair, 1, n_k + pad),
-        v=F.pad(v.float(), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim),
+        k_scale=padded(k_scale.float(), (0, pad)).reshape(pair, 1, n_k + pad),
+        v=padded(v.float(), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim),
         drop_or_bias=mask,
         finite_scores=finite_scores,
         int8_gemm=int8_gemm,

@@ -31,6 +31,13 @@ def _quantize_with_amax(xf: Tensor, amax: Tensor, limit: float, dtype: torch.dty
     # An all-zero group gets scale 1 (no division by zero); NaN or Inf stays in the scale, so it reaches
     # the output positions that eager attention would poison too.
     scale = torch.where(amax == 0, torch.ones_like(amax), amax / limit)
+    if not torch.compiler.is_compiling() and bool(torch.isfinite(amax).all()):
+        # Eager, every group finite (the common case, checked on the small amax): no infinite entry to keep,
+        # so the same values in three passes instead of eight; traced code keeps the one form Inductor fuses.
+        scaled = xf / scale
+        if not dtype.is_floating_point:
+            scaled.round_()
+        return scaled.clamp_(-limit, limit).to(dtype), scale
     scaled = xf / scale
     if not dtype.is_floating_point:
         scaled = torch.round(scaled)
@@ -40,9 +47,18 @@ def _quantize_with_amax(xf: Tensor, amax: Tensor, limit: float, dtype: torch.dty
     return xq.to(dtype), scale
 
 
+def _abs_max(xf: Tensor, dim: int) -> Tensor:
+    """max|x| along ``dim``, kept; NaN propagates. Eager: the larger of max and −min, two reductions without the
+    temporary |x| (5× faster on a CPU along a head dim of 64 than ``abs`` then ``amax``; the ∞-norm is slower
+    still)."""
+    if torch.compiler.is_compiling() or xf.numel() == 0:
+        return xf.abs().amax(dim=dim, keepdim=True)
+    return torch.maximum(xf.amax(dim=dim, keepdim=True), xf.amin(dim=dim, keepdim=True).neg_())
+
+
 def _channel_amax(xf: Tensor, granularity: str) -> Tensor:
     """max|v| over the tokens, per channel (..., 1, D); "per_tensor" shares one among a head's channels."""
-    amax = xf.abs().amax(dim=-2, keepdim=True)
+    amax = _abs_max(xf, -2)
     if granularity == "per_tensor":
         amax = amax.amax(dim=-1, keepdim=True).expand_as(amax)
     return amax
@@ -50,7 +66,7 @@ def _channel_amax(xf: Tensor, granularity: str) -> Tensor:
 
 def _token_amax(xf: Tensor, granularity: str, block: int) -> Tensor:
     """max|x| shared by the tokens of each scale group, repeated per token: (..., N, 1)."""
-    token_amax = xf.abs().amax(dim=-1, keepdim=True)
+    token_amax = _abs_max(xf, -1)
     if granularity == "per_token":
         return token_amax
     if granularity == "per_head":
