@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from .numerics import QK_BITS, QK_GRANULARITIES, V_GRANULARITIES, check_choice
 from .pv_formats import PVFormat
@@ -31,7 +32,7 @@ def _quantize_with_amax(xf: Tensor, amax: Tensor, limit: float, dtype: torch.dty
     # An all-zero group gets scale 1 (no division by zero); NaN or Inf stays in the scale, so it reaches
     # the output positions that eager attention would poison too.
     scale = torch.where(amax == 0, torch.ones_like(amax), amax / limit)
-    if not torch.compiler.is_compiling() and bool(torch.isfinite(amax).all()):
+    if _concrete(amax) and bool(torch.isfinite(amax).all()):
         # Eager, every group finite (the common case, checked on the small amax): no infinite entry to keep,
         # so the same values in three passes instead of eight; traced code keeps the one form Inductor fuses.
         scaled = xf / scale
@@ -47,11 +48,19 @@ def _quantize_with_amax(xf: Tensor, amax: Tensor, limit: float, dtype: torch.dty
     return xq.to(dtype), scale
 
 
+def _concrete(x: Tensor) -> bool:
+    """Whether ``x`` is a plain tensor computed eagerly, not traced: not under Dynamo, not a fake or functional
+    tensor (a subclass), no proxy tracer recording. Only then may a quantizer branch on its values; traced code
+    keeps one form, which Inductor fuses."""
+    return (type(x) is Tensor and not torch.compiler.is_compiling()
+            and get_proxy_mode() is None)
+
+
 def _abs_max(xf: Tensor, dim: int) -> Tensor:
     """max|x| along ``dim``, kept; NaN propagates. Eager: the larger of max and −min, two reductions without the
     temporary |x| (5× faster on a CPU along a head dim of 64 than ``abs`` then ``amax``; the ∞-norm is slower
     still)."""
-    if torch.compiler.is_compiling() or xf.numel() == 0:
+    if not _concrete(xf) or xf.numel() == 0:
         return xf.abs().amax(dim=dim, keepdim=True)
     return torch.maximum(xf.amax(dim=dim, keepdim=True), xf.amin(dim=dim, keepdim=True).neg_())
 
