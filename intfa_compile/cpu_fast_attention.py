@@ -13,10 +13,11 @@ the keys they see in one GEMM and, per row,
   exp2(m_j − m_last) (the product of the α's after it), so each block is weighted by that factor and the
   blocks are summed in one GEMM; the row sums likewise.
 
-Every integer the twin forms is formed the same way (the Q·Kᵀ products as exact fp32 GEMMs of integers; P's
-integers and e4m3 values by the same roundings of P), so the two differ only by fp32 rounding: of the scores'
-scalings (the twin folds the query scale into the exponent with one FFMA), of the α chain (here one exp2 per
-block), and of the P·V sums (here fp32 sums of weighted integers). Such a rounding can move a P entry across a
+Every integer the twin forms is formed the same way (the Q·Kᵀ products exactly, as INT8 or fp32 GEMMs of integers;
+P's integers and e4m3 values by the same roundings of P), so the two differ only by fp32 rounding: of the scores'
+scalings and the exponent (the twin's FFMA is a subtraction and a product here; the query scale enters the
+exponent where the kernel's does, without an additive mask), of the α chain (here one exp2 per block), and of
+the P·V sums (here fp32 sums of weighted values). Such a rounding can move a P entry across a
 rounding midpoint, i.e. by one INT8 (or e4m3) step, which is the bound the tests hold it to
 (``tests/test_cpu_fast_attention.py``).
 
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from .attention_call import AttentionCall
 from .key_splits import key_splits, split_keys_evenly
-from .numerics import FP32_LOWEST, INT8_MAX, LOG2_P_FP8_SCALE, LOG2E
+from .numerics import FP32_LOWEST, FP32_TINY, INT8_MAX, LOG2_P_FP8_SCALE, LOG2E, folds_query_scale
 
 SCORES_PER_CHUNK = 1 << 21
 """Scores (fp32) one chunk of query rows holds at most (8 MiB), unless a single query position's rows need more:
@@ -117,6 +118,7 @@ class _Operands:
     v: Tensor
     drop_or_bias: Tensor | None
     finite_scores: bool
+    fold: bool
     int8_gemm: bool
 
 
@@ -143,14 +145,19 @@ def _operands(call: AttentionCall, block_n: int, int8_gemm: bool) -> _Operands:
     if attn_mask is not None:
         mask = _mask_in_base2(attn_mask, finite_scores).expand(batch, heads_q, n_q, n_k)
         mask = mask.reshape(batch, heads_k, group, n_q, n_k).transpose(2, 3)
+    # As the kernel: without an additive mask the query scale stays out of the scores and enters the exponent
+    # (maxima commute with a positive scale); a zero scale becomes the smallest normal so −inf · scale stays −inf.
+    fold = folds_query_scale(attn_mask, call.sm_scale)
+    row_scale = token_major(q_scale.float() * (call.sm_scale * LOG2E)).unsqueeze(-1)
     return _Operands(
         q=token_major(q.to(gemm_type)).contiguous(),
-        q_scale=token_major(q_scale.float() * (call.sm_scale * LOG2E)).unsqueeze(-1),
+        q_scale=torch.where(row_scale == 0, FP32_TINY, row_scale) if fold else row_scale,
         kt=kt.contiguous() if int8_gemm else kt,
         k_scale=padded(k_scale.float(), (0, pad)).reshape(pair, 1, n_k + pad),
         v=padded(v.float(), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim),
         drop_or_bias=mask,
         finite_scores=finite_scores,
+        fold=fold,
         int8_gemm=int8_gemm,
     )
 
@@ -165,7 +172,8 @@ def _drop(scores: Tensor, dropped: Tensor, finite_scores: bool) -> None:
 
 
 def _scores(ops: _Operands, pairs: slice, rows: slice, lo: int, hi: int) -> Tensor:
-    """Base-2 scores of ``rows`` of ``pairs`` against keys [lo, hi): the exact Q·Kᵀ integers times both scales."""
+    """Scores of ``rows`` of ``pairs`` against keys [lo, hi) without the query scale: the exact Q·Kᵀ integers times
+    the key scales."""
     if ops.int8_gemm:
         products = torch.empty(pairs.stop - pairs.start, rows.stop - rows.start, hi - lo, dtype=torch.int32)
         for index, pair in enumerate(range(pairs.start, pairs.stop)):
@@ -173,7 +181,7 @@ def _scores(ops: _Operands, pairs: slice, rows: slice, lo: int, hi: int) -> Tens
         scores = products.float()  # a cast and an in-place product beat one type-promoting product
     else:
         scores = torch.bmm(ops.q[pairs, rows], ops.kt[pairs, :, lo:hi])
-    return scores.mul_(ops.k_scale[pairs, :, lo:hi]).mul_(ops.q_scale[pairs, rows])
+    return scores.mul_(ops.k_scale[pairs, :, lo:hi])
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -184,7 +192,8 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
                             int8_gemm: bool | None = None) -> Tensor:
     """INT8 attention of ``call`` into ``out`` (B, Hq, Nq, D): what ``int8_flash_attention_cpu`` computes, up to fp32
     rounding, a chunk of query rows and all its keys at a time. ``splits``: key ranges, as the twin's. ``int8_gemm``:
-    Q·Kᵀ with ``torch._int_mm`` (default: where it is exact, ``exact_int8_gemm``) or as fp32 GEMMs."""
+    Q·Kᵀ with ``torch._int_mm`` (default: where it is exact, ``exact_int8_gemm``) or as fp32 GEMMs. (With AMX the two
+    took the same time within noise on the issue's cases: the INT32 products need one more pass, their cast.)"""
     q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
@@ -234,15 +243,20 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
             out5[b, h0:h1, t0:t1].zero_()
             continue
         pairs = slice(b * heads_k + h0, b * heads_k + h1)
-        s = _scores(ops, pairs, slice(t0 * group, t1 * group), lo, hi)
+        rows = slice(t0 * group, t1 * group)
+        s = _scores(ops, pairs, rows, lo, hi)
         s5 = s.view(h1 - h0, t1 - t0, group, hi - lo)
+        q_scale = ops.q_scale[pairs, rows]
         real_hi = min(hi, n_k)
-        if ops.drop_or_bias is not None:
-            block_mask = ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi]
-            if block_mask.dtype == torch.bool:
-                s5[..., : real_hi - lo].masked_fill_(block_mask, -_INF)
+        if not ops.fold:  # the query scale joins the scores (in one pass with an additive mask)
+            if ops.drop_or_bias is not None and ops.drop_or_bias.dtype != torch.bool:
+                real = s5[..., : real_hi - lo]
+                torch.addcmul(ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi], real,
+                              q_scale.view(h1 - h0, t1 - t0, group, 1), out=real)
             else:
-                s5[..., : real_hi - lo].add_(block_mask)
+                s.mul_(q_scale)
+                if ops.drop_or_bias is not None:  # entries to drop, where a score may not be finite
+                    s5[..., : real_hi - lo].masked_fill_(ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi], -_INF)
         if hi > n_k:
             s5[..., n_k - lo:].fill_(-_INF)
         if is_causal:
@@ -263,9 +277,17 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
         block_max = s4.amax(dim=-1)
         running = _running_block_maxima(block_max, lo // block_n, blocks_per_range)
         row_max = block_max.amax(dim=-1, keepdim=True)
-        weight = torch.exp2(running - torch.where(row_max == -_INF, 0.0, row_max))  # the α's after block j
-        running = torch.where(running == -_INF, 0.0, running)
-        s4.sub_((running - p_shift).unsqueeze(-1)).exp2_()  # P (times 448 for e4m3)
+        row_max = torch.where(row_max == -_INF, 0.0, row_max)
+        safe_running = torch.where(running == -_INF, 0.0, running)
+        if ops.fold:  # exponent (s − m_j)·q_scale, as the kernel's FFMA (up to rounding)
+            weight = torch.exp2((running - row_max) * q_scale)  # the α's after block j
+            s4.sub_(safe_running.unsqueeze(-1)).mul_(q_scale.unsqueeze(-1))
+            if p_shift:
+                s4.add_(p_shift)
+        else:
+            weight = torch.exp2(running - row_max)
+            s4.sub_((safe_running - p_shift).unsqueeze(-1))
+        s4.exp2_()  # P (times 448 for e4m3)
         row_sum = (s4.sum(dim=-1) * weight).sum(dim=-1, keepdim=True)
         if not quantized_pv or pv_fp8:  # P rounded to V's 16-bit type, or to e4m3
             p = s4.to(torch.float8_e4m3fn if pv_fp8 else v.dtype).float().mul_(weight.unsqueeze(-1))
