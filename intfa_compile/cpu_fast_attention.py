@@ -48,6 +48,11 @@ CAUSAL_TOKENS = 128
 """Query positions a causal chunk holds at most: its keys end at its last row's diagonal, so the GEMMs multiply
 at most 128 × 128 / 2 masked scores per head more than the triangle."""
 
+INT8_GEMM_MIN_SCORES = 1 << 18
+"""Scores per (batch, KV head) from which Q·Kᵀ runs as INT8 GEMMs where they are exact: ``torch._int_mm`` is one
+call per KV head with a fixed cost of its own (measured: about 1 ms per call on all-MiniLM-L6-v2's 26 × 26 heads,
+where one batched fp32 GEMM takes a few microseconds per head)."""
+
 _INF = float("inf")
 
 
@@ -192,15 +197,18 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
                             int8_gemm: bool | None = None) -> Tensor:
     """INT8 attention of ``call`` into ``out`` (B, Hq, Nq, D): what ``int8_flash_attention_cpu`` computes, up to fp32
     rounding, a chunk of query rows and all its keys at a time. ``splits``: key ranges, as the twin's. ``int8_gemm``:
-    Q·Kᵀ with ``torch._int_mm`` (default: where it is exact, ``exact_int8_gemm``) or as fp32 GEMMs. (With AMX the two
-    took the same time within noise on the issue's cases: the INT32 products need one more pass, their cast.)"""
+    Q·Kᵀ with ``torch._int_mm`` (default: where it is exact, ``exact_int8_gemm``, for calls of at least
+    ``INT8_GEMM_MIN_SCORES`` per KV head) or as fp32 GEMMs. (With AMX the two took the same time within noise on the
+    issue's cases: the INT32 products need one more pass, their cast.)"""
     q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
     group, block_n = heads_q // heads_k, call.block_n
     if INT8_MAX * INT8_MAX * head_dim >= 2**24:
         raise ValueError(f"head_dim {head_dim} too large for exact fp32 integer GEMMs")
-    ops = _operands(call, block_n, exact_int8_gemm() if int8_gemm is None else int8_gemm)
+    if int8_gemm is None:
+        int8_gemm = group * n_q * n_k >= INT8_GEMM_MIN_SCORES and exact_int8_gemm()
+    ops = _operands(call, block_n, int8_gemm)
     keys_padded = ops.v.shape[1]
     is_causal, offset, window_left = call.is_causal, call.causal_offset, call.window_left
     quantized_pv, pv_fp8 = v_scale is not None, v.dtype == torch.float8_e4m3fn
