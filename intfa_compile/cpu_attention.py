@@ -52,6 +52,12 @@ def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return (a.double() * b.double() + c.double()).float()
 
 
+def additive_mask_in_base2(bias: Tensor) -> Tensor:
+    """An fp32 additive mask as the kernel adds it to base-2 scores: times log2(e), clamped at fp32's lowest (a row
+    masked with ``finfo.min`` stays finite and averages uniformly, as eager softmax does); −inf kept."""
+    return torch.where(bias == float("-inf"), bias, (bias * LOG2E).clamp(min=FP32_LOWEST))
+
+
 def round_to_int8(p: Tensor, scale: Tensor | float) -> Tensor:
     """round(p · scale), ties to even, with one rounding of the exact product (as the kernel's FFMA with the
     magic number 1.5·2²³ does); integer values in fp32."""
@@ -114,8 +120,7 @@ def int8_flash_attention_cpu(call: AttentionCall, out: Tensor, splits: int | Non
                     s = s.masked_fill(~block_mask, float("-inf"))
                 else:
                     bias = block_mask.float()
-                    bias2 = torch.where(bias == float("-inf"), bias, (bias * LOG2E).clamp(min=FP32_LOWEST))
-                    s = s + bias2
+                    s = s + additive_mask_in_base2(bias)
             if is_causal:
                 cols = torch.arange(start, end, device=q.device)
                 s = s.masked_fill(cols > row_ids + causal_offset, float("-inf"))

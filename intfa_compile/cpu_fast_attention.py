@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attention_call import AttentionCall
+from .cpu_attention import additive_mask_in_base2
 from .key_splits import key_splits, split_keys_evenly
-from .numerics import FP32_LOWEST, FP32_TINY, INT8_MAX, LOG2_P_FP8_SCALE, LOG2E, folds_query_scale
+from .numerics import FP32_TINY, INT8_MAX, LOG2_P_FP8_SCALE, LOG2E, folds_query_scale
 
 SCORES_PER_CHUNK = 1 << 21
 """Scores (fp32) one chunk of query rows holds at most (8 MiB), unless a single query position's rows need more:
@@ -91,9 +92,13 @@ def _mask_in_base2(attn_mask: Tensor, finite_scores: bool) -> Tensor:
     scores are finite (adding is ten times faster than ``masked_fill_`` with a broadcast mask), else the entries
     to drop (a NaN score at a dropped key must not reach the row, as in the twin)."""
     if attn_mask.dtype == torch.bool:
-        return torch.zeros(attn_mask.shape).masked_fill_(~attn_mask, -_INF) if finite_scores else ~attn_mask
-    bias = attn_mask.float()
-    return torch.where(bias == -_INF, bias, (bias * LOG2E).clamp(min=FP32_LOWEST))
+        return _minus_inf_where(~attn_mask) if finite_scores else ~attn_mask
+    return additive_mask_in_base2(attn_mask.float())
+
+
+def _minus_inf_where(dropped: Tensor) -> Tensor:
+    """A bias of −inf where ``dropped``, 0 elsewhere."""
+    return torch.zeros(dropped.shape).masked_fill_(dropped, -_INF)
 
 
 def _running_block_maxima(block_max: Tensor, first_block: int, blocks_per_range: int) -> Tensor:
@@ -171,7 +176,7 @@ def _drop(scores: Tensor, dropped: Tensor, finite_scores: bool) -> None:
     """Set ``scores`` to −inf where ``dropped`` (broadcast): by adding −inf where the scores are finite (fast), else
     by ``masked_fill_`` (a NaN score at a dropped key must not reach the row)."""
     if finite_scores:
-        scores.add_(torch.zeros(dropped.shape).masked_fill_(dropped, -_INF))
+        scores.add_(_minus_inf_where(dropped))
     else:
         scores.masked_fill_(dropped, -_INF)
 
