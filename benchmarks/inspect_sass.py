@@ -54,6 +54,15 @@ from intfa_compile.key_splits import key_splits  # noqa: E402
 from intfa_compile.numerics import default_kv_block  # noqa: E402
 from intfa_compile.pv_formats import FP8, FP16, INT8, PVFormat  # noqa: E402
 
+MASKS = {
+    "bool": (torch.bool, True), "additive": (torch.float16, True), "bf16 additive": (torch.bfloat16, True),
+    "bool 2-d": (torch.bool, False), "additive 2-d": (torch.float16, False),
+    "bf16 additive 2-d": (torch.bfloat16, False),
+}
+"""Attention masks a launch may carry: name → (dtype, one row for every query). A key-padding mask (B, 1, 1, N), as
+BERT's, is one row (stride 0 along the queries); a 2-D one (B, 1, N, N), as Hugging Face's 4-D masks, a row per
+query. Each additive dtype has its own base-2 form in the kernel (``_bias_in_base2``)."""
+
 VARIANTS = ("full-int8", "half-int8", "fp8-pv", "fp8-baseline", "fp16-baseline")
 """Kernels this script compiles: ours (full / half INT8, fp8-pv) and the baselines of the speed table."""
 
@@ -235,7 +244,7 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
                 p_scale: str = "fixed") -> tuple:
     """(autotuned kernel, launch args, constexprs) for one variant at ``TYPICAL_SHAPE`` (``window_left``: a
     sliding window behind the causal diagonal; ``decode``: one query per head, split-K; ``tma``: K and V through
-    tensor descriptors; ``mask``: "bool" or "additive" key-padding mask (B, 1, 1, N), as BERT's; ``p_scale``:
+    tensor descriptors; ``mask``: a name in ``MASKS``; ``p_scale``:
     "row_block" for P's per-row scale; INT8 kernels only)."""
     batch, heads, seq = TYPICAL_SHAPE["batch"], TYPICAL_SHAPE["heads"], TYPICAL_SHAPE["seq"]
     sm_scale = head_dim**-0.5
@@ -256,8 +265,10 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
         if decode:  # one query per head: the 16-row tile, keys split as the launcher splits them
             ranges, split_keys = key_splits(1, seq, batch * heads)
             parts = (_meta(ranges, *q.shape, dtype=torch.float32), _meta(ranges, *q.shape[:3], 2, dtype=torch.float32))
-        attn_mask = None if not mask else _meta(batch, 1, 1, seq, dtype=torch.bool if mask == "bool" else
-                                                torch.float16)
+        attn_mask = None
+        if mask:
+            dtype, per_key = MASKS[mask]
+            attn_mask = _meta(batch, 1, 1 if per_key else seq, seq, dtype=dtype)
         call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, causal, sm_scale, p_scale,
                              window_left=window_left)
         args, constexprs = int8_kernel.launch_arguments(call, out, target_arch=arch, parts=parts,
@@ -369,7 +380,7 @@ class LaunchCase:
     decode: bool = False
     tma: bool = False
     mask: str = ""
-    """"bool" or "additive": a key-padding mask."""
+    """A name in ``MASKS``."""
     window: bool = False
     """A causal sliding window (Mistral's)."""
     row_block: bool = False
@@ -393,8 +404,9 @@ def launch_space() -> list[LaunchCase]:
     key block the CUDA tiles offer there (64, and 128 where ``numerics.default_kv_block`` allows it: what
     ``kv_block_size`` "auto", "tune", 64 and 128 can run; ``passes.guards.cuda_tile_reason`` refuses the rest);
     and at d = 128, with the default key block, the causal loops, the 16-row decode tile and (sm_90) the TMA
-    loads and (full INT8) P's row-block scale; boolean and additive key-padding masks and a causal sliding window at
-    d = 64 and 128. Not covered: combinations of these (a mask with a window, say)."""
+    loads and (full INT8) P's row-block scale; boolean and fp16 additive key-padding masks and a causal sliding
+    window at d = 64 and 128, every mask of ``MASKS`` (bfloat16, 2-D) at d = 128. Not covered: combinations of
+    these (a mask with a window, say)."""
     cases = []
     for arch in (80, 90):
         for variant in ("full-int8", "half-int8", "fp8-pv"):
@@ -409,7 +421,7 @@ def launch_space() -> list[LaunchCase]:
             if arch == 90:
                 cases.append(LaunchCase(arch, variant, 128, default, tma=True))
             cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, _pv_format(variant)), mask=mask)
-                      for head_dim in (64, 128) for mask in ("bool", "additive")]
+                      for head_dim in (64, 128) for mask in MASKS if head_dim == 128 or mask in ("bool", "additive")]
             cases += [LaunchCase(arch, variant, head_dim, default_kv_block(head_dim, _pv_format(variant)), causal=True,
                                  window=True) for head_dim in (64, 128)]
             if variant == "full-int8":

@@ -32,6 +32,7 @@ from torch import Tensor
 from .attention_call import AttentionCall
 from .key_splits import combine_key_splits, key_splits, split_keys_evenly
 from .numerics import (
+    BF16_MASK_FLOOR,
     FP32_LOWEST,
     FP32_TINY,
     INT8_MAX,
@@ -53,8 +54,13 @@ def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
 
 
 def additive_mask_in_base2(bias: Tensor) -> Tensor:
-    """An fp32 additive mask as the kernel adds it to base-2 scores: times log2(e), clamped at fp32's lowest (a row
-    masked with ``finfo.min`` stays finite and averages uniformly, as eager softmax does); −inf kept."""
+    """An additive mask (any float dtype) as the kernel adds it to base-2 scores, in fp32: times log2(e), clamped at
+    fp32's lowest (a row masked with ``finfo.min`` stays finite and averages uniformly, as eager softmax does); −inf
+    kept. A bfloat16 entry is floored at ``BF16_MASK_FLOOR`` first (the kernel's cheaper clamp, before the multiply;
+    NaN kept)."""
+    if bias.dtype == torch.bfloat16:
+        bias = torch.where((bias < BF16_MASK_FLOOR) & (bias != float("-inf")), BF16_MASK_FLOOR, bias)
+    bias = bias.float()
     return torch.where(bias == float("-inf"), bias, (bias * LOG2E).clamp(min=FP32_LOWEST))
 
 
@@ -119,8 +125,7 @@ def int8_flash_attention_cpu(call: AttentionCall, out: Tensor, splits: int | Non
                 if block_mask.dtype == torch.bool:
                     s = s.masked_fill(~block_mask, float("-inf"))
                 else:
-                    bias = block_mask.float()
-                    s = s + additive_mask_in_base2(bias)
+                    s = s + additive_mask_in_base2(block_mask)
             if is_causal:
                 cols = torch.arange(start, end, device=q.device)
                 s = s.masked_fill(cols > row_ids + causal_offset, float("-inf"))

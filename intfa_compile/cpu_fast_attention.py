@@ -93,7 +93,7 @@ def _mask_in_base2(attn_mask: Tensor, finite_scores: bool) -> Tensor:
     to drop (a NaN score at a dropped key must not reach the row, as in the twin)."""
     if attn_mask.dtype == torch.bool:
         return _minus_inf_where(~attn_mask) if finite_scores else ~attn_mask
-    return additive_mask_in_base2(attn_mask.float())
+    return additive_mask_in_base2(attn_mask)
 
 
 def _minus_inf_where(dropped: Tensor) -> Tensor:

@@ -55,6 +55,18 @@ FP32_LOWEST = -3.4028234663852886e38
 overflowing to -inf, so a row masked with ``finfo.min`` (as Hugging Face masks) averages uniformly as
 eager softmax does, while a true -inf still removes its key."""
 
+BF16_MASK_FLOOR = -2.352733552539301e38
+"""The most negative bfloat16 whose base-2 form (times log2(e) in fp32) stays finite: a bfloat16 mask entry below
+it (as ``finfo(bfloat16).min``, -3.39e38) counts as this value, −inf and NaN kept. The floor is applied before the
+multiply, on the entry's 16 bits (``BF16_MASK_FLOOR_BITS``), where the kernel's registers can afford it: clamping
+the fp32 product at ``FP32_LOWEST`` (as for fp32 masks) spilled the d = 128 tile with a 2-D mask on Triton 3.9. A
+row masked entirely this way still averages uniformly, as eager softmax does. An fp16 entry (at most 65504 in
+magnitude) never needs a floor."""
+
+BF16_MASK_FLOOR_BITS = -207
+"""``BF16_MASK_FLOOR``'s bits as an int16 (0xFF31): negative bfloat16 values order by magnitude as their int16 bits
+rise from −0 (−32768) to −``finfo.max`` (−129); −inf is −128 and NaNs lie above it."""
+
 FP32_TINY = 1.1754943508222875e-38
 """The smallest normal fp32: stands in for a zero query scale where the scale multiplies a −inf score."""
 

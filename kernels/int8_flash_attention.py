@@ -31,6 +31,7 @@ from intfa_compile import pv_formats
 from intfa_compile.attention_call import AttentionCall
 from intfa_compile.key_splits import combine_key_splits, key_splits, split_keys_evenly
 from intfa_compile.numerics import (
+    BF16_MASK_FLOOR_BITS,
     FP32_LOWEST,
     FP32_TINY,
     INT8_MAX,
@@ -52,6 +53,8 @@ _INT8_MAX = tl.constexpr(float(INT8_MAX))
 _LOG2E = tl.constexpr(LOG2E)
 _P_DEQUANT_FIXED = tl.constexpr(P_DEQUANT_FIXED)
 _FP32_LOWEST = tl.constexpr(FP32_LOWEST)
+_BF16_MASK_FLOOR_BITS = tl.constexpr(BF16_MASK_FLOOR_BITS)
+_BF16_NEG_INF_BITS = tl.constexpr(-128)  # 0xFF80 as an int16
 _FP32_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**23)
 _FP64_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**52)
 _FP32_MAGIC_BITS = tl.constexpr(0x4B400000)  # the bits of 1.5·2²³
@@ -155,11 +158,27 @@ def round_to_e4m3(x):
 
 
 @triton.jit
+def _bias_in_base2(bias):
+    """An additive mask's entries as the base-2 scores take them (``cpu_attention.additive_mask_in_base2``): times
+    log2(e), clamped at fp32's lowest, −inf kept. An fp16 entry (at most 65504 in magnitude) cannot overflow there,
+    so it takes no clamp; a bfloat16 one is floored on its 16 bits before the multiply (``BF16_MASK_FLOOR``). The
+    fp32 clamp of a 16-bit 2-D mask spilled the 64×128 tile at d = 128 on Triton 3.9 (2-5 registers)."""
+    if bias.dtype == tl.float16:
+        return bias.to(tl.float32) * _LOG2E
+    if bias.dtype == tl.bfloat16:  # floored on its bits: finite values below the floor lie between it and −inf's
+        bits = bias.to(tl.int16, bitcast=True)
+        bits = tl.where((bits > _BF16_MASK_FLOOR_BITS) & (bits < _BF16_NEG_INF_BITS), _BF16_MASK_FLOOR_BITS, bits)
+        return bits.to(tl.bfloat16, bitcast=True).to(tl.float32) * _LOG2E
+    bias = bias.to(tl.float32)  # NaN propagates, as the twin's clamp and eager softmax do
+    return tl.where(bias == float("-inf"), bias, tl.maximum(bias * _LOG2E, _FP32_LOWEST, tl.PropagateNan.ALL))
+
+
+@triton.jit
 def _attention_block(
     acc, acc_pv, pending, l_i, m_i, q, qs, offs_m, start_n,
     k_base, v_base, ks_base, mask_base,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-    N_K, HEAD_DIM, causal_offset, window_left,
+    N_Q, N_K, HEAD_DIM, causal_offset, window_left,
     CAUSAL_MASK: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
     PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, INTERPRETER: tl.constexpr,
     MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, BOUNDS: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -173,6 +192,7 @@ def _attention_block(
     descriptors fill what lies past N_K and HEAD_DIM with zeros, as the masked loads do.
 
     ``BOUNDS`` masks keys at and past N_K; the loop over full blocks leaves it off (no per-score select).
+    The mask is read at row min(query, N_Q − 1): the tile's rows past N_Q must not read past its end.
     ``INTERPRETER``: running in Triton's interpreter, which has no fused multiply-add and rounds fp32 → e4m3
     wrongly at carries; those two steps are then emulated exactly.
 
@@ -203,14 +223,12 @@ def _attention_block(
         ks = tl.load(ks_base + offs_n * stride_ksn)
     _, s = _scores(q, k, qs, ks, MAGIC_I2F, FOLD_Q_SCALE)
     if MASK_KIND != 0:
-        mask_ptrs = mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+        mask_ptrs = mask_base + tl.minimum(offs_m, N_Q - 1)[:, None] * stride_mm + offs_n[None, :] * stride_mn
         if MASK_KIND == 1:
             keep = tl.load(mask_ptrs, mask=n_ok[None, :], other=0)
             s = tl.where(keep != 0, s, float("-inf"))
         else:
-            bias = tl.load(mask_ptrs, mask=n_ok[None, :], other=0.0).to(tl.float32)
-            bias2 = tl.where(bias == float("-inf"), bias, tl.maximum(bias * _LOG2E, _FP32_LOWEST))
-            s = s + bias2
+            s = s + _bias_in_base2(tl.load(mask_ptrs, mask=n_ok[None, :], other=0.0))
     if CAUSAL_MASK:
         diagonal = offs_m[:, None] + causal_offset
         s = tl.where(offs_n[None, :] <= diagonal, s, float("-inf"))
@@ -530,7 +548,7 @@ def _int8_attention_fwd(
             acc, acc_pv, pending, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-            N_K, HEAD_DIM, causal_offset, window_left,
+            N_Q, N_K, HEAD_DIM, causal_offset, window_left,
             False, False, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER, MAGIC_I2F,
             FOLD_Q_SCALE, False, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS, k_desc, v_desc, TMA, V_SEQUENCE_MAJOR,
         )
@@ -539,7 +557,7 @@ def _int8_attention_fwd(
             acc, acc_pv, pending, l_i, m_i, q, qs, offs_m, start_n,
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
-            N_K, HEAD_DIM, causal_offset, window_left,
+            N_Q, N_K, HEAD_DIM, causal_offset, window_left,
             IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER, MAGIC_I2F,
             FOLD_Q_SCALE, True, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS, k_desc, v_desc, TMA, V_SEQUENCE_MAJOR,
         )

@@ -22,6 +22,7 @@ import triton.language as tl
 from intfa_compile.kernels.int8_flash_attention import (
     _INTERPRETED,
     DECODE_BLOCK_M,
+    _bias_in_base2,
     _int8_attention_fwd,
     _scores,
     int8_flash_attention_triton,
@@ -33,7 +34,7 @@ from intfa_compile.kernels.int8_flash_attention import (
 from intfa_compile import cpu_attention
 from intfa_compile.attention_call import AttentionCall
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
-from intfa_compile.numerics import KV_BLOCK_AUTOTUNE, LOG2E
+from intfa_compile.numerics import BF16_MASK_FLOOR, KV_BLOCK_AUTOTUNE, LOG2E
 from intfa_compile.quantize import sequence_major
 from intfa_compile.reference import reference_attention
 from tests.helpers import (
@@ -464,6 +465,77 @@ def test_kernel_propagates_nan_like_eager(where):
     eager = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.equal(kernel.isnan(), eager.isnan())
     assert torch.equal(cpu.isnan(), eager.isnan())
+
+
+@triton.jit
+def _bias_kernel(BIAS, OUT, N: tl.constexpr):
+    cols = tl.arange(0, N)
+    tl.store(OUT + cols, _bias_in_base2(tl.load(BIAS + cols)))
+
+
+_EDGE_BIASES = [float("-inf"), "lowest", -3.0e38, BF16_MASK_FLOOR, -2.0e38, -70000.0, -1.0, -0.0, 0.0, 0.5, 65504.0,
+                1.0e38, "highest", float("nan"), float("inf"), -1.0e38]
+
+
+def _edge_biases(dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask entries at the edges of ``dtype``'s range (cast to it: beyond fp16's they become ±inf)."""
+    finfo = torch.finfo(dtype)
+    values = [finfo.min if v == "lowest" else finfo.max if v == "highest" else v for v in _EDGE_BIASES]
+    return torch.tensor(values, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_kernels_mask_in_base2_is_the_twins(dtype):
+    """The kernel's per-dtype forms of an additive mask in base 2 (fp16: no clamp, bfloat16: a floor on the bits,
+    fp32: the clamp of the product) give the twin's values bit for bit, −inf, NaN and both infinities included."""
+    bias = _edge_biases(dtype)
+    out = torch.empty(bias.numel(), dtype=torch.float32, device=DEVICE)
+    _bias_kernel[(1,)](bias.to(DEVICE), out, bias.numel())
+    expected = cpu_attention.additive_mask_in_base2(bias)
+    torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0, equal_nan=True)
+    negative = bias.isfinite() & (bias < 0)
+    assert expected[negative].isfinite().all()  # no finite entry overflows to −inf in base 2
+
+
+def test_bfloat16_mask_entries_below_the_floor_count_as_the_floor():
+    bias = _edge_biases(torch.bfloat16)
+    got = cpu_attention.additive_mask_in_base2(bias)
+    floor = torch.tensor(BF16_MASK_FLOOR).float() * LOG2E
+    below = (bias < BF16_MASK_FLOOR) & (bias != float("-inf"))
+    assert below.sum() == 2  # finfo(bfloat16).min and -3e38
+    assert (got[below] == floor).all() and got[below].isfinite().all()
+    rest = ~below & ~bias.isnan()
+    assert torch.equal(got[rest], torch.where(bias[rest] == float("-inf"), bias[rest].float(),
+                                              bias[rest].float() * LOG2E))
+    assert got[bias.isnan()].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", ["per_key", "per_query"])
+def test_additive_masks_of_every_dtype_and_layout_match_the_twin(dtype, rows):
+    """An additive mask in each float dtype, either one row for every query (key padding, (B, 1, 1, Nk), stride 0
+    along the queries) or a row per query ((B, 1, Nq, Nk), whose rows past Nq the kernel's last tile must not read),
+    with −inf, ``finfo.min`` and (bfloat16) entries below the floor: the kernel adds what the twin adds.
+    Batch entry 1 is masked with ``finfo.min`` everywhere: with fp32 and bfloat16 every row a uniform average, as
+    eager softmax gives."""
+    gen = torch.Generator().manual_seed(29)
+    q, k, v = (torch.randn(2, 2, 37, 32, generator=gen) for _ in range(3))
+    bias = 3 * torch.randn(2, 1, 1 if rows == "per_key" else 37, 37, generator=gen)
+    bias[0, ..., 3] = float("-inf")
+    bias[0, ..., 5] = torch.finfo(dtype).min
+    bias[0, ..., 7] = -3.0e38 if dtype != torch.float16 else -60000.0
+    bias[1] = torch.finfo(dtype).min
+    bias = bias.to(dtype)
+    inputs = quantized_inputs(q, k, v, pv_format="int8")
+    kernel, cpu = _both(inputs, bias, False, None, "fixed")
+    q_hat, k_hat, v_hat = inputs["dequantized"]
+    assert not kernel.isnan().any() and not cpu.isnan().any()
+    ref = reference_attention(q_hat, k_hat, v_hat, bias.double(), False, None)
+    _assert_kernel_matches_cpu(kernel, cpu, v_hat, ref)
+    if dtype != torch.float16:  # fp16's finfo.min (-65504) is a constant shift of every score: no mask at all
+        uniform = v_hat[1].float().mean(dim=-2, keepdim=True).expand(2, 37, 32)
+        for out in (kernel, cpu):
+            assert torch.allclose(out[1], uniform, atol=1e-5)
 
 
 def test_rows_masked_with_finfo_min_average_uniformly_like_eager():
