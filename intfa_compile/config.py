@@ -1,8 +1,9 @@
 """Toggles of the INT8 attention rewrite, in the manner of ``torch/_inductor/config.py``.
 
 Each toggle is a typed module global with a docstring. Change one for the whole process
-(``intfa_compile.config.pv_format = "int8"``), for a scope (``with config.patch(pv_format="int8"):``)
-or for one compiled model (``torch.compile(m, backend="intfa", options={"pv_format": "int8"})``).
+(``intfa_compile.config.pv_format = "int8"``), for a scope of this thread (``with config.patch(pv_format="int8"):``;
+patched values are context-local, as torch's own config patches: another thread compiling at the same time keeps
+its own) or for one compiled model (``torch.compile(m, backend="intfa", options={"pv_format": "int8"})``).
 
 The backend reads the values when it compiles a graph; every value is part of the compiled graph's
 cache key, so Inductor's FX graph cache never serves a graph built under other settings.
@@ -11,7 +12,9 @@ cache key, so Inductor's FX graph cache never serves a graph built under other s
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
+import itertools
 import os
 import sys
 import types
@@ -218,9 +221,10 @@ def validate(changes: Mapping[str, Any]) -> None:
         _check_value(name, value)
 
 
-def generation() -> int:
-    """A counter that moves whenever a toggle is assigned, so compiled code can notice cheaply."""
-    return _generation
+def generation() -> tuple[int, int]:
+    """What moves whenever a toggle is assigned, or a ``patch`` is entered or left in this context, so compiled code
+    can notice cheaply: (assignments so far, this context's patch serial)."""
+    return _generation, _patched.get()[0]
 
 
 def snapshot() -> dict[str, Any]:
@@ -255,29 +259,47 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> Settings:
 
 @contextlib.contextmanager
 def patch(changes: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[None]:
-    """Set toggles for the duration of a ``with`` block (or a decorated function), then restore them."""
+    """Set toggles for the duration of a ``with`` block (or a decorated function), then restore them. The values
+    hold in this thread (this context: an asyncio task has its own) only; patches nest, the inner one winning."""
     updates = {**(changes or {}), **kwargs}
     validate(updates)
-    module = sys.modules[__name__]
-    saved = {name: getattr(module, name) for name in updates}
-    for name, value in updates.items():
-        setattr(module, name, value)
+    _, current = _patched.get()
+    token = _patched.set((next(_patch_serials), types.MappingProxyType({**current, **updates})))
     try:
         yield
     finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
+        _patched.reset(token)
 
 
 _generation: int = 0
 
+_patch_serials = itertools.count(1)
+_patched: contextvars.ContextVar[tuple[int, Mapping[str, Any]]] = contextvars.ContextVar(
+    "intfa_config_patched", default=(0, types.MappingProxyType({})))
+"""This context's patched toggles and the serial of the ``patch`` that set them (0: none)."""
+
+_TOGGLE_NAMES = frozenset(keys())
+
 
 class _ConfigModule(types.ModuleType):
-    """Validates every assignment to a toggle and bumps the generation counter."""
+    """Reads a toggle from this context's ``patch`` first; validates every assignment to a toggle and bumps the
+    generation counter. Assigning a toggle that a ``patch`` of this context holds changes it within that patch
+    (undone when the patch ends, as the patch's own value is), elsewhere for the whole process."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _TOGGLE_NAMES:
+            patched = _patched.get()[1]
+            if name in patched:
+                return patched[name]
+        return super().__getattribute__(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in keys():
+        if name in _TOGGLE_NAMES:
             _check_value(name, value)
+            _, patched = _patched.get()
+            if name in patched:
+                _patched.set((next(_patch_serials), types.MappingProxyType({**patched, name: value})))
+                return
             super().__setattr__("_generation", self._generation + 1)
         super().__setattr__(name, value)
 

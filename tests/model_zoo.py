@@ -1,6 +1,6 @@
 """Small random-weight models that write attention in every way the field does, for the zoo test.
 
-``python -m tests.model_zoo`` prints the README's "Supported attention" table from a run over the zoo.
+``python -m tests.model_zoo`` prints the model-zoo table of docs/supported-attention.md from a run over the zoo.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class ZooModel:
 
     name: str
     attention: str
-    """How the model writes attention (the README table's first column)."""
+    """How the model writes attention (the zoo table's first column)."""
     build: Callable[[], tuple[torch.nn.Module, dict]]
     layers: int
 
@@ -206,7 +206,7 @@ def run(entry: ZooModel) -> tuple[torch.Tensor, torch.Tensor, list]:
 
 
 def main() -> None:
-    """Print the README's "Supported attention" table from a fresh run over the zoo."""
+    """Print the model-zoo table (docs/supported-attention.md) from a fresh run over the zoo."""
     from intfa_compile.sites import LEFT_ALONE
 
     logging.getLogger("intfa_compile").setLevel(logging.ERROR)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import torch
@@ -213,6 +214,33 @@ def test_changed_config_recompiles_the_compiled_model(model_and_input):
     assert torch.equal(row_block, expected_row_block)
     assert torch.equal(fixed, fixed_again)
     assert not torch.equal(fixed, row_block)
+
+
+def test_a_patch_in_another_thread_does_not_change_what_this_thread_runs(model_and_input):
+    """A compiled model called by two threads at once, one of them under ``config.patch``: each runs the graph of
+    its own settings (the patch is the other thread's only)."""
+    model, x = model_and_input
+    compiled = torch.compile(model, backend="intfa")
+    patched, patch_in_force, may_leave = [], threading.Event(), threading.Event()
+
+    def call_under_a_patch() -> None:
+        with torch.no_grad(), config.patch(qk_granularity="per_head"):
+            patched.append(compiled(x))
+            patch_in_force.set()
+            may_leave.wait(timeout=600)
+
+    with torch.no_grad():
+        fixed = compiled(x)
+        thread = threading.Thread(target=call_under_a_patch)
+        thread.start()
+        try:
+            assert patch_in_force.wait(timeout=600)
+            meanwhile = compiled(x)
+        finally:
+            may_leave.set()
+            thread.join()
+    assert torch.equal(meanwhile, fixed)
+    assert not torch.equal(patched[0], fixed)
 
 
 def test_options_override_global_config(model_and_input):

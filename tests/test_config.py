@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import threading
 import typing
 from pathlib import Path
 
@@ -61,3 +62,61 @@ def test_config_patch_restores_and_validates():
     with pytest.raises(ValueError):
         config.p_scale = "nope"
     assert config.snapshot() == before
+
+
+def _in_thread(function):
+    """``function()``'s result, run in a new thread (which starts with no patch of ours)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(function()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def test_a_patch_holds_in_its_own_thread_only():
+    """As torch's config patches: a thread compiling under ``patch`` does not change what another one compiles
+    with; a plain assignment is for the whole process."""
+    before = config.snapshot()
+    with config.patch(pv_format="int8", min_seq_len=7):
+        assert (config.pv_format, config.min_seq_len) == ("int8", 7)
+        assert _in_thread(lambda: (config.pv_format, config.resolve().min_seq_len)) == (
+            before["pv_format"], before["min_seq_len"])
+    ready, done = threading.Barrier(2), []
+
+    def compile_under(fmt: str) -> None:
+        with config.patch(pv_format=fmt):
+            ready.wait()  # both patches are in force at once
+            done.append((fmt, config.resolve().pv_format, config.snapshot()["pv_format"]))
+
+    threads = [threading.Thread(target=compile_under, args=(fmt,)) for fmt in ("int8", "fp8")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(done) == [("fp8", "fp8", "fp8"), ("int8", "int8", "int8")]
+    assert config.snapshot() == before
+
+
+def test_an_assignment_is_for_every_thread_but_inside_a_patch_for_that_patch():
+    before = config.min_seq_len
+    try:
+        config.min_seq_len = 33
+        assert _in_thread(lambda: config.min_seq_len) == 33
+        with config.patch(min_seq_len=5):
+            config.min_seq_len = 6  # a toggle the patch holds: changed within the patch
+            assert config.min_seq_len == 6 and _in_thread(lambda: config.min_seq_len) == 33
+        assert config.min_seq_len == 33
+    finally:
+        config.min_seq_len = before
+
+
+def test_generation_moves_with_assignments_and_with_patches_of_this_context():
+    start = config.generation()
+    with config.patch(min_seq_len=3):
+        inside = config.generation()
+        assert inside != start
+        assert _in_thread(config.generation) == start  # another thread's settings did not change
+        with config.patch(min_seq_len=4):
+            assert config.generation() not in (start, inside)
+        assert config.generation() == inside
+    assert config.generation() == start
