@@ -9,8 +9,8 @@ Methods (all fed the same 16-bit Q, K, V; the reference is fp64 attention of tho
 Inputs: normal N(0, 1) and uniform U(−1, 1). Metrics: mean relative error (mean|out − ref| / mean|ref|),
 relative L2 and cosine.
 
-    python benchmarks/accuracy.py                       # CPU default: N = 1k, 2k, 4k
-    python benchmarks/accuracy.py --lengths 1024 2048 4096 8192 16384   # the paper's range (GPU: fast)
+    python -m benchmarks.accuracy                       # CPU default: N = 1k, 2k, 4k
+    python -m benchmarks.accuracy --lengths 1024 2048 4096 8192 16384   # the paper's range (GPU: fast)
 
 Writes ``benchmarks/results/accuracy-<device>-<date>.md`` and ``.png``.
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from plotting import Panels, plot_against_length
 
+from benchmarks.plotting import Panels, plot_against_length
 from intfa_compile.ops import int8_sdpa
 from intfa_compile.reference import ErrorMetrics, error_metrics, reference_attention
 

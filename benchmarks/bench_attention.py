@@ -9,8 +9,8 @@ that picks ``config.cuda_lowering``), and SageAttention 1.0.6 when importable. T
 does not flatter; accuracy is cosine, relative L2 and mean relative
 error (mean|out − ref| / mean|ref|) against fp64 attention on the first two heads.
 
-    python benchmarks/bench_attention.py                 # GPU: full sweep, writes benchmarks/results/
-    python benchmarks/bench_attention.py --smoke --out /tmp/x   # CPU: tiny shapes, Triton interpreter
+    python -m benchmarks.bench_attention                 # GPU: full sweep, writes benchmarks/results/
+    python -m benchmarks.bench_attention --smoke --out /tmp/x   # CPU: tiny shapes, Triton interpreter
 
 Writes ``<out>/<device>-<date>.md`` (table, device, versions, command) and a PNG plot.
 """
@@ -31,23 +31,23 @@ from pathlib import Path
 if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the kernel's import
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import triton  # noqa: E402
-from fp8_attention import fp8_attention, fp8_flash_attention, quantize_fp8  # noqa: E402
-from plotting import Panels, plot_against_length  # noqa: E402
-from results_file import RunInfo  # noqa: E402
-from torch._inductor.utils import run_and_get_code  # noqa: E402
+import torch
+import torch.nn.functional as F
+import triton
+from torch._inductor.utils import run_and_get_code
 
-from intfa_compile.numerics import KV_BLOCK_AUTOTUNE  # noqa: E402
-from intfa_compile.ops import int8_sdpa, out_dtype_name  # noqa: E402
-from intfa_compile.quantize import (  # noqa: E402
+from benchmarks.fp8_attention import fp8_attention, fp8_flash_attention, quantize_fp8
+from benchmarks.plotting import Panels, plot_against_length
+from benchmarks.results_file import RunInfo
+from intfa_compile.numerics import KV_BLOCK_AUTOTUNE
+from intfa_compile.ops import int8_sdpa, out_dtype_name
+from intfa_compile.quantize import (
     quantize_per_channel,
     quantize_per_token,
     quantize_v_fp8,
     sequence_major,
 )
-from intfa_compile.reference import error_metrics, reference_attention  # noqa: E402
+from intfa_compile.reference import error_metrics, reference_attention
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ACCURACY_HEADS = 2
@@ -358,9 +358,9 @@ def _tuned_tiles_section(device: str) -> str:
     """The tiles the INT8 kernel's autotuner chose, per autotune key (BLOCK_N among them when it was free)."""
     if device != "cuda":
         return ""
-    from intfa_compile.kernels.int8_flash_attention import _int8_attention_fwd, tuned_tiles
+    from intfa_compile.kernels.int8_flash_attention import int8_attention_fwd, tuned_tiles
 
-    names = list(_int8_attention_fwd.keys)
+    names = list(int8_attention_fwd.keys)
     lines = ["", "## Tiles the INT8 kernel's autotuner chose", "", f"autotune key: {', '.join(names)}, dtypes", "",
              "| key | BLOCK_M | BLOCK_N | warps | stages |", "|---|---|---|---|---|"]
     for key, tile in sorted(tuned_tiles().items(), key=str):

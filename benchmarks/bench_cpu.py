@@ -7,8 +7,8 @@ and, for reference, the kernel's step-by-step twin (``cpu_attention``, the op's 
 heads, random weights, fp32, SDPA attention) at 512 tokens, steady state (median): eager, ``torch.compile``
 with Inductor, and with ``backend="intfa"``.
 
-    python benchmarks/bench_cpu.py                        # writes benchmarks/results/cpu-<cpu>-<date>.md
-    python benchmarks/bench_cpu.py --smoke --out /tmp/x   # tiny shapes, end to end
+    python -m benchmarks.bench_cpu                        # writes benchmarks/results/cpu-<cpu>-<date>.md
+    python -m benchmarks.bench_cpu --smoke --out /tmp/x   # tiny shapes, end to end
 
 The results file names the CPU, its vector and INT8 dot-product instructions, whether ``torch._int_mm`` is exact
 here (then Q·Kᵀ runs as INT8 GEMMs), the versions and the date.
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from results_file import RunInfo
-from timing import samples_ms
 
 import intfa_compile
+from benchmarks.results_file import RunInfo
+from benchmarks.timing import samples_ms
 from intfa_compile.attention_call import AttentionCall
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.cpu_fast_attention import exact_int8_gemm

@@ -6,8 +6,8 @@ attention is one INT8 site). For each prefill length it reports latency (``trito
 median on CUDA), the speedup of intfa over Inductor, and the cosine of intfa's logits to Inductor's
 and to eager fp32 on the last positions (what decoding reads).
 
-    python benchmarks/bench_model.py                          # GPU: 4k, 8k, 16k; writes benchmarks/results/
-    python benchmarks/bench_model.py --smoke --out /tmp/x     # CPU: a tiny stack, end to end
+    python -m benchmarks.bench_model                          # GPU: 4k, 8k, 16k; writes benchmarks/results/
+    python -m benchmarks.bench_model --smoke --out /tmp/x     # CPU: a tiny stack, end to end
 
 Writes ``<out>/model-<device>-<date>.md`` with device, versions and the command.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 import triton
-from results_file import RunInfo
-from timing import samples_ms
 from torch._dynamo.utils import counters
 
+from benchmarks.results_file import RunInfo
+from benchmarks.timing import samples_ms
 from intfa_compile.sites import rewritten_sites
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

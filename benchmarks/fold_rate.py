@@ -6,7 +6,7 @@ expected cost per block is steady + rate × fold. This measures the rate on the 
 normal Q, K) and on inputs with an attention sink (one key that every query scores high, as trained decoders
 have), with the kernel's tile (128 query rows) and key block (64).
 
-    python benchmarks/fold_rate.py
+    python -m benchmarks.fold_rate
 """
 
 from __future__ import annotations

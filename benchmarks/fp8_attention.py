@@ -78,7 +78,7 @@ def _prune_fp8_or_16bit(configs: list[triton.Config], named_args: dict, **kwargs
 @triton.autotune(configs=autotune_configs(), key=["N_Q", "N_K", "HEAD_DIM", "IS_CAUSAL"],
                  prune_configs_by={"early_config_prune": _prune_fp8_or_16bit}, do_bench=AUTOTUNE_BENCH)
 @triton.jit
-def _fp8_attention_fwd(
+def fp8_attention_fwd(
     Q, K, V, DESCALE_Q, DESCALE_K, DESCALE_V, OUT,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -169,7 +169,7 @@ def fp8_flash_attention(
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads)
 
-    _fp8_attention_fwd[grid](*args, **constexprs)
+    fp8_attention_fwd[grid](*args, **constexprs)
     return out
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU should run, in one device call (see benchmarks/NOTES.md):
-#   bash benchmarks/gpu_session.sh [bench_attention.py arguments...]
+#   bash benchmarks/gpu_session.sh [benchmarks.bench_attention arguments...]
 # CUDA tests first, then the attention and model benchmarks; logs and results land in $OUT and benchmarks/results/.
 set -uo pipefail
 OUT=${OUT:-/tmp/intfa-out}
@@ -33,10 +33,10 @@ export PYTHONPATH=$site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_int8_flash_attention.py tests/test_ops.py \
     tests/test_fp8_baseline.py tests/test_backend.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -n 15
 
-python3 benchmarks/bench_attention.py "$@" 2>&1 | tee "$OUT/bench.log" | tail -n 60
+python3 -m benchmarks.bench_attention "$@" 2>&1 | tee "$OUT/bench.log" | tail -n 60
 # The whole-model prefill (issue 4); MODEL_LENGTHS="4096 8192 16384" by default, "" to skip.
 if [ -n "${MODEL_LENGTHS-4096 8192 16384}" ]; then
-    python3 benchmarks/bench_model.py --lengths ${MODEL_LENGTHS-4096 8192 16384} 2>&1 | tee "$OUT/bench_model.log" \
+    python3 -m benchmarks.bench_model --lengths ${MODEL_LENGTHS-4096 8192 16384} 2>&1 | tee "$OUT/bench_model.log" \
         | tail -n 15
 fi
 cp benchmarks/results/* "$OUT/" 2>/dev/null || true

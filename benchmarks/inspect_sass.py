@@ -14,14 +14,15 @@ predicated forward branch inside it jumps over, the rare rescale when a row maxi
 apart as ``loop_rare_histogram``), registers,
 spills (``STL`` instructions and local-memory bytes), shared memory and occupancy.
 
-    python benchmarks/inspect_sass.py                      # table: sm_80/sm_90, every variant, default tile
-    python benchmarks/inspect_sass.py --all-configs        # every autotune config that survives pruning
-    python benchmarks/inspect_sass.py --json --arch 90 --head-dim 128 --variant full-int8
+    python -m benchmarks.inspect_sass                      # table: sm_80/sm_90, every variant, default tile
+    python -m benchmarks.inspect_sass --all-configs        # every autotune config that survives pruning
+    python -m benchmarks.inspect_sass --json --arch 90 --head-dim 128 --variant full-int8
         # last line: one JSON object with sass_histogram, loop_histogram, block_m, block_n, num_warps,
         # num_stages, registers, spills, ... (the contract ``pipe_model.py`` and the tests rely on)
 
-Written against Triton 3.8's launch path (``create_function_from_signature``, ``JITFunction._pack_args``);
-another Triton raises a clear error here rather than compiling something a launch would not.
+Written against Triton's private launch path (``create_function_from_signature``, ``JITFunction._pack_args``),
+checked on the releases ``LAUNCH_PATH_RELEASES`` names; another Triton raises a clear error here rather than
+compiling something a launch would not.
 """
 
 from __future__ import annotations
@@ -41,18 +42,16 @@ from pathlib import Path
 if os.environ.get("TRITON_INTERPRET") == "1":
     raise SystemExit("run without TRITON_INTERPRET: this compiles the real kernel for a GPU target")
 
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource, make_backend  # noqa: E402
+import torch
+import triton
+from intfa_compile.kernels import int8_flash_attention as int8_kernel
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intfa_compile.kernels import int8_flash_attention as int8_kernel  # noqa: E402
-
-from intfa_compile.attention_call import AttentionCall  # noqa: E402
-from intfa_compile.key_splits import key_splits  # noqa: E402
-from intfa_compile.numerics import default_kv_block  # noqa: E402
-from intfa_compile.pv_formats import FP8, FP16, INT8, PVFormat  # noqa: E402
+from intfa_compile.attention_call import AttentionCall
+from intfa_compile.key_splits import key_splits
+from intfa_compile.numerics import default_kv_block
+from intfa_compile.pv_formats import FP8, FP16, INT8, PVFormat
 
 MASKS = {
     "bool": (torch.bool, True), "additive": (torch.float16, True), "bf16 additive": (torch.bfloat16, True),
@@ -121,7 +120,7 @@ class Codegen:
         return out
 
 
-def _instructions(sass: str) -> list[tuple[int, str]]:
+def sass_instructions(sass: str) -> list[tuple[int, str]]:
     """(address, opcode with modifiers) for every instruction of the first kernel in ``sass``."""
     return [(int(m.group(1), 16), m.group(2)) for m in map(_INSTRUCTION.search, sass.splitlines()) if m]
 
@@ -139,7 +138,7 @@ def _branches(sass: str) -> list[tuple[int, int, bool]]:
 def main_loop_range(sass: str) -> tuple[int, int] | None:
     """Address range [start, branch] of the steady-state KV loop: the first loop (backward branch), in address
     order, whose body holds tensor-core instructions; loops nested inside it are part of its body."""
-    instructions = _instructions(sass)
+    instructions = sass_instructions(sass)
     loops = [(target, at) for at, target, _ in _branches(sass) if target < at]
     candidates = [
         (start, end) for start, end in loops
@@ -159,7 +158,7 @@ def skipped_regions(sass: str, loop: tuple[int, int]) -> list[tuple[int, int]]:
             if predicated and loop[0] <= at < target <= loop[1]]
 
 
-def _histogram(instructions: list[tuple[int, str]], address_range: tuple[int, int] | None = None,
+def compiled_histogram(instructions: list[tuple[int, str]], address_range: tuple[int, int] | None = None,
                exclude: list[tuple[int, int]] = (), only: list[tuple[int, int]] | None = None) -> dict[str, int]:
     def kept(address: int) -> bool:
         if address_range is not None and not address_range[0] <= address <= address_range[1]:
@@ -191,15 +190,22 @@ def occupancy(arch: int, registers: int, shared_bytes: int, num_warps: int) -> i
     return max(0, min(by_registers, by_shared, limits["warps"] // num_warps, limits["blocks"]))
 
 
+LAUNCH_PATH_RELEASES = ((3, 6), (3, 9))
+"""The Triton releases whose private launch path ``compile_like_launch`` was checked on (the range pyproject.toml
+admits): elsewhere it raises rather than compile something a launch would not."""
+
+
 def compile_like_launch(jit_fn, args: tuple, constexprs: dict, config: triton.Config, arch: int) -> tuple:
     """Compile ``jit_fn`` for sm_<arch> with the specialization Triton's launcher derives from ``args``.
 
     Returns (compiled kernel, SASS text, registers, local bytes).
     """
-    try:
-        from triton.runtime.jit import create_function_from_signature
-    except ImportError as error:  # pragma: no cover - other Triton versions
-        raise RuntimeError(f"triton {triton.__version__}: launch-time specialization API not found") from error
+    if not LAUNCH_PATH_RELEASES[0] <= int8_kernel.triton_release() <= LAUNCH_PATH_RELEASES[1]:
+        first, last = (".".join(map(str, release)) for release in LAUNCH_PATH_RELEASES)
+        raise RuntimeError(f"triton {triton.__version__}: this script reaches Triton's private launch path "
+                           f"(create_function_from_signature, JITFunction._pack_args), checked on releases {first} "
+                           f"to {last} only; check it on this one and widen LAUNCH_PATH_RELEASES")
+    from triton.runtime.jit import create_function_from_signature
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(jit_fn.signature, jit_fn.params, backend)
@@ -273,13 +279,14 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
                              window_left=window_left)
         args, constexprs = int8_kernel.launch_arguments(call, out, target_arch=arch, parts=parts,
                                                         split_keys=split_keys, tma=tma)
-        kernel = module._int8_attention_fwd
+        # revisions before 2026-12-06 named the kernel _int8_attention_fwd
+        kernel = getattr(module, "int8_attention_fwd", None) or module._int8_attention_fwd
         if module is not int8_kernel:  # an earlier revision: pass it the arguments it takes, by name
             takes = set(kernel.fn.arg_names)
             constexprs = {name: value for name, value in constexprs.items() if name in takes}
             if "BLOCK_N" in takes and not any("BLOCK_N" in c.kwargs for c in kernel.configs):
                 constexprs["BLOCK_N"] = module.KV_BLOCK_SIZE  # that revision fixed the key block at launch
-            today = [p.name for p in int8_kernel._int8_attention_fwd.fn.params if not p.is_constexpr]
+            today = [p.name for p in int8_kernel.int8_attention_fwd.fn.params if not p.is_constexpr]
             named = dict(zip(today, args, strict=True))
             missing = [p.name for p in kernel.fn.params if not p.is_constexpr and p.name not in named]
             if missing:
@@ -287,7 +294,7 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
             args = tuple(named[p.name] for p in kernel.fn.params if not p.is_constexpr)
         return kernel, args, constexprs
     if variant in ("fp8-baseline", "fp16-baseline"):
-        import fp8_attention
+        from benchmarks import fp8_attention
 
         dtype = fp8_attention.FP8_DTYPE if variant == "fp8-baseline" else torch.float16
         q, k = (_meta(batch, heads, seq, head_dim, dtype=dtype) for _ in range(2))
@@ -297,7 +304,7 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
         descale = _meta(batch, heads, dtype=torch.float32)
         out = _meta(batch, heads, seq, head_dim, dtype=torch.float16)
         args, constexprs = fp8_attention.launch_arguments(q, k, v, descale, descale, descale, causal, sm_scale, out)
-        return fp8_attention._fp8_attention_fwd, args, constexprs
+        return fp8_attention.fp8_attention_fwd, args, constexprs
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
@@ -337,7 +344,7 @@ def inspect_variant(arch: int, variant: str, head_dim: int = 128, causal: bool =
 def inspect_peer(arch: int, variant: str, head_dim: int = 128, causal: bool = False) -> Codegen:
     """A peer's kernel (``peer_kernels``) compiled for sm_<arch> as its own launcher launches it at
     ``TYPICAL_SHAPE``."""
-    import peer_kernels
+    from benchmarks import peer_kernels
 
     if variant != peer_kernels.SAGE_VARIANT:
         raise ValueError(f"unknown peer {variant!r}; known: {peer_kernels.SAGE_VARIANT}")
@@ -349,18 +356,18 @@ def codegen_of(arch: int, variant: str, head_dim: int, causal: bool, jit_fn, arg
                config: triton.Config) -> Codegen:
     """Compile ``jit_fn`` like a launch with ``args``, ``constexprs`` and ``config`` and read what it holds."""
     compiled, sass, registers, local_bytes = compile_like_launch(jit_fn, args, constexprs, config, arch)
-    instructions = _instructions(sass)
+    instructions = sass_instructions(sass)
     loop = main_loop_range(sass)
     rare = skipped_regions(sass, loop) if loop else []
-    histogram = _histogram(instructions)
+    histogram = compiled_histogram(instructions)
     ptx_matrix = sorted(set(re.findall(r"((?:wgmma\.mma_async|mma\.sync)\.\S+)", compiled.asm["ptx"])))
     return Codegen(
         arch=arch, variant=variant, head_dim=head_dim, causal=causal,
         block_m=config.kwargs.get("BLOCK_M", constexprs.get("BLOCK_M")),
         block_n=config.kwargs.get("BLOCK_N", constexprs.get("BLOCK_N")),
         num_warps=config.num_warps, num_stages=config.num_stages, ptx_matrix=ptx_matrix,
-        sass_histogram=histogram, loop_histogram=_histogram(instructions, loop, exclude=rare) if loop else {},
-        loop_rare_histogram=_histogram(instructions, loop, only=rare) if loop else {}, loop_range=loop,
+        sass_histogram=histogram, loop_histogram=compiled_histogram(instructions, loop, exclude=rare) if loop else {},
+        loop_rare_histogram=compiled_histogram(instructions, loop, only=rare) if loop else {}, loop_range=loop,
         registers=registers, spills=sum(count for op, count in histogram.items() if op.split(".")[0] == "STL"),
         local_bytes=local_bytes, shared_bytes=compiled.metadata.shared,
         occupancy_blocks=occupancy(arch, registers, compiled.metadata.shared, config.num_warps), sass=sass,
@@ -512,12 +519,12 @@ def main() -> None:
         summary = f"triton {triton.__version__}: {spilled} of {len(rows)} tiles spill"
         print("\n".join(table) + f"\n\n{summary}")
         if args.out:
-            from results_file import RunInfo
+            from benchmarks.results_file import RunInfo
 
             run = RunInfo("cpu")
             lines = run.header(f"Spill sweep, Triton {triton.__version__}", "-",
                                "compiled for sm_80/sm_90 with the ptxas Triton ships, as a launch compiles (no GPU)",
-                               summary, *(["tile rule: tuned (prune_configs)"] if int8_kernel._triton_release()
+                               summary, *(["tile rule: tuned (prune_configs)"] if int8_kernel.triton_release()
                                           == int8_kernel.TUNED_TRITON else ["tile rule: register-safe "
                                                                             "(_register_safe_tiles)"]))
             path = run.write(Path(args.out), f"spill-sweep-triton{triton.__version__}-", "\n".join(

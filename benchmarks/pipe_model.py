@@ -15,8 +15,8 @@ What the model assumes (``benchmarks/NOTES.md`` cites every rate and says where 
   reported apart (its cycles if it ran every block);
 - static counts: every instruction of the steady-state body runs once per KV block.
 
-    python benchmarks/pipe_model.py                  # sm_90, d 64/128/256, causal and not: table + results
-    python benchmarks/pipe_model.py --smoke          # one kernel (CI)
+    python -m benchmarks.pipe_model                  # sm_90, d 64/128/256, causal and not: table + results
+    python -m benchmarks.pipe_model --smoke          # one kernel (CI)
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import inspect_sass  # noqa: E402
-import peer_kernels  # noqa: E402
-import triton  # noqa: E402
+import triton
 
-from intfa_compile.numerics import default_kv_block, padded_head_dim  # noqa: E402
-from intfa_compile.pv_formats import INT8  # noqa: E402
+from benchmarks import inspect_sass, peer_kernels
+from intfa_compile.numerics import default_kv_block, padded_head_dim
+from intfa_compile.pv_formats import INT8
 
 BASELINE_REVISION = "4b29d76"
 """The INT8 kernel before issue 11's rework (F2I rounding of P, per-block P·V conversion, D-major V)."""

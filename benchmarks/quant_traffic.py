@@ -17,14 +17,13 @@ Predicted time at the H200's copy bandwidth (4.3 TB/s, ``REFERENCE.md``) against
 time (``pipe_model``'s latest sm_90 results, d = 128, causal: pipes overlapping and serial). A model, not a
 timing: no GPU has run any of it.
 
-    python benchmarks/quant_traffic.py
+    python -m benchmarks.quant_traffic
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -32,10 +31,8 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import RunInfo  # noqa: E402
-
-import intfa_compile  # noqa: E402, F401  (registers the backend)
+import intfa_compile  # noqa: F401  (registers the backend)
+from benchmarks.results_file import RunInfo
 
 BATCH, HEADS, HEAD_DIM = 4, 32, 128
 LENGTHS = (1024, 2048, 4096, 8192, 16384)
@@ -174,8 +171,7 @@ def attention_seconds(variant: str, tokens: int, serial: bool) -> float | None:
     files = sorted(RESULTS.glob("pipe-model-sm90-*.json"))
     if not files:
         return None
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import pipe_model
+    from benchmarks import pipe_model
 
     for row in json.loads(files[-1].read_text()):
         if row["variant"] == variant and row["head_dim"] == HEAD_DIM and row["causal"]:

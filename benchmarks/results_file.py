@@ -26,6 +26,11 @@ def cpu_description() -> str:
     return f"{model}; bf16 instructions: {', '.join(bf16) or 'none'} ({torch.get_num_threads()} threads)"
 
 
+def command_line() -> str:
+    """How this process was started, as a user would type it: ``python -m benchmarks.<name> <arguments>``."""
+    return " ".join(["python", *sys.orig_argv[1:]])
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """The machine and software one benchmark run measured, for its results file."""
@@ -45,7 +50,7 @@ class RunInfo:
             "",
             f"- device: {self.device_name}; torch {torch.__version__}; triton {triton.__version__}; "
             f"python {platform.python_version()}; dtype {dtype}",
-            f"- command: `python {' '.join(sys.argv)}`",
+            f"- command: `{command_line()}`",
             *([f"- cpu: {cpu_description()}"] if self.device != "cuda" else []),
             *(f"- {line}" for line in details),
         ]

@@ -13,7 +13,7 @@ Three parts, one results file (``benchmarks/results/rotation-cost-<device>-<date
 
 Static counts and a bandwidth model, not timings: no GPU has run this kernel yet.
 
-    python benchmarks/rotation_cost.py
+    python -m benchmarks.rotation_cost
 """
 
 from __future__ import annotations
@@ -30,22 +30,20 @@ from pathlib import Path
 if os.environ.get("TRITON_INTERPRET") == "1":  # the SASS part compiles, which the interpreter cannot
     sys.exit("rotation_cost.py compiles for sm_90: run it without TRITON_INTERPRET=1")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import triton  # noqa: E402
-from torch._inductor.utils import run_and_get_code  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inspect_sass import _histogram, _instructions, compile_like_launch, main_loop_range  # noqa: E402
-from intfa_compile.kernels.hadamard_quantize import (  # noqa: E402
+import torch
+import torch.nn.functional as F
+import triton
+from intfa_compile.kernels.hadamard_quantize import (
     TOKENS_PER_TILE,
-    _hadamard_quantize_kernel,
+    hadamard_quantize_kernel,
     launch_constexprs,
 )
-from quant_traffic import rotary  # noqa: E402
-from results_file import RunInfo  # noqa: E402
+from torch._inductor.utils import run_and_get_code
 
-import intfa_compile  # noqa: E402, F401  (registers the backend and the operators)
+import intfa_compile  # noqa: F401  (registers the backend and the operators)
+from benchmarks.inspect_sass import compile_like_launch, compiled_histogram, main_loop_range, sass_instructions
+from benchmarks.quant_traffic import rotary
+from benchmarks.results_file import RunInfo
 
 H200_COPY_BYTES_PER_S = 4.3e12
 """Device-to-device copy bandwidth measured on an H200 (``REFERENCE.md``, "Hardware limits")."""
@@ -134,8 +132,8 @@ def compile_kernel(head_dim: int) -> KernelFacts:
     warps = constexprs.pop("num_warps")
     config = triton.Config({}, num_warps=warps, num_stages=1)
     _, sass, registers, local_bytes = compile_like_launch(
-        _hadamard_quantize_kernel, (x, out, scale, 32, 4096, *x.stride()), constexprs, config, 90)
-    loop = collections.Counter(_histogram(_instructions(sass), main_loop_range(sass)))
+        hadamard_quantize_kernel, (x, out, scale, 32, 4096, *x.stride()), constexprs, config, 90)
+    loop = collections.Counter(compiled_histogram(sass_instructions(sass), main_loop_range(sass)))
     return KernelFacts(head_dim, warps, registers, local_bytes, sum(n for name, n in loop.items() if "GMMA" in name),
                        loop["PRMT"], sum(loop.values()))
 

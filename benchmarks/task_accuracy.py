@@ -18,10 +18,10 @@ Corpus: the English sentences of the Python Language Reference and Library topic
 (``pydoc_data/topics.py``, © Python Software Foundation, PSF License), split at sentence ends and filtered to
 prose (no code, 40–200 characters). Nothing is downloaded.
 
-    python benchmarks/task_accuracy.py               # the whole corpus (about 900 sentences)
-    python benchmarks/task_accuracy.py --limit 64 --ways bf16 default    # a quick run
-    python benchmarks/task_accuracy.py --task decoder
-    python benchmarks/task_accuracy.py --decompose   # where full INT8's error comes from (Q/K, P, V)
+    python -m benchmarks.task_accuracy               # the whole corpus (about 900 sentences)
+    python -m benchmarks.task_accuracy --limit 64 --ways bf16 default    # a quick run
+    python -m benchmarks.task_accuracy --task decoder
+    python -m benchmarks.task_accuracy --decompose   # where full INT8's error comes from (Q/K, P, V)
 
 Writes ``benchmarks/results/task-accuracy[-decoder]-<device>-<date>.md`` and ``.png``.
 """
@@ -31,19 +31,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from results_file import RunInfo  # noqa: E402
 
 import intfa_compile  # noqa: E402
+from benchmarks.results_file import RunInfo  # noqa: E402
 from examples.minilm_demo import embed, load_minilm  # noqa: E402
 from intfa_compile.explain import bypassing_compile_caches  # noqa: E402
 from intfa_compile.sites import collect_sites  # noqa: E402

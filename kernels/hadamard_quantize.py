@@ -105,7 +105,7 @@ def _quantize_chunk(rotated, multiplier, any_infinite, LIMIT: tl.constexpr, INTE
 
 
 @triton.jit
-def _hadamard_quantize_kernel(
+def hadamard_quantize_kernel(
     X, OUT, SCALE, n_heads, n_tokens,
     stride_b, stride_h, stride_n, stride_d,
     D: tl.constexpr, W: tl.constexpr, HB: tl.constexpr, INV_SQRT_HB: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -175,5 +175,5 @@ def hadamard_quantize_triton(x: Tensor, group_tokens: int, limit: int) -> tuple[
         return out, scale
     constexprs = launch_constexprs(x, group_tokens, limit)
     grid = (triton.cdiv(triton.cdiv(n_tokens, constexprs["BLOCK_N"]), TILES_PER_PROGRAM), batch * heads)
-    _hadamard_quantize_kernel[grid](x, out, scale, heads, n_tokens, *x.stride(), **constexprs)
+    hadamard_quantize_kernel[grid](x, out, scale, heads, n_tokens, *x.stride(), **constexprs)
     return out, scale

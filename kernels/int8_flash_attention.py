@@ -345,7 +345,7 @@ the 128-row tiles at a 128-wide head spill 1–59 registers (``inspect_sass.py -
 ``benchmarks/results/spill-sweep-*``), so they get ``_register_safe_tiles``."""
 
 
-def _triton_release(version: str = triton.__version__) -> tuple[int, int]:
+def triton_release(version: str = triton.__version__) -> tuple[int, int]:
     major, minor = version.split(".")[:2]
     return int(major), int(minor)
 
@@ -381,7 +381,7 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     if block_d >= 256:
         kept = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.kwargs["BLOCK_N"] == 64 and c.num_stages <= 2
                 and c.num_warps == 8]
-    elif _triton_release() != TUNED_TRITON or kwargs.get("MASK_KIND", _MASK_NONE) != _MASK_NONE \
+    elif triton_release() != TUNED_TRITON or kwargs.get("MASK_KIND", _MASK_NONE) != _MASK_NONE \
             or kwargs.get("WINDOW", False):
         kept = _register_safe_tiles(configs, block_d, kwargs.get("MASK_KIND", _MASK_NONE), kwargs.get("WINDOW", False))
     else:
@@ -465,7 +465,7 @@ def causal_block_range(pid_m, causal_offset, N_K, IS_CAUSAL: tl.constexpr, BLOCK
     do_bench=AUTOTUNE_BENCH,
 )
 @triton.jit
-def _int8_attention_fwd(
+def int8_attention_fwd(
     Q, K, V, QS, KS, VS, MASK, OUT, ACC_PART, STAT_PART,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -700,7 +700,7 @@ def int8_flash_attention_triton(
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch_heads, ranges)
 
-    kernel = torch.library.wrap_triton(_int8_attention_fwd) if traceable else _int8_attention_fwd
+    kernel = torch.library.wrap_triton(int8_attention_fwd) if traceable else int8_attention_fwd
     if constexprs["TMA"]:
         contextvars.copy_context().run(_launch_with_scratch, kernel, grid, args, constexprs, q.device)
     else:
@@ -725,4 +725,4 @@ def tuned_tiles() -> dict[tuple, dict[str, int]]:
     """The tile the autotuner chose for each key it has tuned (its ``key`` values, then the argument dtypes):
     BLOCK_M, BLOCK_N, warps and stages; what ``benchmarks/bench_attention.py`` records beside its timings."""
     return {key: {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-            for key, config in _int8_attention_fwd.cache.items()}
+            for key, config in int8_attention_fwd.cache.items()}

@@ -10,11 +10,14 @@ from pathlib import Path
 
 from tests.helpers import END_TO_END_COSINE
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout's root: the benchmarks run from there as ``python -m benchmarks.<name>``."""
+
+BENCH = ["-m", "benchmarks.bench_attention"]
 
 
 def test_bench_attention_smoke_writes_table_and_plot(tmp_path):
-    result = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)], capture_output=True,
+    result = subprocess.run([sys.executable, *BENCH, "--smoke", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     tables = list(tmp_path.glob("*.md"))
@@ -34,12 +37,12 @@ def test_bench_attention_smoke_writes_table_and_plot(tmp_path):
     assert list(tmp_path.glob("*.png"))
 
 
-ACCURACY = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+ACCURACY = ["-m", "benchmarks.accuracy"]
 
 
 def test_accuracy_study_runs_and_orders_the_methods(tmp_path):
-    result = subprocess.run([sys.executable, str(ACCURACY), "--lengths", "256", "--head-dims", "64", "--out",
-                             str(tmp_path)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, *ACCURACY, "--lengths", "256", "--head-dims", "64", "--out",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = next(tmp_path.glob("accuracy-*.md")).read_text()
     mre = {}
@@ -52,11 +55,11 @@ def test_accuracy_study_runs_and_orders_the_methods(tmp_path):
     assert list(tmp_path.glob("accuracy-*.png"))
 
 
-MODEL = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
+MODEL = ["-m", "benchmarks.bench_model"]
 
 
 def test_bench_model_smoke_rewrites_every_layer_and_keeps_the_logits(tmp_path):
-    result = subprocess.run([sys.executable, str(MODEL), "--smoke", "--out", str(tmp_path)], capture_output=True,
+    result = subprocess.run([sys.executable, *MODEL, "--smoke", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = next(tmp_path.glob("model-*.md")).read_text()
@@ -69,14 +72,14 @@ def test_bench_model_smoke_rewrites_every_layer_and_keeps_the_logits(tmp_path):
         assert float(row[5]) >= END_TO_END_COSINE and float(row[6]) >= END_TO_END_COSINE
 
 
-PIPE_MODEL = Path(__file__).resolve().parents[1] / "benchmarks" / "pipe_model.py"
+PIPE_MODEL = ["-m", "benchmarks.pipe_model"]
 
 
 def test_pipe_model_smoke_prints_the_pipes_of_the_int8_kernel():
     """Compiles the full-INT8 kernel for sm_90 (d 64) and models its loop; at d = 64 one exp2 per score costs the
     16/clock unit twice the INT8 tensor time, so the loop cannot be tensor-bound (benchmarks/NOTES.md)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(PIPE_MODEL), "--smoke"], capture_output=True, text=True, env=env,
+    result = subprocess.run([sys.executable, *PIPE_MODEL, "--smoke"], cwd=ROOT, capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -85,12 +88,12 @@ def test_pipe_model_smoke_prints_the_pipes_of_the_int8_kernel():
     assert "| full INT8 | 64 | False |" in result.stdout
 
 
-TASK = Path(__file__).resolve().parents[1] / "benchmarks" / "task_accuracy.py"
+TASK = ["-m", "benchmarks.task_accuracy"]
 
 
 def test_task_accuracy_smoke_compares_ways_with_eager_fp32(tmp_path):
-    result = subprocess.run([sys.executable, str(TASK), "--limit", "40", "--ways", "bf16", "default", "--out",
-                             str(tmp_path)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, *TASK, "--limit", "40", "--ways", "bf16", "default", "--out",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = next(tmp_path.glob("task-accuracy-*-smoke.md")).read_text()
     rows = {cells[1]: cells for line in text.splitlines()
@@ -111,8 +114,8 @@ def test_task_accuracy_smoke_compares_ways_with_eager_fp32(tmp_path):
 def test_error_sources_of_full_int8_add_up(tmp_path):
     """``--decompose``: the quantization of Q/K, of V and of P are independent noises, so their embedding errors
     add in quadrature to full INT8's; P's fixed 1/127 step is the largest on the search task."""
-    result = subprocess.run([sys.executable, str(TASK), "--decompose", "--limit", "32", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, *TASK, "--decompose", "--limit", "32", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = next(tmp_path.glob("task-accuracy-sources-*-smoke.md")).read_text()
     error = {cells[1]: float(cells[5]) for line in text.splitlines()
@@ -124,9 +127,9 @@ def test_error_sources_of_full_int8_add_up(tmp_path):
 
 
 def test_neighbour_metrics_count_agreement():
-    sys.path.insert(0, str(TASK.parent))
     import torch
-    from task_accuracy import neighbour_metrics
+
+    from benchmarks.task_accuracy import neighbour_metrics
 
     points = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     assert neighbour_metrics(points, points) == {"top1": 1.0, "top5": 1.0, "spearman": 1.0, "error": 0.0}
@@ -135,17 +138,17 @@ def test_neighbour_metrics_count_agreement():
 
 
 def test_task_accuracy_decoder_smoke_and_next_token_metrics(tmp_path):
-    result = subprocess.run([sys.executable, str(TASK), "--task", "decoder", "--limit", "4", "--ways", "default",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, *TASK, "--task", "decoder", "--limit", "4", "--ways", "default",
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = next(tmp_path.glob("task-accuracy-decoder-*-smoke.md")).read_text()
     (row,) = [[c.strip() for c in line.split("|")] for line in text.splitlines() if "| intfa default" in line]
     top1, kl, sites = float(row[2]), float(row[3]), row[4]
     assert top1 > 0.9 and 0.0 <= kl < 1e-2 and sites == "4/4", row  # 4 LLaMA layers, all INT8
 
-    sys.path.insert(0, str(TASK.parent))
     import torch
-    from task_accuracy import next_token_metrics
+
+    from benchmarks.task_accuracy import next_token_metrics
 
     logits = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
     assert next_token_metrics(logits, logits) == {"top1": 1.0, "kl": 0.0}
@@ -157,8 +160,7 @@ def test_quantization_traffic_is_counted_from_inductors_kernels():
     """``benchmarks/quant_traffic.py`` at a small width: the half-INT8 default's quantization is one kernel fused
     with the rotary embeddings (plus the scales' copies) and moves fewer bytes than Inductor alone moves without
     it (INT8 written where 16-bit Q and K were); full INT8 adds V's quantization on top; both linear in N."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from quant_traffic import HEAD_DIM, intfa_traffic
+    from benchmarks.quant_traffic import HEAD_DIM, intfa_traffic
 
     heads = 2
     half, full = intfa_traffic("fp16", (32, 64), heads), intfa_traffic("int8", (32, 64), heads)
@@ -168,14 +170,14 @@ def test_quantization_traffic_is_counted_from_inductors_kernels():
     assert full.bytes_per_token - half.bytes_per_token >= elements * (2 + 1)  # V read in 16-bit, written INT8
 
 
-BENCH_CPU = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu.py"
+BENCH_CPU = ["-m", "benchmarks.bench_cpu"]
 
 
 def test_bench_cpu_smoke_times_each_case_and_the_model_three_ways(tmp_path):
     """``benchmarks/bench_cpu.py --smoke``: the op against SDPA per case, the model eager / Inductor / intfa, and the
     CPU's instructions in the results file (timings at these sizes mean nothing; the script must not rot)."""
-    result = subprocess.run([sys.executable, str(BENCH_CPU), "--smoke", "--out", str(tmp_path)], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run([sys.executable, *BENCH_CPU, "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = next(tmp_path.glob("cpu-attention-*.md")).read_text()
     assert "torch " in text and "INT8 dot products:" in text and "Q·Kᵀ as " in text

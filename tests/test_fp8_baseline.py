@@ -6,17 +6,10 @@ On CPU the kernel runs in Triton's interpreter; on a GPU with FP8 tensor cores (
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from intfa_compile.reference import reference_attention
-from tests.helpers import FP32_SLACK, half_int8_bound
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from fp8_attention import (  # noqa: E402
+from benchmarks.fp8_attention import (
     FP8_DTYPE,
     FP8_MAX,
     flash_attention_16bit,
@@ -25,6 +18,8 @@ from fp8_attention import (  # noqa: E402
     fp8_flash_attention,
     quantize_fp8,
 )
+from intfa_compile.reference import reference_attention
+from tests.helpers import FP32_SLACK, half_int8_bound
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda" and torch.cuda.get_device_capability() < (8, 9):

@@ -149,7 +149,7 @@ def test_fused_kernel_compiles_for_hopper_without_spills_and_issues_within_its_m
     tensor cores (wgmma), no spills, and at d = 64 and 128 fewer issue clocks per tile than its bytes take at the
     H200's copy bandwidth, so it should run at the speed of the quantization alone. In a subprocess: the
     interpreter (set for this session) cannot compile."""
-    script = ("import json, sys; sys.path.insert(0, 'benchmarks'); from rotation_cost import compile_kernel; "
+    script = ("import json; from benchmarks.rotation_cost import compile_kernel; "
               "facts = [compile_kernel(d) for d in (64, 128, 256)]; "
               "print(json.dumps([[f.head_dim, f.spill_bytes, f.wgmma, f.issue_clocks, f.memory_clocks] "
               "for f in facts]))")

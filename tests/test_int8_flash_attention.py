@@ -23,8 +23,8 @@ from intfa_compile.kernels.int8_flash_attention import (
     _INTERPRETED,
     DECODE_BLOCK_M,
     _bias_in_base2,
-    _int8_attention_fwd,
     _scores,
+    int8_attention_fwd,
     int8_flash_attention_triton,
     launch_arguments,
     round_to_int8,
@@ -277,7 +277,7 @@ def test_split_keys_decode(splits, pv_format, n_q, window_left):
     offset = n_k - n_q
     kernel, cpu = _both(inputs, None, True, None, "fixed", causal_offset=offset, window_left=window_left,
                         kv_block=32, splits=splits)
-    assert _int8_attention_fwd.best_config.kwargs == {"BLOCK_M": DECODE_BLOCK_M, "BLOCK_N": 32}
+    assert int8_attention_fwd.best_config.kwargs == {"BLOCK_M": DECODE_BLOCK_M, "BLOCK_N": 32}
     keep = torch.ones(n_q, n_k, dtype=torch.bool).tril(offset)
     if window_left >= 0:
         keep = keep.triu(offset - window_left)

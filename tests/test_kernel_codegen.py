@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,10 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
-    sys.path.insert(0, "benchmarks")
-    from inspect_sass import inspect_variant, opcode_families
-    from pipe_model import model
+    import json
+    from benchmarks.inspect_sass import inspect_variant, opcode_families
+    from benchmarks.pipe_model import model
     out = {}
     for name, args in {
         "90-full": (90, "full-int8", 128), "90-half": (90, "half-int8", 128), "80-full": (80, "full-int8", 128),
@@ -40,11 +40,11 @@ SCRIPT = textwrap.dedent("""
                      "spills": info.spills, "local": info.local_bytes,
                      "registers": info.registers, "slow_per_score": row.slow_unit_per_score,
                      "tensor": row.tensor, "pipes": row.pipes, "block_m": info.block_m, "block_n": info.block_n}
-    from inspect_sass import launch_space, spill_sweep
-    from intfa_compile.kernels.int8_flash_attention import TUNED_TRITON, _triton_release
+    from benchmarks.inspect_sass import launch_space, spill_sweep
+    from intfa_compile.kernels.int8_flash_attention import TUNED_TRITON, triton_release
     out["sweep"], out["cases"] = spill_sweep(), [case.label() for case in launch_space()]
-    out["tuned"] = _triton_release() == TUNED_TRITON
-    out["triton"] = "%d.%d" % _triton_release()
+    out["tuned"] = triton_release() == TUNED_TRITON
+    out["triton"] = "%d.%d" % triton_release()
     decode = inspect_variant(90, "full-int8", 128, decode=True)
     out["90-decode"] = {"ptx": decode.ptx_matrix, "spills": decode.spills, "block_m": decode.block_m,
                         "sass": decode.sass_counts}
@@ -59,10 +59,9 @@ SCRIPT = textwrap.dedent("""
 
 
 PEER_SCRIPT = textwrap.dedent("""
-    import json, sys
-    sys.path.insert(0, "benchmarks")
-    from inspect_sass import inspect_peer
-    from pipe_model import model
+    import json
+    from benchmarks.inspect_sass import inspect_peer
+    from benchmarks.pipe_model import model
     sage = inspect_peer(90, "sage-1.0.6", 128)
     print(json.dumps({"loop": sage.loop_histogram, "spills": sage.spills, "block_m": sage.block_m,
                       "block_n": sage.block_n, "slow_per_score": model(sage).slow_unit_per_score}))
@@ -213,7 +212,7 @@ def test_decode_tile_splits_keys_on_sixteen_rows_without_spills(codegen):
 def test_inspect_sass_json_contract():
     """``--json`` prints, as its last line, one object with the keys other tools rely on."""
     result = subprocess.run(
-        [sys.executable, "benchmarks/inspect_sass.py", "--json", "--arch", "90", "--head-dim", "128", "--variant",
+        [sys.executable, "-m", "benchmarks.inspect_sass", "--json", "--arch", "90", "--head-dim", "128", "--variant",
          "full-int8"], capture_output=True, text=True, env=_clean_env(), cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads(result.stdout.strip().splitlines()[-1])
@@ -229,11 +228,11 @@ def test_autotuning_keys_lengths_by_power_of_two_bucket():
     sees two keys (the 1024 and 2048 buckets), not 101. Read from the autotuner's own key names and the launch
     arguments the wrapper builds."""
     import torch
-    from intfa_compile.kernels.int8_flash_attention import _int8_attention_fwd, launch_arguments
+    from intfa_compile.kernels.int8_flash_attention import int8_attention_fwd, launch_arguments
 
     from intfa_compile.attention_call import AttentionCall
 
-    assert "N_Q" not in _int8_attention_fwd.keys and "N_K" not in _int8_attention_fwd.keys
+    assert "N_Q" not in int8_attention_fwd.keys and "N_K" not in int8_attention_fwd.keys
     keys = set()
     for n in range(1000, 1101):
         q = torch.empty(1, 2, n, 64, dtype=torch.int8, device="meta")
@@ -241,8 +240,8 @@ def test_autotuning_keys_lengths_by_power_of_two_bucket():
         out = torch.empty(1, 2, n, 64, dtype=torch.float16, device="meta")
         call = AttentionCall(q, q, q, scale, scale, torch.empty(1, 2, 64, device="meta"), None, True, 0.125)
         args, constexprs = launch_arguments(call, out)
-        named = {**dict(zip(_int8_attention_fwd.arg_names, args, strict=False)), **constexprs}
-        keys.add(tuple(named[name] for name in _int8_attention_fwd.keys))
+        named = {**dict(zip(int8_attention_fwd.arg_names, args, strict=False)), **constexprs}
+        keys.add(tuple(named[name] for name in int8_attention_fwd.keys))
     assert len(keys) == 2
 
 
@@ -277,3 +276,32 @@ def test_sageattention_compiles_as_its_launcher_launches_it():
     assert loop.get("MUFU.EX2") == 34 and loop.get("I2FP.F32.S32") == 32
     assert not any(op.startswith("F2I") for op in loop)
     assert 1.0 <= sage["slow_per_score"] <= 1.1
+
+
+def test_the_private_launch_path_is_reached_only_on_the_releases_it_was_checked_on():
+    """``inspect_sass.compile_like_launch`` uses Triton's private launch path: it covers exactly the Triton range
+    pyproject.toml admits, and on a release outside it raises rather than compile what a launch would not."""
+    script = textwrap.dedent("""
+        import json
+        from unittest import mock
+        import triton
+        from benchmarks import inspect_sass
+        from intfa_compile.kernels import int8_flash_attention as kernel
+        with mock.patch.object(kernel, "triton_release", return_value=(3, 10)):
+            try:
+                inspect_sass.compile_like_launch(None, (), {}, triton.Config({}), 90)
+                refused = ""
+            except RuntimeError as error:
+                refused = str(error)
+        print(json.dumps({"releases": inspect_sass.LAUNCH_PATH_RELEASES, "refused": refused}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_clean_env(), cwd=ROOT,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "private launch path" in out["refused"]
+    low, high = re.search(r'"triton>=(\d+\.\d+),<(\d+\.\d+)"', (ROOT / "pyproject.toml").read_text()).groups()
+    (first, last) = out["releases"]
+    assert ".".join(map(str, first)) == low
+    major, minor = map(int, high.split("."))
+    assert last == [major, minor - 1]
