@@ -164,6 +164,48 @@ def test_an_additive_term_in_the_products_frame_is_laid_out_as_the_softmax_sees_
     assert cosine(compiled, eager) >= END_TO_END_COSINE
 
 
+@pytest.mark.parametrize("mask_shape", [(2, 1, 32, 32), (2, 4, 32, 32), (2, 1, 1, 32)])
+def test_a_term_added_in_a_heads_view_between_flat_products_is_read(mask_shape):
+    """Causal-LM code that runs its products over (B·H, N, D) and adds the mask in a (B, H, Nq, Nk) view of the
+    scores: the kernel runs (B, H) from that view, and the mask (a per-head one tells a wrong layout) reaches it
+    as the scores received it."""
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.randn(*mask_shape, generator=gen)
+    mask[..., 0, 5:9] = float("-inf")
+
+    def attend(q, k, v):
+        q3, k3, v3 = (t.reshape(8, 32, 16) for t in (q, k, v))
+        s = (torch.bmm(q3, k3.transpose(1, 2)) * 0.25).view(2, 4, 32, 32) + mask
+        return torch.bmm(s.view(8, 32, 32).softmax(-1), v3).view(2, 4, 32, 16)
+
+    eager, compiled, sites = _compile(attend, *_qkv())
+    site = _only_site(sites)
+    assert site.outcome == DEFAULT_OUTCOME, site.reason
+    assert cosine(compiled, eager) >= END_TO_END_COSINE
+
+
+def test_a_heads_view_of_symbolic_sizes_is_read():
+    """The same code compiled with dynamic shapes: B and H of the view are symbolic sizes the op reads from its
+    inputs; every length runs in INT8, as close to eager as the static case."""
+
+    def attend(q, k, v, mask):
+        b, h, n, d = q.shape
+        q3, k3, v3 = (t.reshape(b * h, n, d) for t in (q, k, v))
+        s = (torch.bmm(q3, k3.transpose(1, 2)) * d**-0.5).view(b, h, n, n) + mask
+        return torch.bmm(s.view(b * h, n, n).softmax(-1), v3).view(b, h, n, d)
+
+    module = _Fn(attend)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend="intfa", dynamic=True)
+    with torch.no_grad(), inductor_config.patch(pattern_matcher=False, fx_graph_cache=False), \
+            collect_sites() as sites:
+        for n in (32, 48):
+            q, k, v = _qkv(n=n)
+            mask = torch.zeros(2, 1, n, n).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+            assert cosine(compiled(q, k, v, mask), module(q, k, v, mask)) >= END_TO_END_COSINE
+    assert sites and all(site.outcome == DEFAULT_OUTCOME for site in sites), [site.reason for site in sites]
+
+
 def test_softmax_forms_and_constants_are_recognised_on_a_traced_graph():
     """``softmax_at`` takes the op forms and the decomposition over the last dimension only; ``uniform_value``
     reads numbers and one-element constants."""

@@ -12,7 +12,9 @@ not change the meaning, and reads what does:
 - the scale: multiplications and divisions by a number (a Python float or a one-element constant);
   ``baddbmm``'s ``alpha``; a scale on Q or K needs no reading (per-token quantization absorbs it);
 - additive terms (masks, position biases such as T5's or ALiBi's; ``baddbmm``'s input times ``beta``),
-  and fills of dropped positions (``where``/``masked_fill`` with −inf or a very negative number).
+  and fills of dropped positions (``where``/``masked_fill`` with −inf or a very negative number), met in the
+  softmax's layout, in the product's, or in a row-major (B, H, Nq, Nk) view of (B·H) products (as causal-LM
+  code adds its mask; the kernel then runs (B, H) from that view).
 
 What it recognises becomes one ``AttentionSite`` over (B, H, N, D) views of the products' operands, which
 the guards, the causal-mask folding and the rewrite take like any other site. It runs before Inductor's

@@ -30,11 +30,14 @@ class Recognised:
     value_product: torch.fx.Node
     scale: float
     lead: tuple[int, ...]
-    """The batch dimensions the softmax ran over (e.g. (B, H)); their product is the products' batch."""
+    """The batch dimensions the kernel runs (e.g. (B, H)): the softmax's, or those of a (B, H, Nq, Nk) view of the
+    scores a term was added in while the softmax and the products see (B·H); their product is the products'
+    batch."""
     additive: tuple[tuple[torch.fx.Node, float, bool], ...]
-    """(term, coefficient, added in the products' (batch, queries, keys) frame rather than the softmax's)."""
+    """(term, coefficient, added with the batch as one dimension, (B·H, Nq, Nk), where the kernel runs (B, H)
+    apart: ``combined_mask`` lays it out as (B, H, Nq, Nk))."""
     drops: tuple[tuple[torch.fx.Node, bool, bool], ...]
-    """(boolean mask, True if True drops, applied in the products' frame)."""
+    """(boolean mask, True if True drops, applied with the batch as one dimension)."""
     kv_heads_found: tuple[bool, bool] = (False, False)
     """Whether the site's key and value are the un-repeated (B, Hk, N, D) tensors behind repeated heads (GQA)
     rather than the products' operands."""
@@ -80,25 +83,26 @@ def combined_mask(additive: Sequence[tuple[torch.Tensor, float, bool]],
     """One mask of (B, H, Nq, Nk)-broadcastable shape equal to the terms the scores received: the additive
     terms summed (a boolean term adds 0 or 1, as ``scores + mask`` does), dropped positions at −inf, or a
     boolean keep-mask where there are only drops. Runs on fake values (the site's shapes) and in the traced
-    replacement alike. A term added in the products' (B·H, Nq, Nk) frame is laid out as (B, H, Nq, Nk); with
-    fewer than two batch dimensions the frames are one (the kernel runs them as (1, B·H) or (1, 1))."""
+    replacement alike. A term added with the batch as one dimension, (B·H, Nq, Nk), is laid out as
+    (B, H, Nq, Nk) (``lead``: the kernel's batch dimensions); with fewer than two batch dimensions the frames are
+    one (the kernel runs them as (1, B·H) or (1, 1))."""
 
-    def in_softmax_frame(term: torch.Tensor, product_frame: bool) -> torch.Tensor:
-        if product_frame and len(lead) == 2:
+    def in_kernel_frame(term: torch.Tensor, flat: bool) -> torch.Tensor:
+        if flat and len(lead) == 2:
             return term.expand(math.prod(lead), n_q, n_k).reshape(*lead, n_q, n_k)
         return term
 
     total = None
-    for term, coefficient, product_frame in additive:
-        term = in_softmax_frame(term, product_frame)
+    for term, coefficient, flat in additive:
+        term = in_kernel_frame(term, flat)
         if term.dtype == torch.bool:
             term = term.to(dtype)
         if coefficient != 1.0:
             term = term * coefficient
         total = term if total is None else total + term
     keep = None
-    for mask, true_drops, product_frame in drops:
-        mask = in_softmax_frame(mask, product_frame)
+    for mask, true_drops, flat in drops:
+        mask = in_kernel_frame(mask, flat)
         kept = ~mask if true_drops else mask
         keep = kept if keep is None else keep & kept
     if keep is None:
@@ -132,17 +136,30 @@ def recognise(node: torch.fx.Node, fake_mode: Any) -> Recognised | None:
     if value_kv is None:
         key_kv = None  # both or neither: the kernel takes K and V with the same heads
     final_layout, product_layout = probe.layout(), LayoutProbe(product_shape, fake_mode).layout()
+    met = [at for _, _, at in scores.additive] + [at for _, _, at in scores.drops]
+    softmax_lead = lead
+    if len(lead) < 2:
+        lead = next((heads for heads in map(_heads_view, met, [product_shape] * len(met)) if heads), lead)
 
-    def in_product_frame(at: tuple) -> bool:
-        """Whether a term met the scores laid out as Q·Kᵀ made them rather than as the softmax reads them."""
+    def flat(at: tuple) -> bool:
+        """Whether a term met the scores with the batch as one dimension where the kernel runs two (it met them as
+        the softmax reads them, as Q·Kᵀ made them, or as the (B, H, Nq, Nk) view the kernel's batch came from)."""
         if same_layout(at, final_layout):
+            frame = softmax_lead
+        elif same_layout(at, product_layout):
+            frame = product_shape[:-2]
+        elif _heads_view(at, product_shape) is not None:
+            frame = _heads_view(at, product_shape)
+        else:
+            frame = None
+        if frame is not None and same_shape(frame, lead):
             return False
-        if same_layout(at, product_layout):
+        if frame is not None and len(frame) <= 1 and len(lead) == 2:
             return True
         raise NotAttention("a term meets the scores in a layout that is neither Q·Kᵀ's nor the softmax's")
 
-    additive = tuple((term, coefficient, in_product_frame(at)) for term, coefficient, at in scores.additive)
-    drops = tuple((mask, true_drops, in_product_frame(at)) for mask, true_drops, at in scores.drops)
+    additive = tuple((term, coefficient, flat(at)) for term, coefficient, at in scores.additive)
+    drops = tuple((mask, true_drops, flat(at)) for mask, true_drops, at in scores.drops)
     heads = heads_layout(lead, bool(additive or drops))
     with fake_mode:
         q_val, kt_val, v_val = (n.meta["val"] for n in (query, key_t, value))
@@ -172,6 +189,22 @@ def recognise(node: torch.fx.Node, fake_mode: Any) -> Recognised | None:
         raise NotAttention("a symbolic size of the attention (its batch or head count) is held by no tensor the "
                            "INT8 op reads")
     return found
+
+
+def _heads_view(at: tuple, product_shape: tuple) -> tuple | None:
+    """(B, H) where ``at`` (a ``LayoutProbe.layout``) is Q·Kᵀ viewed row-major as (B, H, Nq, Nk), as causal-LM code
+    that adds its mask between (B·H) products lays the scores out; else None."""
+    sizes = tuple(size for size, _ in at)
+    if len(sizes) != 4 or not same_shape(sizes[-2:], product_shape[-2:]):
+        return None
+    if not statically_known_true(sizes[0] * sizes[1] == math.prod(product_shape[:-2])):
+        return None
+    expected = 1
+    for size, stride in reversed(at):
+        if stride is not None and not statically_known_true(stride == expected):
+            return None
+        expected = expected * size
+    return sizes[:2]
 
 
 def _describe(product: torch.fx.Node, softmax: Softmax, additive: Sequence, drops: Sequence,
