@@ -5,6 +5,7 @@ quantized against the running maximum of the blocks seen so far), so the kernel 
 implementation must agree on it to compute the same thing.
 """
 
+import struct
 from typing import Literal, get_args
 
 from .pv_formats import PVFormat
@@ -63,9 +64,10 @@ the fp32 product at ``FP32_LOWEST`` (as for fp32 masks) spilled the d = 128 tile
 row masked entirely this way still averages uniformly, as eager softmax does. An fp16 entry (at most 65504 in
 magnitude) never needs a floor."""
 
-BF16_MASK_FLOOR_BITS = -207
-"""``BF16_MASK_FLOOR``'s bits as an int16 (0xFF31): negative bfloat16 values order by magnitude as their int16 bits
-rise from −0 (−32768) to −``finfo.max`` (−129); −inf is −128 and NaNs lie above it."""
+BF16_MASK_FLOOR_BITS = struct.unpack("<i", struct.pack("<f", BF16_MASK_FLOOR))[0] >> 16
+"""``BF16_MASK_FLOOR``'s bits as an int16 (−207, 0xFF31: a bfloat16 is the top half of its fp32's bits):
+negative bfloat16 values order by magnitude as their int16 bits rise from −0 (−32768) to −``finfo.max`` (−129);
+−inf is −128 and NaNs lie above it."""
 
 FP32_TINY = 1.1754943508222875e-38
 """The smallest normal fp32: stands in for a zero query scale where the scale multiplies a −inf score."""

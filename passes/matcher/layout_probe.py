@@ -70,11 +70,16 @@ class LayoutProbe:
                      for size, stride in zip(self.tensor.shape, self.tensor.stride(), strict=True))
 
     def row_major(self) -> bool:
-        """Whether the current tensor lists the product's elements in their order (its strides are those of a
-        contiguous tensor of its shape, size-1 dimensions aside)."""
-        expected = 1
-        for size, stride in reversed(list(zip(self.tensor.shape, self.tensor.stride(), strict=True))):
-            if not statically_known_true(size == 1) and not statically_known_true(stride == expected):
-                return False
-            expected = expected * size
-        return True
+        """Whether the current tensor lists the product's elements in their order (``is_row_major``)."""
+        return is_row_major(self.layout())
+
+
+def is_row_major(layout: tuple) -> bool:
+    """Whether a ``LayoutProbe.layout`` lists the product's elements in their order: its strides are those of a
+    contiguous tensor of its shape, size-1 dimensions aside."""
+    expected = 1
+    for size, stride in reversed(layout):
+        if stride is not None and not statically_known_true(stride == expected):
+            return False
+        expected = expected * size
+    return True

@@ -15,7 +15,7 @@ from ..attention_site import AttentionSite
 from ..causal_masks import fold_causal_mask
 from ..symbolic_sizes import SizeNodes, is_symbolic
 from .graph_ops import NotAttention, op_name
-from .layout_probe import LayoutProbe
+from .layout_probe import LayoutProbe, is_row_major
 from .score_walk import probs_to_value_product, read_scores, repeated_heads, same_layout, same_shape
 from .softmax_forms import Softmax, softmax_at
 
@@ -137,9 +137,10 @@ def recognise(node: torch.fx.Node, fake_mode: Any) -> Recognised | None:
         key_kv = None  # both or neither: the kernel takes K and V with the same heads
     final_layout, product_layout = probe.layout(), LayoutProbe(product_shape, fake_mode).layout()
     met = [at for _, _, at in scores.additive] + [at for _, _, at in scores.drops]
+    heads_views = {id(at): _heads_view(at, product_shape) for at in met}
     softmax_lead = lead
     if len(lead) < 2:
-        lead = next((heads for heads in map(_heads_view, met, [product_shape] * len(met)) if heads), lead)
+        lead = next((view for view in heads_views.values() if view is not None), lead)
 
     def flat(at: tuple) -> bool:
         """Whether a term met the scores with the batch as one dimension where the kernel runs two (it met them as
@@ -148,10 +149,8 @@ def recognise(node: torch.fx.Node, fake_mode: Any) -> Recognised | None:
             frame = softmax_lead
         elif same_layout(at, product_layout):
             frame = product_shape[:-2]
-        elif _heads_view(at, product_shape) is not None:
-            frame = _heads_view(at, product_shape)
         else:
-            frame = None
+            frame = heads_views[id(at)]
         if frame is not None and same_shape(frame, lead):
             return False
         if frame is not None and len(frame) <= 1 and len(lead) == 2:
@@ -199,12 +198,7 @@ def _heads_view(at: tuple, product_shape: tuple) -> tuple | None:
         return None
     if not statically_known_true(sizes[0] * sizes[1] == math.prod(product_shape[:-2])):
         return None
-    expected = 1
-    for size, stride in reversed(at):
-        if stride is not None and not statically_known_true(stride == expected):
-            return None
-        expected = expected * size
-    return sizes[:2]
+    return sizes[:2] if is_row_major(at) else None
 
 
 def _describe(product: torch.fx.Node, softmax: Softmax, additive: Sequence, drops: Sequence,
