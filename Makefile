@@ -9,6 +9,10 @@ PY := $(VENV)/bin/python
 LOCK := constraints/dev.txt
 COMPAT_STACKS ?= gpu-machine newest
 COMPAT_FLAGS ?=
+# pytest-xdist: one worker per core (at most 8), as tests/stacks.py runs each stack (PYTEST_WORKERS there). On the
+# 2-core machines CI runs on this halves the suite's time: most of it is single-threaded (Inductor's compiles,
+# Triton's interpreter, fresh processes).
+TEST_WORKERS := -n auto --maxprocesses=8
 
 .PHONY: setup demo test test-compat check-latest lock lint clean
 
@@ -26,7 +30,7 @@ demo: setup
 	$(PY) examples/minilm_demo.py
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(TEST_WORKERS)
 
 test-compat:
 	$(PYTHON) -m tests.stacks $(COMPAT_FLAGS) $(COMPAT_STACKS)

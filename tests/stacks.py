@@ -35,6 +35,9 @@ CONSTRAINTS = ROOT / "constraints"
 STACK_DISK_GB = 8.0
 """Free disk a stack's install needs: its environment (5.3 GB for gpu-machine, 6.0 GB for newest, measured
 2026-12-05) plus the wheels pip holds while installing."""
+PYTEST_WORKERS = ("-n", "auto", "--maxprocesses=8")
+"""pytest-xdist's workers for each stack's suite, as the Makefile's ``TEST_WORKERS`` for ``make test``: one per core,
+at most 8."""
 SHOWN = ("torch", "triton", "transformers", "numpy", "hypothesis", "pytest")
 """The versions printed for each stack."""
 
@@ -152,7 +155,8 @@ def run_suite(stack: Stack, python: Path, extra: list[str]) -> tuple[int, str, f
     """pytest in ``stack``'s environment from the checkout's root, as ``make test`` runs it. Returns (exit
     status, pytest's summary line, seconds)."""
     start = time.monotonic()
-    command = [str(python), "-m", "pytest", "-q", "--durations=15", *stack.pytest_args, *extra]  # where CI time goes
+    durations = "--durations=15"  # where CI time goes
+    command = [str(python), "-m", "pytest", "-q", *PYTEST_WORKERS, durations, *stack.pytest_args, *extra]
     print(f"$ {shlex.join(command)}", flush=True)
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     summary = ""

@@ -72,3 +72,15 @@ def test_environments_are_kept_without_discard(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(stacks, "python_version", lambda python: "3.12.1")
     assert stacks.main(["kept"]) == 0
     assert stack.venv.is_dir()
+
+
+def test_every_stack_runs_the_suite_with_make_tests_workers() -> None:
+    """``make test`` and each stack's suite run on the same pytest-xdist workers, which every lock pins (without
+    the plugin ``-n`` is an unknown option)."""
+    makefile = (stacks.ROOT / "Makefile").read_text()
+    workers = next(line.split(":=", 1)[1].split() for line in makefile.splitlines()
+                   if line.startswith("TEST_WORKERS :="))
+    assert tuple(workers) == stacks.PYTEST_WORKERS
+    assert "$(PY) -m pytest -q $(TEST_WORKERS)" in makefile
+    for name in ("dev", "gpu-machine", "newest"):
+        assert "pytest-xdist" in stacks.pinned_versions(stacks.read_stack(name).lock), name
