@@ -40,7 +40,7 @@ from benchmarks.fp8_attention import fp8_attention, fp8_flash_attention, quantiz
 from benchmarks.plotting import Panels, plot_against_length
 from benchmarks.results_file import RunInfo
 from intfa_compile.numerics import KV_BLOCK_AUTOTUNE
-from intfa_compile.ops import int8_sdpa, out_dtype_name
+from intfa_compile.ops import LaunchOptions, int8_sdpa, out_dtype_name
 from intfa_compile.quantize import (
     quantize_per_channel,
     quantize_per_token,
@@ -131,7 +131,7 @@ def _intfa_prequantized(pv_format: str, causal: bool, kv_block: int = 0, tma: bo
 
     def attend(q8, k8, v_in, qs, ks, vs, sm_scale, dtype):
         return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale, "fixed",
-                                              out_dtype_name(dtype), 0, -1, kv_block, tma)
+                                              out_dtype_name(dtype), 0, -1, kv_block, LaunchOptions(tma=tma).words)
 
     return prepare, attend
 

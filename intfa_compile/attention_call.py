@@ -1,15 +1,16 @@
 """One call of the INT8 attention op, described whole, and the op's contract: what it takes and refuses.
 
 ``intfa::int8_attention``'s schema is flat (a custom op's must be); right behind it the call becomes one frozen
-``AttentionCall`` (the tensors, the causal band, the scale, the P scale and the key block), which the CPU
-implementation, the Triton launcher and the triton_op take whole, so its fields are spelled out once. The shape
-rules and checks that the op, the guards and the triton_op share live here too, public.
+``AttentionCall`` (the tensors, the causal band, the scale, the P scale, the key block and the kernel's launch
+options), which the CPU implementation, the Triton launcher and the triton_op take whole, so its fields are spelled
+out once. The shape rules and checks that the op, the guards and the triton_op share live here too, public.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -38,6 +39,40 @@ def out_dtype_of(name: str) -> torch.dtype:
     return OUT_DTYPES[name]
 
 
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How the CUDA kernel runs a call, never what it computes (as FlexAttention's ``kernel_options``): the op takes
+    them as one word list (``launch``, e.g. "tma"), so a new launch knob is a boolean field here and its use in the
+    launcher, not a change of the op's schema (which compiled graphs and AOTInductor packages record)."""
+
+    tma: bool = False
+    """Load K and V through Hopper's tensor memory accelerator where the layout allows (``config.tma_loads``;
+    ``kernels.int8_flash_attention.tensor_descriptors_fit``); ignored before sm_90 and off CUDA."""
+
+    @property
+    def words(self) -> str:
+        """The op's ``launch`` argument: the names of the options that are on, space-separated ("" for none)."""
+        return " ".join(field.name for field in fields(self) if getattr(self, field.name))
+
+    @staticmethod
+    def of_words(words: str) -> LaunchOptions:
+        """The options an op's ``launch`` argument names; ``ValueError`` naming any word that is not an option."""
+        return _launch_options_of_words(words)
+
+
+DEFAULT_LAUNCH = LaunchOptions()
+"""Every launch option off: the op's ``launch=""``."""
+
+
+@functools.lru_cache(maxsize=64)
+def _launch_options_of_words(words: str) -> LaunchOptions:
+    known = [field.name for field in fields(LaunchOptions)]
+    unknown = [word for word in words.split() if word not in known]
+    if unknown:
+        raise ValueError(f"int8_attention: launch takes the words {known} (space-separated), got {words!r}")
+    return LaunchOptions(**{word: True for word in words.split()})
+
+
 _FLOAT_OUT = tuple(OUT_DTYPES.values())
 _QUANTIZED_V = tuple(fmt.v_dtype for fmt in PV_FORMATS.values() if fmt.quantized)
 
@@ -45,7 +80,7 @@ _QUANTIZED_V = tuple(fmt.v_dtype for fmt in PV_FORMATS.values() if fmt.quantized
 @dataclass(frozen=True)
 class AttentionCall:
     """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs: everything one call computes with (see
-    ``ops.int8_attention`` for each argument's meaning); launch details (TMA loads, key splits) are not part of it."""
+    ``ops.int8_attention`` for each argument's meaning) and how the CUDA kernel is to run it (``launch``)."""
 
     q: Tensor
     k: Tensor
@@ -60,6 +95,7 @@ class AttentionCall:
     causal_offset: int = 0
     window_left: int = -1
     kv_block: int = 0
+    launch: LaunchOptions = DEFAULT_LAUNCH
 
     @property
     def pv(self) -> PVFormat:

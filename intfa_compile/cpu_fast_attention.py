@@ -38,7 +38,7 @@ from torch import Tensor
 from .attention_call import AttentionCall
 from .cpu_attention import additive_mask_in_base2
 from .key_splits import key_splits, split_keys_evenly
-from .numerics import FP32_TINY, INT8_MAX, LOG2_P_FP8_SCALE, LOG2E, folds_query_scale
+from .numerics import FP32_TINY, INT8_MAX, LOG2E, folds_query_scale
 
 SCORES_PER_CHUNK = 1 << 21
 """Scores (fp32) one chunk of query rows holds at most (8 MiB), unless a single query position's rows need more:
@@ -216,13 +216,13 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
     ops = _operands(call, block_n, int8_gemm)
     keys_padded = ops.v.shape[1]
     is_causal, offset, window_left = call.is_causal, call.causal_offset, call.window_left
-    quantized_pv, pv_fp8 = v_scale is not None, v.dtype == torch.float8_e4m3fn
+    quantized_pv = v_scale is not None
     out5 = out.view(batch, heads_k, group, n_q, head_dim).transpose(2, 3)
     v_scale5 = v_scale.float().view(batch, heads_k, 1, 1, head_dim) if quantized_pv else None
 
     ranges, split_keys = key_splits(n_q, n_k, batch * heads_q) if splits is None else split_keys_evenly(n_k, splits)
     blocks_per_range = split_keys // block_n if ranges > 1 else keys_padded // block_n + 1
-    p_shift = LOG2_P_FP8_SCALE if pv_fp8 else 0.0
+    p_shift = call.pv.p_log2_scale
 
     def key_range(t0: int, t1: int) -> tuple[int, int]:
         """Keys [lo, hi) the query positions [t0, t1) may see, on block boundaries."""
@@ -300,10 +300,10 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
         else:
             weight = torch.exp2(running - row_max)
             s4.sub_((safe_running - p_shift).unsqueeze(-1))
-        s4.exp2_()  # P (times 448 for e4m3)
+        s4.exp2_()  # P (times the format's P factor: 448 for e4m3)
         row_sum = (s4.sum(dim=-1) * weight).sum(dim=-1, keepdim=True)
-        if not quantized_pv or pv_fp8:  # P rounded to V's 16-bit type, or to e4m3
-            p = s4.to(torch.float8_e4m3fn if pv_fp8 else v.dtype).float().mul_(weight.unsqueeze(-1))
+        if v.dtype.is_floating_point:  # P rounded to V's type: 16-bit, or a float8 such as e4m3
+            p = s4.to(v.dtype).float().mul_(weight.unsqueeze(-1))
         elif call.p_scale == "fixed":
             p = s4.mul_(float(INT8_MAX)).round_().mul_((weight / INT8_MAX).unsqueeze(-1))
         else:

@@ -18,8 +18,10 @@ from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .attention_call import (
+    DEFAULT_LAUNCH,
     OUT_DTYPES,
     AttentionCall,
+    LaunchOptions,
     check_call,
     empty_output,
     kernel_shape_problem,
@@ -45,7 +47,7 @@ from .rotation import rotate_and_quantize_qk
 
 log = logging.getLogger("intfa_compile")
 
-__all__ = ["OUT_DTYPES", "int8_attention", "int8_sdpa", "out_dtype_name"]
+__all__ = ["OUT_DTYPES", "LaunchOptions", "int8_attention", "int8_sdpa", "out_dtype_name"]
 
 
 def _int8_attention(
@@ -63,7 +65,7 @@ def _int8_attention(
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
-    tma: bool = False,
+    launch: str = "",
     exact_query: Tensor | None = None,
     exact_key: Tensor | None = None,
     exact_value: Tensor | None = None,
@@ -82,9 +84,10 @@ def _int8_attention(
     "fixed" (1/127) or "row_block". ``kv_block`` is the number of keys per block of the online softmax,
     which the result depends on (P is quantized against the running maximum of the blocks so far): one of
     ``KV_BLOCK_SIZES``, 0 for ``numerics.default_kv_block`` (a rule of shapes, the same on every device), or
-    ``KV_BLOCK_AUTOTUNE`` to let the CUDA kernel's autotuner pick by timing (elsewhere the rule). ``tma``
-    loads K and V through Hopper's tensor memory accelerator where the layout allows (a launch detail of the
-    CUDA kernel: the result is the same; ignored elsewhere). ``exact_query``, ``exact_key``, ``exact_value``:
+    ``KV_BLOCK_AUTOTUNE`` to let the CUDA kernel's autotuner pick by timing (elsewhere the rule). ``launch``
+    names the CUDA kernel's launch options that are on (``attention_call.LaunchOptions``: "tma" loads K and V
+    through Hopper's tensor memory accelerator where the layout allows); they never change the result and are
+    ignored elsewhere. ``exact_query``, ``exact_key``, ``exact_value``:
     the 16/32-bit tensors the INT8 inputs were quantized from, and ``scale_factor`` the 0-d factor of a scale
     known only at run time (already folded into q_scale; the softmax scale is ``sm_scale`` times it), given
     where the shapes were symbolic at compile time: if the kernel turns out unable to take them (a head dim
@@ -102,24 +105,26 @@ def _int8_attention(
             out.copy_(exact_attention(exact, attn_mask, is_causal, sm_scale, causal_offset, window_left, problem))
             return out
     call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, causal_offset,
-                         window_left, kv_block)
+                         window_left, kv_block, LaunchOptions.of_words(launch))
     check_call(call, out_dtype)
     if q.device.type == "cuda":
         # Imported here: Triton reads TRITON_INTERPRET when the kernel is defined.
         from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
 
-        return int8_flash_attention_triton(call, out, tma=tma)
+        return int8_flash_attention_triton(call, out)
     return fast_int8_attention_cpu(call, out)
 
 
 int8_attention = torch.library.custom_op("intfa::int8_attention", mutates_args=())(_int8_attention)
 _OP_SIGNATURE = inspect.signature(_int8_attention)
-_CALL_FIELDS = tuple(field.name for field in fields(AttentionCall))
+_CALL_FIELDS = tuple(field.name for field in fields(AttentionCall) if field.name != "launch")
 
 
 def _call_of(arguments: dict[str, Any]) -> AttentionCall:
-    """The call description of the op's arguments (by name; the op's parameters carry the fields' names)."""
-    return AttentionCall(**{name: arguments[name] for name in _CALL_FIELDS})
+    """The call description of the op's arguments (by name; the op's parameters carry the fields' names, and
+    ``launch`` the words of its ``LaunchOptions``)."""
+    return AttentionCall(**{name: arguments[name] for name in _CALL_FIELDS},
+                         launch=LaunchOptions.of_words(arguments["launch"]))
 
 
 @int8_attention.register_fake
@@ -236,7 +241,7 @@ def int8_sdpa(
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
-    tma: bool = False,
+    launch: LaunchOptions = DEFAULT_LAUNCH,
     static_amax: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
@@ -248,8 +253,8 @@ def int8_sdpa(
     exactly (``quantize.center_queries``, where ``centring_fits``), ``smooth_k`` subtracts K's mean, and
     ``qk_rotation="hadamard"`` then rotates Q's and K's head dim as they are quantized (``rotation``, one
     fused operator): all three leave softmax(Q·Kᵀ) as it is. ``causal_offset`` moves the causal diagonal and
-    ``window_left`` limits how far back a query sees, ``kv_block`` fixes the keys per block, ``tma`` picks the
-    CUDA kernel's load path (see the op). ``scale`` may also be a one-element tensor (or, in a traced graph, a
+    ``window_left`` limits how far back a query sees, ``kv_block`` fixes the keys per block, ``launch`` says how
+    the CUDA kernel runs (see the op). ``scale`` may also be a one-element tensor (or, in a traced graph, a
     symbolic float): it then joins Q's quantization scales (``fold_factor``). ``static_amax``: calibrated ranges
     (Q per head (Hq,), K per head (Hk,), V per head and channel (Hk, D)) instead of dynamic scales: quantization is
     then elementwise only (values beyond a range saturate), no reduction over the inputs runs per call, and the
@@ -271,7 +276,7 @@ def int8_sdpa(
         k_int8, k_scale = quantize_static(key, k_amax[:, None, None], qk_bits)
         v_in, v_scale = quantize_value_static(value, pv, v_amax)
         return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal, sm_scale,
-                  p_scale, out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)
+                  p_scale, out_dtype_name(query.dtype), causal_offset, window_left, kv_block, launch.words, **exact)
     if smooth_k:
         key = smooth(key)
     if smooth_q and centring_fits(attn_mask, exact):
@@ -286,4 +291,4 @@ def int8_sdpa(
     k_int8, k_scale = quantize_qk_as(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
     v_in, v_scale = quantize_value(value, pv, v_granularity)
     return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale,
-              out_dtype_name(query.dtype), causal_offset, window_left, kv_block, tma, **exact)
+              out_dtype_name(query.dtype), causal_offset, window_left, kv_block, launch.words, **exact)

@@ -1,13 +1,14 @@
 """The P·V formats, one record each: what every layer reads to run, check, count and explain a format.
 
 Q·Kᵀ is INT8 in every format; they differ in how P (the softmax block) and V meet in the second GEMM. A new
-format is a new ``PVFormat`` in ``PV_FORMATS`` plus its V quantizer (``quantize.quantize_value``), its kernel
-and CPU arithmetic: config's allowed values, the guards, the site records and counters, the op's checks and
-the key-block rule read the record. A leaf module (torch only), so anything may import it.
+format is a new ``PVFormat`` in ``PV_FORMATS`` plus its kernel and CPU twin arithmetic (CONTRIBUTING.md): config's
+allowed values, the guards, the site records and counters, the op's checks, the key-block rule, V's quantizers and
+the CPU implementation's rounding of P read the record. A leaf module (torch only), so anything may import it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,24 @@ class PVFormat:
     def quantized(self) -> bool:
         """Whether V (and P) are quantized, with V's per-channel scales passed to the op."""
         return self.v_dtype is not None
+
+    @property
+    def v_max(self) -> float:
+        """The value V's per-channel scale maps each channel's max|v| onto: ``v_dtype``'s largest (127 for INT8,
+        448 for e4m3), so every quantizer of V reads it from the dtype, not from a list of formats."""
+        if self.v_dtype is None:
+            raise ValueError(f"pv_format={self.name!r} keeps V in 16-bit: it has no quantized range")
+        info = torch.finfo(self.v_dtype) if self.v_dtype.is_floating_point else torch.iinfo(self.v_dtype)
+        return float(info.max)
+
+    @property
+    def p_log2_scale(self) -> float:
+        """log2 of the factor P carries into a floating-point 8-bit P·V (e4m3: P·448, so P uses the format's whole
+        range; SageAttention2's static scale), added to P's base-2 exponent; 0 where P stays in [0, 1] (16-bit P)
+        or is scaled to integers by its P scale (INT8)."""
+        if self.v_dtype is None or not self.v_dtype.is_floating_point:
+            return 0.0
+        return math.log2(self.v_max)
 
 
 INT8 = PVFormat("int8", torch.int8, ("fixed", "row_block"), 128, None, "INT8", "int8_sites",

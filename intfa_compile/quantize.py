@@ -8,12 +8,14 @@ non-finite, so the attention output is poisoned where eager attention's would be
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from .numerics import QK_BITS, QK_GRANULARITIES, V_GRANULARITIES, check_choice
-from .pv_formats import PVFormat
+from .pv_formats import FP8, PVFormat
 
 Q_BLOCK_TOKENS = 128
 """Query tokens that share one scale under "per_block" granularity (SageAttention's choice)."""
@@ -119,8 +121,8 @@ def value_16bit(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float16, torch.bfloat16) else x.to(torch.bfloat16)
 
 
-FP8_MAX = 448.0
-"""The largest finite e4m3 value: V's per-channel FP8 scale maps each channel's max|v| onto it."""
+FP8_MAX = FP8.v_max
+"""The largest finite e4m3 value, 448: V's per-channel FP8 scale maps each channel's max|v| onto it."""
 
 
 def quantize_v_fp8(x: Tensor, granularity: str = "per_channel", amax: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -133,7 +135,7 @@ def quantize_v_fp8(x: Tensor, granularity: str = "per_channel", amax: Tensor | N
     check_choice("v_granularity", granularity, V_GRANULARITIES)
     xf = x.float()
     amax = _channel_amax(xf, granularity) if amax is None else amax
-    xq, scale = _quantize_with_amax(xf, amax, FP8_MAX, torch.float8_e4m3fn)
+    xq, scale = _quantize_with_amax(xf, amax, FP8_MAX, FP8.v_dtype)
     return xq, scale.expand(*xf.shape[:-2], 1, xf.shape[-1]).squeeze(-2)
 
 
@@ -200,15 +202,15 @@ def quantize_static(x: Tensor, amax: Tensor, bits: int = 8) -> tuple[Tensor, Ten
 
 
 def quantize_value(value: Tensor, pv: PVFormat, granularity: str = "per_channel") -> tuple[Tensor, Tensor | None]:
-    """V as the op takes it in P·V format ``pv``: quantized with its scales (``quantize_v`` for INT8,
-    ``quantize_v_fp8`` for e4m3; stored sequence-major, ``sequence_major``) or, unquantized, 16-bit with no
-    scales (``value_16bit``). ``granularity`` is checked even where V stays 16-bit."""
+    """V as the op takes it in P·V format ``pv``: quantized to the format's ``v_dtype`` with per-channel scales
+    that map each channel's max|v| onto the dtype's largest value (``PVFormat.v_max``: integers rounded to
+    nearest, floats rounded by the cast; the same arithmetic as ``quantize_v`` and ``quantize_v_fp8``), stored
+    sequence-major (``sequence_major``); or, unquantized, 16-bit with no scales (``value_16bit``).
+    ``granularity`` is checked even where V stays 16-bit."""
     check_choice("v_granularity", granularity, V_GRANULARITIES)
     if not pv.quantized:
         return value_16bit(value), None
-    quantize = quantize_v_fp8 if pv.v_dtype == torch.float8_e4m3fn else quantize_v
-    v_q, v_scale = quantize(value, granularity)
-    return sequence_major(v_q), v_scale
+    return _quantize_value_with_amax(value.float(), pv, lambda xf: _channel_amax(xf, granularity))
 
 
 def quantize_value_static(value: Tensor, pv: PVFormat, v_amax: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -216,9 +218,12 @@ def quantize_value_static(value: Tensor, pv: PVFormat, v_amax: Tensor) -> tuple[
     (values beyond the range saturate), so no reduction over V runs per call."""
     if not pv.quantized:
         return value_16bit(value), None
-    if pv.v_dtype == torch.float8_e4m3fn:
-        v_q, v_scale = quantize_v_fp8(value, amax=v_amax[:, None, :].expand(value.shape[0], -1, 1, -1))
-    else:
-        v_q, v_scale = quantize_static(value, v_amax[:, None, :], 8)
-        v_scale = v_scale[:, :, 0, :]
-    return sequence_major(v_q), v_scale
+    return _quantize_value_with_amax(value.float(), pv, lambda xf: v_amax[:, None, :].expand(*xf.shape[:-2], 1, -1))
+
+
+def _quantize_value_with_amax(xf: Tensor, pv: PVFormat, amax_of: Callable[[Tensor], Tensor]
+                              ) -> tuple[Tensor, Tensor]:
+    """V (B, H, N, D) in ``pv``'s dtype against the per-channel ranges ``amax_of(V)`` (..., 1, D), sequence-major,
+    and its scales (B, H, D)."""
+    xq, scale = _quantize_with_amax(xf, amax_of(xf), pv.v_max, pv.v_dtype)
+    return sequence_major(xq), scale.expand(*xf.shape[:-2], 1, xf.shape[-1]).squeeze(-2)

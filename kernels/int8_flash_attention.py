@@ -615,7 +615,6 @@ def launch_arguments(
     target_arch: int | None = None,
     parts: tuple[Tensor, Tensor] | None = None,
     split_keys: int = 0,
-    tma: bool = False,
 ) -> tuple[tuple, dict]:
     """The kernel's positional arguments and constexpr keywords for one launch (autotuned ones excluded).
 
@@ -626,8 +625,8 @@ def launch_arguments(
     ``KV_BLOCK_AUTOTUNE`` to let the autotuner choose (under the interpreter, which times nothing, the rule again).
     ``parts``, the fp32 outputs (S, B, Hq, Nq, D) and (maximum, row sum) pairs (S, B, Hq, Nq, 2) of S key
     ranges, and ``split_keys``, keys per range: split-K, the grid's third axis walks the ranges
-    (``intfa_compile.key_splits``). ``tma``: load K and V through tensor descriptors where the target has TMA
-    (sm_90 on) and ``tensor_descriptors_fit`` (the interpreter runs them too); the result is the same.
+    (``intfa_compile.key_splits``). ``call.launch.tma``: load K and V through tensor descriptors where the target
+    has TMA (sm_90 on) and ``tensor_descriptors_fit`` (the interpreter runs them too); the result is the same.
     """
     q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
     is_causal, sm_scale, p_scale = call.is_causal, call.sm_scale, call.p_scale
@@ -662,7 +661,7 @@ def launch_arguments(
         FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),
         MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
         KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE and not _INTERPRETED else call.block_n,
-        TMA=tma and (target_arch >= 90 or _INTERPRETED) and tensor_descriptors_fit(k, v),
+        TMA=call.launch.tma and (target_arch >= 90 or _INTERPRETED) and tensor_descriptors_fit(k, v),
         V_SEQUENCE_MAJOR=v.stride(-2) == 1 and n_k > 1,
         BLOCK_D=padded_head_dim(head_dim),
     )
@@ -675,14 +674,13 @@ def int8_flash_attention_triton(
     *,
     traceable: bool = False,
     splits: int | None = None,
-    tma: bool = False,
 ) -> Tensor:
     """Launch the kernel for ``call`` into ``out`` (``intfa_compile.ops.int8_attention``; inputs unchecked).
 
     ``traceable`` launches through ``torch.library.wrap_triton``, so that torch.compile sees the kernel
     (inside the ``intfa::int8_attention_triton`` triton_op) instead of an opaque call. ``splits``: how many key
     ranges to split into (decode shapes; by default ``key_splits``' rule, which the CPU implementation shares).
-    ``tma``: K and V through tensor descriptors where possible (``launch_arguments``); the descriptors are built
+    With ``call.launch.tma``, K and V come through tensor descriptors where possible (``launch_arguments``), built
     in the kernel, in a scratch buffer from an allocator set for this launch only.
     """
     if out.numel() == 0:
@@ -695,7 +693,7 @@ def int8_flash_attention_triton(
     if ranges > 1:
         parts = (torch.empty(ranges, batch, heads_q, n_q, head_dim, dtype=torch.float32, device=q.device),
                  torch.empty(ranges, batch, heads_q, n_q, 2, dtype=torch.float32, device=q.device))
-    args, constexprs = launch_arguments(call, out, parts=parts, split_keys=split_keys, tma=tma)
+    args, constexprs = launch_arguments(call, out, parts=parts, split_keys=split_keys)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch_heads, ranges)

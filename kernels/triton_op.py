@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from intfa_compile.attention_call import AttentionCall, check_call, empty_output
+from intfa_compile.attention_call import AttentionCall, LaunchOptions, check_call, empty_output
 
 from .int8_flash_attention import int8_flash_attention_triton
 
@@ -31,10 +31,10 @@ def int8_attention_triton(
     causal_offset: int = 0,
     window_left: int = -1,
     kv_block: int = 0,
-    tma: bool = False,
+    launch: str = "",
 ) -> Tensor:
     """Same contract as ``intfa::int8_attention``; always runs the Triton kernel."""
     call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, causal_offset,
-                         window_left, kv_block)
+                         window_left, kv_block, LaunchOptions.of_words(launch))
     check_call(call, out_dtype)
-    return int8_flash_attention_triton(call, empty_output(q, out_dtype), traceable=True, tma=tma)
+    return int8_flash_attention_triton(call, empty_output(q, out_dtype), traceable=True)

@@ -9,7 +9,7 @@ import torch
 from intfa_compile.calibration import static_amax, static_amax_tensors
 from intfa_compile.config import Settings
 from intfa_compile.exact_fallback import band_mask
-from intfa_compile.ops import int8_sdpa, scale_and_factor
+from intfa_compile.ops import LaunchOptions, int8_sdpa, scale_and_factor
 
 
 def int8_attention(settings: Settings, site_key: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -30,7 +30,7 @@ def int8_attention(settings: Settings, site_key: str, query: torch.Tensor, key: 
                      smooth_k=settings.smooth_k, smooth_q=settings.smooth_q, qk_rotation=settings.qk_rotation,
                      qk_bits=settings.qk_bits, attention_op=_attention_op(query, settings),
                      causal_offset=causal_offset, window_left=window_left, kv_block=settings.kv_block,
-                     tma=settings.tma_loads,
+                     launch=LaunchOptions(tma=settings.tma_loads),
                      static_amax=None if ranges is None else static_amax_tensors(query, ranges))
 
 

@@ -9,7 +9,15 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import intfa_compile  # noqa: F401  (registers the op)
-from intfa_compile.attention_call import AttentionCall, check_call, empty_output, mask_broadcasts_to, out_dtype_of
+from intfa_compile.attention_call import (
+    DEFAULT_LAUNCH,
+    AttentionCall,
+    LaunchOptions,
+    check_call,
+    empty_output,
+    mask_broadcasts_to,
+    out_dtype_of,
+)
 from intfa_compile.numerics import KV_BLOCK_AUTOTUNE
 from intfa_compile.pv_formats import FP8, FP16, INT8
 
@@ -76,3 +84,25 @@ def test_the_fake_takes_the_ops_arguments_by_position_and_by_name():
     assert positional.shape == named.shape == (1, 4, 10, 64)
     assert (positional.dtype, named.dtype) == (torch.float16, torch.bfloat16)
     assert empty_output(call.q, "float32").stride() == call.q.stride()
+
+
+def test_launch_options_travel_as_the_words_of_those_that_are_on():
+    """Every combination of launch options reaches the call whole through the op's one ``launch`` word list."""
+    names = [field.name for field in dataclasses.fields(LaunchOptions)]
+    for on in range(2 ** len(names)):
+        options = LaunchOptions(**{name: bool(on >> i & 1) for i, name in enumerate(names)})
+        assert LaunchOptions.of_words(options.words) == options
+    assert DEFAULT_LAUNCH.words == "" and LaunchOptions.of_words("") == DEFAULT_LAUNCH
+    assert LaunchOptions(tma=True).words == "tma"
+
+
+def test_the_op_refuses_a_launch_word_it_does_not_know():
+    call = _call()
+    with pytest.raises(ValueError, match=r"launch takes the words \['tma'\].*'tma tmp'"):
+        torch.ops.intfa.int8_attention(*call.tensors, False, 0.125, "fixed", "float16", launch="tma tmp")
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match="launch takes the words"):
+        fake = [mode.from_tensor(t) for t in call.tensors[:6]]
+        torch.ops.intfa.int8_attention(*fake, None, False, 0.125, "fixed", "float16", launch="fast")
+    schema = torch.ops.intfa.int8_attention.default._schema
+    assert [str(a.type) for a in schema.arguments if a.name == "launch"] == ["str"]
+    assert not any(a.name == "tma" for a in schema.arguments)  # launch knobs leave the schema

@@ -29,7 +29,7 @@ def causal_call(offset: int, window_left: int = -1, head_dim: int = 32) -> str:
     """The tail of an ``int8_attention`` call in Inductor's code that runs with the causal flag and no mask
     (Inductor writes trailing defaults as keywords, others positionally)."""
     return (rf", None, True, {head_dim**-0.5}, 'fixed', 'float32', (causal_offset=)?{offset}, "
-            rf"(window_left=)?{window_left}(, (kv_block=)?0)?(, (tma=)?False)?{NO_EXACT_INPUTS}$")
+            rf"(window_left=)?{window_left}(, (kv_block=)?0)?(, (launch=)?'')?{NO_EXACT_INPUTS}$")
 
 
 class SelfAttention(torch.nn.Module):
@@ -399,15 +399,16 @@ def test_ablation_toggles_change_what_runs(model_and_input, option, value):
 
 
 def test_tma_loads_reaches_the_op_and_leaves_the_result_alone(model_and_input):
-    """``tma_loads`` is a launch detail of the CUDA kernel: the op receives it (so it is part of what was compiled),
-    and the CPU implementation, like the kernel's other load path, computes the same values."""
+    """``tma_loads`` is a launch detail of the CUDA kernel: the op receives it among its launch options (so it is
+    part of what was compiled), and the CPU implementation, like the kernel's other load path, computes the same
+    values."""
     model, x = model_and_input
     default, default_code = _compile_and_run(model, x)
     torch._dynamo.reset()
     with_tma, code = _compile_and_run(model, x, tma_loads=True)
     calls = [line for line in code.splitlines() if f"{OP_NAME}(" in line]
-    assert calls and all(re.search(rf"(tma=)?True{NO_EXACT_INPUTS}\)$", line) for line in calls), calls
-    assert not any(re.search(rf"(tma=)?True{NO_EXACT_INPUTS}\)$", line) for line in default_code.splitlines()
+    assert calls and all(re.search(rf"(launch=)?'tma'{NO_EXACT_INPUTS}\)$", line) for line in calls), calls
+    assert not any(re.search(rf"(launch=)?'tma'{NO_EXACT_INPUTS}\)$", line) for line in default_code.splitlines()
                    if f"{OP_NAME}(" in line)
     assert torch.equal(default, with_tma)
 

@@ -105,7 +105,7 @@ def test_calibrating_a_sliding_window_site_observes_the_same_attention_and_compi
     assert len(scales.sites) == 1
     code = "\n".join(code)
     assert "intfa.static_amax" in code
-    assert re.search(rf"int8_attention\.default\(.*, None, True, .*, 64, 39(, (kv_block=)?0)?(, (tma=)?False)?"
+    assert re.search(rf"int8_attention\.default\(.*, None, True, .*, 64, 39(, (kv_block=)?0)?(, (launch=)?'')?"
                      rf"{NO_EXACT_INPUTS}\)", code)
     assert cosine(out, eager) >= END_TO_END_COSINE
 

@@ -32,7 +32,7 @@ from intfa_compile.kernels.int8_flash_attention import (
 )
 
 from intfa_compile import cpu_attention
-from intfa_compile.attention_call import AttentionCall
+from intfa_compile.attention_call import AttentionCall, LaunchOptions
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.numerics import BF16_MASK_FLOOR, KV_BLOCK_AUTOTUNE, LOG2E
 from intfa_compile.quantize import sequence_major
@@ -119,10 +119,11 @@ def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, caus
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
     sm_scale = scale if scale is not None else inputs["q"].shape[-1] ** -0.5
     shape = inputs["q"].shape
-    call = AttentionCall(*args, mask, is_causal, sm_scale, p_scale, causal_offset, window_left, kv_block)
+    call = AttentionCall(*args, mask, is_causal, sm_scale, p_scale, causal_offset, window_left, kv_block,
+                         LaunchOptions(tma=tma))
     cpu = int8_flash_attention_cpu(call, torch.empty(shape, dtype=out_dtype), splits)
     out = torch.empty(shape, dtype=out_dtype, device=DEVICE)
-    kernel = int8_flash_attention_triton(call.to(DEVICE), out, splits=splits, tma=tma)
+    kernel = int8_flash_attention_triton(call.to(DEVICE), out, splits=splits)
     return kernel.cpu(), cpu
 
 
@@ -229,8 +230,8 @@ def test_tma_loads_give_the_pointer_loads_result(pv_format, n_q, n_k, head_dim, 
     offset = n_k - n_q if is_causal else 0
     args = [inputs[name].to(DEVICE) for name in ("q", "k", "v", "q_scale", "k_scale")]
     v_scale = inputs["v_scale"].to(DEVICE) if inputs["v_scale"] is not None else None
-    call = AttentionCall(*args, v_scale, None, is_causal, 0.1, causal_offset=offset)
-    _, constexprs = launch_arguments(call, torch.empty(q.shape), tma=True, target_arch=90)
+    call = AttentionCall(*args, v_scale, None, is_causal, 0.1, causal_offset=offset, launch=LaunchOptions(tma=True))
+    _, constexprs = launch_arguments(call, torch.empty(q.shape), target_arch=90)
     assert constexprs["TMA"] and constexprs["V_SEQUENCE_MAJOR"] == (pv_format != "fp16")
     with_tma, cpu = _both(inputs, None, is_causal, None, "fixed", causal_offset=offset, splits=splits, tma=True)
     pointers, _ = _both(inputs, None, is_causal, None, "fixed", causal_offset=offset, splits=splits)
@@ -254,11 +255,14 @@ def test_tensor_descriptors_need_sixteen_byte_strides():
     assert not tensor_descriptors_fit(k, torch.zeros(1, 2, 320, 128, dtype=torch.half)[..., ::2])
     assert not tensor_descriptors_fit(k[..., 1:], sequence_major(k))  # K rows start off a 16-byte boundary
     scales = torch.ones(1, 2, 40), torch.ones(1, 2, 300), torch.ones(1, 2, 64)
-    call = AttentionCall(k[:, :, :40], k[:, :, :300], sequence_major(k[:, :, :300]), *scales, sm_scale=0.1)
-    _, constexprs = launch_arguments(call, torch.empty(1, 2, 40, 64), tma=True, target_arch=90)
+    tma = LaunchOptions(tma=True)
+    call = AttentionCall(k[:, :, :40], k[:, :, :300], sequence_major(k[:, :, :300]), *scales, sm_scale=0.1,
+                         launch=tma)
+    _, constexprs = launch_arguments(call, torch.empty(1, 2, 40, 64), target_arch=90)
     assert not constexprs["TMA"]
-    call = AttentionCall(k[:, :, :40], k, sequence_major(k), scales[0], torch.ones(1, 2, 320), scales[2], sm_scale=0.1)
-    _, constexprs = launch_arguments(call, torch.empty(1, 2, 40, 64), tma=True, target_arch=80)
+    call = AttentionCall(k[:, :, :40], k, sequence_major(k), scales[0], torch.ones(1, 2, 320), scales[2], sm_scale=0.1,
+                         launch=tma)
+    _, constexprs = launch_arguments(call, torch.empty(1, 2, 40, 64), target_arch=80)
     assert constexprs["TMA"] == _INTERPRETED  # no TMA before Hopper (the interpreter runs it anywhere)
 
 

@@ -43,6 +43,33 @@ def test_the_op_input_of_each_format_maps_back_to_it(fmt: PVFormat):
         assert v_in.stride(-2) == 1 and static.stride(-2) == 1  # sequence-major, as the kernel reads V
 
 
+_QUANTIZED = [fmt for fmt in PV_FORMATS.values() if fmt.quantized]
+
+
+@pytest.mark.parametrize("fmt", _QUANTIZED, ids=[fmt.name for fmt in _QUANTIZED])
+def test_v_is_quantized_onto_the_range_of_the_records_dtype(fmt: PVFormat):
+    """V's quantizers read the format from its record: each channel's max|v| lands on the dtype's largest value
+    (127 for INT8, 448 for e4m3: ``v_max``), every entry within half a step (INT8) or half an e4m3 ulp of its
+    value; calibrated ranges equal to the dynamic ones give the same integers and scales."""
+    gen = torch.Generator().manual_seed(11)
+    value = torch.randn(1, 3, 40, 16, generator=gen) * torch.logspace(-2, 2, 16)
+    v_in, v_scale = quantize_value(value, fmt)
+    assert fmt.v_max == {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}[fmt.v_dtype]
+    assert torch.equal(v_in.float().abs().amax(dim=-2), torch.full((1, 3, 16), fmt.v_max))
+    dequantized = v_in.float() * v_scale.unsqueeze(-2)
+    relative = 2.0**-4 if fmt.v_dtype.is_floating_point else 0.0  # e4m3: 3 mantissa bits, half an ulp 2^-4
+    assert ((dequantized - value).abs() <= v_scale.unsqueeze(-2) * 0.5 + relative * value.abs()).all()
+    static, static_scale = quantize_value_static(value, fmt, value.abs().amax(dim=(0, 2)))
+    assert torch.equal(static, v_in) and torch.equal(static_scale, v_scale)
+
+
+def test_the_p_factor_is_the_float8_range_and_none_elsewhere():
+    assert PV_FORMATS["fp8"].p_log2_scale == 8.807354922057604  # log2(448): P·448 in e4m3
+    assert PV_FORMATS["int8"].p_log2_scale == PV_FORMATS["fp16"].p_log2_scale == 0.0
+    with pytest.raises(ValueError, match="no quantized range"):
+        _ = PV_FORMATS["fp16"].v_max
+
+
 @pytest.mark.parametrize("fmt", list(PV_FORMATS.values()), ids=list(PV_FORMATS))
 def test_p_scales_a_format_does_not_take_are_refused_by_config_and_the_op(fmt: PVFormat):
     refused = [scale for scale in ("fixed", "row_block") if scale not in fmt.p_scales]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch._inductor.pattern_matcher import fwd_only
+from torch._inductor.pattern_matcher import Arg, Match, MatchContext
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from intfa_compile.config import Settings
@@ -32,7 +32,8 @@ class SymbolSlot:
 
 
 def replace(graph: torch.fx.Graph, found: Recognised, fake_mode: Any, settings: Settings, site_key: str) -> None:
-    """Replace the attention ``found`` describes by the INT8 op, traced and inlined before its P·V product.
+    """Replace the attention ``found`` describes by the INT8 op, traced and inserted before its P·V product
+    (``match_of_node``).
 
     The replacement is traced on the inputs' fake values; symbolic sizes it needs beyond their shapes (the
     head count of a (B·H, N, D) operand, the output's shape) are inputs too, read from the graph (``SizeNodes``)."""
@@ -88,23 +89,20 @@ def replace(graph: torch.fx.Graph, found: Recognised, fake_mode: Any, settings: 
         return out.reshape(sizes_of(out_slots))
 
     with fake_mode:
-        traced = fwd_only(replacement, [n.meta["val"] for n in inputs] + symbols)
-    env: dict[torch.fx.Node, Any] = {}
-    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-    env.update(zip(placeholders, inputs + size_nodes, strict=True))
-    result = None
-    with graph.inserting_before(found.value_product):
-        for node in traced.graph.nodes:
-            if node.op == "placeholder":
-                continue
-            if node.op == "output":
-                result = env[node.args[0]] if isinstance(node.args[0], torch.fx.Node) else env[node.args[0][0]]
-                break
-            if node.op == "get_attr":
-                raise NotAttention("the replacement holds a constant tensor")  # never: it builds none
-            env[node] = graph.node_copy(node, lambda arg: env[arg])
-    found.value_product.replace_all_uses_with(result)
+        match_of_node(graph, found.value_product).replace_by_example(replacement, inputs + size_nodes)
     sizes.rehome_size_queries(found.region)
+
+
+def match_of_node(graph: torch.fx.Graph, node: torch.fx.Node) -> Match:
+    """An Inductor ``Match`` of the single node a recognised site replaces (its P·V product), so the replacement is
+    traced and inserted by Inductor's own ``replace_by_example``, as a pattern pass's would be: every node it adds
+    carries the product's stack trace and module path (``nn_module_stack``) and a ``from_node`` record of it, so
+    Inductor's provenance tracking and its generated code name the model's line, and ``node`` is erased once
+    unused (the rest of the region is dead code, which the pass removes)."""
+    pattern = Arg()
+    match = Match(MatchContext([pattern], {pattern: node}, graph=graph), pattern)
+    match.nodes = [node]
+    return match
 
 
 def rewrite_attention(graph: torch.fx.Graph, context: CompileContext) -> list[tuple[torch.fx.Node, str]]:
