@@ -8,14 +8,12 @@ non-finite, so the attention output is poisoned where eager attention's would be
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from .numerics import QK_BITS, QK_GRANULARITIES, V_GRANULARITIES, check_choice
-from .pv_formats import FP8, PVFormat
+from .pv_formats import FP8, INT8, PVFormat
 
 Q_BLOCK_TOKENS = 128
 """Query tokens that share one scale under "per_block" granularity (SageAttention's choice)."""
@@ -103,13 +101,24 @@ def quantize_qk(x: Tensor, granularity: str = "per_token", bits: int = 8, block:
     return xq, scale.squeeze(-1)
 
 
-def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Tensor]:
-    """INT8 values of V (..., N, D) and per-channel fp32 scales (..., D); "per_tensor" shares one scale
-    among all channels of a (batch, head)."""
+def quantize_v_as(x: Tensor, fmt: PVFormat, granularity: str = "per_channel", amax: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """V (..., N, D) in P·V format ``fmt``'s dtype and its per-channel fp32 scales (..., D): each channel's max|v|
+    (or the calibrated ``amax``, broadcast to (..., 1, D); values beyond it saturate) maps onto the dtype's largest
+    value (``PVFormat.v_max``; integers rounded to nearest, floats rounded by the cast); "per_tensor" shares one
+    scale among all channels of a (batch, head). As for Q and K, a zero channel gets scale 1, an infinite entry
+    keeps its sign at full range, and NaN stays in the scale, so non-finite inputs reach the outputs eager
+    attention poisons."""
     check_choice("v_granularity", granularity, V_GRANULARITIES)
     xf = x.float()
-    xq, scale = _quantize_with_amax(xf, _channel_amax(xf, granularity), _int_max(8))
-    return xq, scale.squeeze(-2)
+    amax = _channel_amax(xf, granularity) if amax is None else amax
+    xq, scale = _quantize_with_amax(xf, amax, fmt.v_max, fmt.v_dtype)
+    return xq, scale.expand(*xf.shape[:-2], 1, xf.shape[-1]).squeeze(-2)
+
+
+def quantize_v(x: Tensor, granularity: str = "per_channel") -> tuple[Tensor, Tensor]:
+    """INT8 values of V (..., N, D) and per-channel fp32 scales (..., D) (``quantize_v_as`` for INT8)."""
+    return quantize_v_as(x, INT8, granularity)
 
 
 def value_16bit(x: Tensor) -> Tensor:
@@ -126,17 +135,9 @@ FP8_MAX = FP8.v_max
 
 
 def quantize_v_fp8(x: Tensor, granularity: str = "per_channel", amax: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """e4m3 values of V (..., N, D) and per-channel fp32 scales (..., D) (pv_format="fp8").
-
-    Each channel's max|v| (or the calibrated ``amax``, broadcast to (..., 1, D)) maps onto ±448; values beyond
-    a calibrated range saturate. As for INT8, a zero channel gets scale 1, an infinite entry keeps its sign at
-    full range, and NaN stays NaN (e4m3 has one), so non-finite inputs reach the outputs eager attention poisons.
-    """
-    check_choice("v_granularity", granularity, V_GRANULARITIES)
-    xf = x.float()
-    amax = _channel_amax(xf, granularity) if amax is None else amax
-    xq, scale = _quantize_with_amax(xf, amax, FP8_MAX, FP8.v_dtype)
-    return xq, scale.expand(*xf.shape[:-2], 1, xf.shape[-1]).squeeze(-2)
+    """e4m3 values of V (..., N, D) and per-channel fp32 scales (..., D) (pv_format="fp8"; ``quantize_v_as``):
+    each channel's max|v| maps onto ±448, and NaN stays NaN (e4m3 has one)."""
+    return quantize_v_as(x, FP8, granularity, amax)
 
 
 def sequence_major(x: Tensor) -> Tensor:
@@ -203,14 +204,14 @@ def quantize_static(x: Tensor, amax: Tensor, bits: int = 8) -> tuple[Tensor, Ten
 
 def quantize_value(value: Tensor, pv: PVFormat, granularity: str = "per_channel") -> tuple[Tensor, Tensor | None]:
     """V as the op takes it in P·V format ``pv``: quantized to the format's ``v_dtype`` with per-channel scales
-    that map each channel's max|v| onto the dtype's largest value (``PVFormat.v_max``: integers rounded to
-    nearest, floats rounded by the cast; the same arithmetic as ``quantize_v`` and ``quantize_v_fp8``), stored
-    sequence-major (``sequence_major``); or, unquantized, 16-bit with no scales (``value_16bit``).
+    (``quantize_v_as``), stored sequence-major (``sequence_major``); or, unquantized, 16-bit with no scales
+    (``value_16bit``).
     ``granularity`` is checked even where V stays 16-bit."""
     check_choice("v_granularity", granularity, V_GRANULARITIES)
     if not pv.quantized:
         return value_16bit(value), None
-    return _quantize_value_with_amax(value.float(), pv, lambda xf: _channel_amax(xf, granularity))
+    v_q, v_scale = quantize_v_as(value, pv, granularity)
+    return sequence_major(v_q), v_scale
 
 
 def quantize_value_static(value: Tensor, pv: PVFormat, v_amax: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -218,12 +219,5 @@ def quantize_value_static(value: Tensor, pv: PVFormat, v_amax: Tensor) -> tuple[
     (values beyond the range saturate), so no reduction over V runs per call."""
     if not pv.quantized:
         return value_16bit(value), None
-    return _quantize_value_with_amax(value.float(), pv, lambda xf: v_amax[:, None, :].expand(*xf.shape[:-2], 1, -1))
-
-
-def _quantize_value_with_amax(xf: Tensor, pv: PVFormat, amax_of: Callable[[Tensor], Tensor]
-                              ) -> tuple[Tensor, Tensor]:
-    """V (B, H, N, D) in ``pv``'s dtype against the per-channel ranges ``amax_of(V)`` (..., 1, D), sequence-major,
-    and its scales (B, H, D)."""
-    xq, scale = _quantize_with_amax(xf, amax_of(xf), pv.v_max, pv.v_dtype)
-    return sequence_major(xq), scale.expand(*xf.shape[:-2], 1, xf.shape[-1]).squeeze(-2)
+    v_q, v_scale = quantize_v_as(value, pv, amax=v_amax[:, None, :].expand(value.shape[0], -1, 1, -1))
+    return sequence_major(v_q), v_scale
