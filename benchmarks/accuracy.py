@@ -62,7 +62,7 @@ def methods() -> dict[str, Attention]:
         "half-INT8": intfa(pv_format="fp16"),
         "INT8 Q·Kᵀ, FP8 P·V (pv_format=fp8)": intfa(pv_format="fp8"),
         "full-INT8, P fixed 1/127 (paper)": intfa(pv_format="int8"),
-        "full-INT8, P per row block": intfa(pv_format="int8", p_scale="row_block"),
+        "full-INT8, P per row block": intfa(pv_format="int8", kernel_options={"p_scale": "row_block"}),
         "full-INT8 + smooth-K": intfa(pv_format="int8", smooth_k=True),
         "full-INT8, per-block Q/K": intfa(pv_format="int8", qk_granularity="per_block"),
         "INT4 Q/K, INT8 P·V": intfa(pv_format="int8", qk_bits=4),

@@ -40,7 +40,7 @@ from benchmarks.fp8_attention import fp8_attention, fp8_flash_attention, quantiz
 from benchmarks.plotting import Panels, plot_against_length
 from benchmarks.results_file import RunInfo
 from intfa_compile.numerics import KV_BLOCK_AUTOTUNE
-from intfa_compile.ops import LaunchOptions, int8_sdpa, out_dtype_name
+from intfa_compile.ops import KernelOptions, LaunchOptions, int8_sdpa, out_dtype_name
 from intfa_compile.quantize import (
     quantize_per_channel,
     quantize_per_token,
@@ -130,8 +130,9 @@ def _intfa_prequantized(pv_format: str, causal: bool, kv_block: int = 0, tma: bo
         return (q8, k8, v_in, qs, ks, vs, q.shape[-1] ** -0.5, q.dtype)
 
     def attend(q8, k8, v_in, qs, ks, vs, sm_scale, dtype):
-        return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale, "fixed",
-                                              out_dtype_name(dtype), 0, -1, kv_block, LaunchOptions(tma=tma).words)
+        options = KernelOptions(kv_block=kv_block, launch=LaunchOptions(tma_loads=tma)).op_arguments()
+        return torch.ops.intfa.int8_attention(q8, k8, v_in, qs, ks, vs, None, causal, sm_scale,
+                                              out_dtype=out_dtype_name(dtype), **options)
 
     return prepare, attend
 

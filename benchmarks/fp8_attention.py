@@ -26,7 +26,7 @@ from intfa_compile.kernels.int8_flash_attention import (
     causal_block_range,
     online_softmax_step,
     prune_configs,
-    round_to_e4m3,
+    round_to_float8,
 )
 from torch import Tensor
 
@@ -60,7 +60,7 @@ def _fp8_block(
     s = tl.where(n_ok[None, :], s, float("-inf"))
     p, alpha, m_new, l_i = online_softmax_step(s, m_i, l_i)
     if EMULATE_CAST:
-        p = round_to_e4m3(p)
+        p = round_to_float8(p, 3, 7)  # e4m3's mantissa bits and exponent bias
     v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)

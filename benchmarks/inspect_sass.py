@@ -48,7 +48,7 @@ from intfa_compile.kernels import int8_flash_attention as int8_kernel
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
-from intfa_compile.attention_call import AttentionCall, LaunchOptions
+from intfa_compile.attention_call import AttentionCall, KernelOptions, LaunchOptions
 from intfa_compile.key_splits import key_splits
 from intfa_compile.numerics import default_kv_block
 from intfa_compile.pv_formats import FP8, FP16, INT8, PVFormat
@@ -275,8 +275,8 @@ def launch_case(variant: str, head_dim: int, causal: bool, kernel_module=None, w
         if mask:
             dtype, per_key = MASKS[mask]
             attn_mask = _meta(batch, 1, 1 if per_key else seq, seq, dtype=dtype)
-        call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, causal, sm_scale, p_scale,
-                             window_left=window_left, launch=LaunchOptions(tma=tma))
+        call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, causal, sm_scale, window_left=window_left,
+                             options=KernelOptions(p_scale=p_scale, launch=LaunchOptions(tma_loads=tma)))
         args, constexprs = int8_kernel.launch_arguments(call, out, target_arch=arch, parts=parts,
                                                         split_keys=split_keys)
         # revisions before 2026-12-06 named the kernel _int8_attention_fwd

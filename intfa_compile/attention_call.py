@@ -1,16 +1,18 @@
 """One call of the INT8 attention op, described whole, and the op's contract: what it takes and refuses.
 
 ``intfa::int8_attention``'s schema is flat (a custom op's must be); right behind it the call becomes one frozen
-``AttentionCall`` (the tensors, the causal band, the scale, the P scale, the key block and the kernel's launch
-options), which the CPU implementation, the Triton launcher and the triton_op take whole, so its fields are spelled
-out once. The shape rules and checks that the op, the guards and the triton_op share live here too, public.
+``AttentionCall`` (the tensors, the causal band, the scale, the output dtype and the kernel's options), which the
+CPU implementation, the Triton launcher and the triton_op take whole; the schema itself is made from its fields
+(``op_signature``), so they are spelled out once. The shape rules and checks that the op, the guards and the
+triton_op share live here too, public.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -42,10 +44,11 @@ def out_dtype_of(name: str) -> torch.dtype:
 @dataclass(frozen=True)
 class LaunchOptions:
     """How the CUDA kernel runs a call, never what it computes (as FlexAttention's ``kernel_options``): the op takes
-    them as one word list (``launch``, e.g. "tma"), so a new launch knob is a boolean field here and its use in the
-    launcher, not a change of the op's schema (which compiled graphs and AOTInductor packages record)."""
+    them as one word list (``launch``, e.g. "tma_loads"), so a new launch knob is a boolean field here, named as its
+    config toggle, and its use in the launcher, not a change of the op's schema (which compiled graphs and
+    AOTInductor packages record)."""
 
-    tma: bool = False
+    tma_loads: bool = False
     """Load K and V through Hopper's tensor memory accelerator where the layout allows (``config.tma_loads``;
     ``kernels.int8_flash_attention.tensor_descriptors_fit``); ignored before sm_90 and off CUDA."""
 
@@ -73,6 +76,60 @@ def _launch_options_of_words(words: str) -> LaunchOptions:
     return LaunchOptions(**{word: True for word in words.split()})
 
 
+@dataclass(frozen=True)
+class KernelOptions:
+    """The kernel's knobs for one call (FlexAttention's ``kernel_options``): the method's choices that change the
+    result (P's scale, keys per block) and, in ``launch``, those that only change how it runs. Each field is named
+    as the config toggle that sets it (``of_settings``) and is one parameter of the op's flat schema
+    (``op_signature``), so an option the kernel reads is declared here and in ``config`` and read by the kernel and
+    its CPU twin, nowhere else."""
+
+    p_scale: str = "fixed"
+    """How P is scaled before its INT8 rounding: "fixed" (1/127) or "row_block" (``numerics.P_SCALE_MODES``)."""
+    kv_block: int = 0
+    """Keys per block of the online softmax, which the result depends on (P is quantized against the running
+    maximum of the blocks so far): one of ``KV_BLOCK_SIZES``, 0 for ``numerics.default_kv_block`` (a rule of
+    shapes, the same on every device), or ``KV_BLOCK_AUTOTUNE`` to let the CUDA kernel's autotuner pick by timing
+    (elsewhere the rule)."""
+    launch: LaunchOptions = DEFAULT_LAUNCH
+    """How the CUDA kernel runs (never what it computes)."""
+
+    @staticmethod
+    def of_settings(settings: Any) -> KernelOptions:
+        """The options a compilation's settings choose (``config.Settings``): each field, and each launch option,
+        read from the setting of its name."""
+        launch = LaunchOptions(**{field.name: getattr(settings, field.name) for field in fields(LaunchOptions)})
+        return KernelOptions(**{field.name: getattr(settings, field.name) for field in fields(KernelOptions)
+                                if field.name != "launch"}, launch=launch)
+
+    @staticmethod
+    def of(options: KernelOptions | Mapping[str, Any] | None) -> KernelOptions:
+        """``options`` as a record: a record as it is, a mapping of field names (``{"p_scale": "row_block"}``) or
+        None (every default); ``TypeError`` naming an unknown key."""
+        if options is None or isinstance(options, KernelOptions):
+            return options or DEFAULT_OPTIONS
+        known = [field.name for field in fields(KernelOptions)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"int8_sdpa: kernel_options takes the keys {known}, got {unknown}")
+        return KernelOptions(**options)
+
+    def op_arguments(self) -> dict[str, Any]:
+        """The options as the op's arguments, by name (``launch`` as its words)."""
+        return {field.name: getattr(self, field.name) for field in fields(self) if field.name != "launch"} | {
+            "launch": self.launch.words}
+
+    @staticmethod
+    def of_op_arguments(arguments: Mapping[str, Any]) -> KernelOptions:
+        """The options among an op call's arguments (by name; ``launch`` as words)."""
+        return KernelOptions(**{field.name: arguments[field.name] for field in fields(KernelOptions)
+                                if field.name != "launch"}, launch=LaunchOptions.of_words(arguments["launch"]))
+
+
+DEFAULT_OPTIONS = KernelOptions()
+"""Every kernel option at its default."""
+
+
 _FLOAT_OUT = tuple(OUT_DTYPES.values())
 _QUANTIZED_V = tuple(fmt.v_dtype for fmt in PV_FORMATS.values() if fmt.quantized)
 
@@ -80,7 +137,8 @@ _QUANTIZED_V = tuple(fmt.v_dtype for fmt in PV_FORMATS.values() if fmt.quantized
 @dataclass(frozen=True)
 class AttentionCall:
     """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs: everything one call computes with (see
-    ``ops.int8_attention`` for each argument's meaning) and how the CUDA kernel is to run it (``launch``)."""
+    ``ops.int8_attention`` for each argument's meaning), the dtype it returns, and the kernel's ``options``. The
+    op's flat schema is these fields in order (``op_signature``), so they are spelled out here only."""
 
     q: Tensor
     k: Tensor
@@ -91,11 +149,10 @@ class AttentionCall:
     attn_mask: Tensor | None = None
     is_causal: bool = False
     sm_scale: float = 1.0
-    p_scale: str = "fixed"
     causal_offset: int = 0
     window_left: int = -1
-    kv_block: int = 0
-    launch: LaunchOptions = DEFAULT_LAUNCH
+    out_dtype: str = "float32"
+    options: KernelOptions = DEFAULT_OPTIONS
 
     @property
     def pv(self) -> PVFormat:
@@ -104,8 +161,9 @@ class AttentionCall:
 
     @property
     def block_n(self) -> int:
-        """Keys per block of the online softmax this call computes with (``kv_block``, or the shape rule)."""
-        return resolve_kv_block(self.kv_block, padded_head_dim(self.q.shape[-1]), self.pv)
+        """Keys per block of the online softmax this call computes with (``options.kv_block``, or the shape
+        rule)."""
+        return resolve_kv_block(self.options.kv_block, padded_head_dim(self.q.shape[-1]), self.pv)
 
     @property
     def tensors(self) -> tuple[Tensor | None, ...]:
@@ -118,7 +176,33 @@ class AttentionCall:
                                                                     "attn_mask") if getattr(self, name) is not None}
         return replace(self, **moved)
 
+    def op_arguments(self) -> dict[str, Any]:
+        """The call as the op's arguments, by name (the inverse of ``of_op_arguments``)."""
+        return {field.name: getattr(self, field.name) for field in fields(self) if field.name != "options"} | (
+            self.options.op_arguments())
 
+    @staticmethod
+    def of_op_arguments(arguments: Mapping[str, Any]) -> AttentionCall:
+        """The call an op's arguments describe (by name, as ``op_signature`` binds them; others are ignored)."""
+        return AttentionCall(**{field.name: arguments[field.name] for field in fields(AttentionCall)
+                                if field.name != "options"}, options=KernelOptions.of_op_arguments(arguments))
+
+
+def op_signature(*extra: str) -> inspect.Signature:
+    """The flat signature of the INT8 attention ops (``intfa::int8_attention`` and its triton_op): the fields of
+    ``AttentionCall`` in order, ``options`` spread into the fields of ``KernelOptions`` (``launch`` as a string of
+    words), then the ``extra`` optional tensors; returns a Tensor. Annotations are the fields' own (strings, which
+    ``torch.library.infer_schema`` evaluates in the implementing function's module: it must import ``Tensor``), so
+    the schema follows the description and a field is never spelled out twice."""
+    parameters = [inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=field.type,
+                                    default=inspect.Parameter.empty if field.default is MISSING else field.default)
+                  for record in (AttentionCall, KernelOptions) for field in fields(record)
+                  if field.name not in ("options", "launch")]
+    parameters.append(inspect.Parameter("launch", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str",
+                                        default=DEFAULT_LAUNCH.words))
+    parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Tensor | None",
+                                     default=None) for name in extra]
+    return inspect.Signature(parameters, return_annotation="Tensor")
 
 
 def mask_broadcasts_to(mask_shape: Sequence[int], scores_shape: Sequence[int]) -> bool:
@@ -158,11 +242,11 @@ def kernel_shape_problem(q_shape: Sequence[Any], k_shape: Sequence[Any], v_shape
     return None, all(statically_known_true(condition) for condition, _ in conditions)
 
 
-def check_call(call: AttentionCall, out_dtype: str, shapes: bool = True) -> None:
+def check_call(call: AttentionCall, shapes: bool = True) -> None:
     """What the op refuses in ``call``, naming the argument: kinds (ranks, dtypes, choices) always; ``shapes`` too
     unless the caller is the fake implementation tracing symbolic sizes, which it must not guard on."""
     q, k, v, q_scale, k_scale, v_scale = call.q, call.k, call.v, call.q_scale, call.k_scale, call.v_scale
-    attn_mask, p_scale, kv_block = call.attn_mask, call.p_scale, call.kv_block
+    attn_mask, p_scale, kv_block = call.attn_mask, call.options.p_scale, call.options.kv_block
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if tensor.dim() != 4:
             raise ValueError(f"int8_attention: {name} must be 4-D (B, H, N, D), got shape {tuple(tensor.shape)}")
@@ -186,7 +270,7 @@ def check_call(call: AttentionCall, out_dtype: str, shapes: bool = True) -> None
     if kv_block not in (0, KV_BLOCK_AUTOTUNE, *KV_BLOCK_SIZES):
         raise ValueError(f"int8_attention: kv_block must be 0 (the default rule), {KV_BLOCK_AUTOTUNE} (autotuned on "
                          f"CUDA) or one of {KV_BLOCK_SIZES}, got {kv_block}")
-    out_dtype_of(out_dtype)
+    out_dtype_of(call.out_dtype)
     if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.dtype.is_floating_point:
         raise TypeError(f"int8_attention: attn_mask must be boolean (True = keep) or additive floating point, got "
                         f"{attn_mask.dtype}")
@@ -218,11 +302,12 @@ def static_sizes(*tensors: Tensor | None) -> bool:
     return all(isinstance(size, int) for tensor in tensors if tensor is not None for size in tensor.shape)
 
 
-def empty_output(q: Tensor, out_dtype: str, exact_value: Tensor | None = None) -> Tensor:
-    """The op's output. Strided like q, so a (B, N, H, D)-major query gives a (B, N, H, D)-major output, as SDPA
-    does; where the shapes were symbolic at compile time (``exact_value`` given) it is contiguous with value's
-    head dim instead, the one layout the compile-time description and the run can agree on whatever the sizes
-    turn out to be."""
+def empty_output(call: AttentionCall, exact_value: Tensor | None = None) -> Tensor:
+    """The op's output (``call.out_dtype``). Strided like q, so a (B, N, H, D)-major query gives a
+    (B, N, H, D)-major output, as SDPA does; where the shapes were symbolic at compile time (``exact_value``
+    given) it is contiguous with value's head dim instead, the one layout the compile-time description and the
+    run can agree on whatever the sizes turn out to be."""
+    q, dtype = call.q, out_dtype_of(call.out_dtype)
     if exact_value is None:
-        return torch.empty_like(q, dtype=out_dtype_of(out_dtype))
-    return q.new_empty((*q.shape[:-1], exact_value.shape[-1]), dtype=out_dtype_of(out_dtype))
+        return torch.empty_like(q, dtype=dtype)
+    return q.new_empty((*q.shape[:-1], exact_value.shape[-1]), dtype=dtype)

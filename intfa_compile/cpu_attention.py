@@ -36,7 +36,6 @@ from .numerics import (
     FP32_LOWEST,
     FP32_TINY,
     INT8_MAX,
-    LOG2_P_FP8_SCALE,
     LOG2E,
     P_DEQUANT_FIXED,
     PV_FP8_FOLD_BLOCKS,
@@ -76,7 +75,7 @@ def int8_flash_attention_cpu(call: AttentionCall, out: Tensor, splits: int | Non
     Keys per block: ``call.block_n`` (as the kernel); ``splits``: key ranges (split-K; by default ``key_splits``'
     rule, as the kernel's launcher)."""
     q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
-    is_causal, sm_scale, p_scale = call.is_causal, call.sm_scale, call.p_scale
+    is_causal, sm_scale, p_scale = call.is_causal, call.sm_scale, call.options.p_scale
     causal_offset, window_left, block_n = call.causal_offset, call.window_left, call.block_n
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
@@ -85,7 +84,7 @@ def int8_flash_attention_cpu(call: AttentionCall, out: Tensor, splits: int | Non
         raise ValueError(f"head_dim {head_dim} / block {block_n} too large for exact fp32 integer GEMMs")
     rows = group * n_q
     quantized_pv = v_scale is not None  # INT8 or e4m3 V with per-channel scales
-    pv_fp8 = v.dtype == torch.float8_e4m3fn
+    pv_fp8 = quantized_pv and v.dtype.is_floating_point  # a float8 V: P rounded to its type (the record's)
 
     # Query heads that share a KV head are stacked along the row axis: (B, Hk, G·Nq, D).
     qf = q.float().reshape(batch, heads_k, rows, head_dim)
@@ -104,8 +103,9 @@ def int8_flash_attention_cpu(call: AttentionCall, out: Tensor, splits: int | Non
     lazy_pv = quantized_pv and p_scale == "fixed" and lazy_pv_accumulation(head_dim)
     fold_blocks = PV_FP8_FOLD_BLOCKS if pv_fp8 else (2**31 - 1) // (INT8_MAX * INT8_MAX * block_n)
     pv_dequant = 1.0 if pv_fp8 else P_DEQUANT_FIXED
-    # FP8 P is exp2 of the exponent plus log2(448) (in [0, 448]); the row sums carry the factor too.
-    p_shift = LOG2_P_FP8_SCALE if pv_fp8 else 0.0
+    # FP8 P is exp2 of the exponent plus the record's log2 P factor (e4m3: log2 448, P in [0, 448]); the row sums
+    # carry the factor too.
+    p_shift = call.pv.p_log2_scale
     def attend(first: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
         """The online softmax over the key blocks from ``first`` to ``stop``: (unnormalized output, base-2
         running maximum (query scale included), row sum), as one program of the kernel leaves them."""
@@ -154,7 +154,7 @@ def int8_flash_attention_cpu(call: AttentionCall, out: Tensor, splits: int | Non
             if not quantized_pv:
                 acc = acc + p.to(v.dtype).float() @ vf[:, :, start:end]
             elif pv_fp8:
-                pv = p.to(torch.float8_e4m3fn).double() @ vf[:, :, start:end]
+                pv = p.to(v.dtype).double() @ vf[:, :, start:end]
                 if lazy_pv:
                     acc_pv = acc_pv + pv
                     pending += 1

@@ -304,7 +304,7 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
         row_sum = (s4.sum(dim=-1) * weight).sum(dim=-1, keepdim=True)
         if v.dtype.is_floating_point:  # P rounded to V's type: 16-bit, or a float8 such as e4m3
             p = s4.to(v.dtype).float().mul_(weight.unsqueeze(-1))
-        elif call.p_scale == "fixed":
+        elif call.options.p_scale == "fixed":
             p = s4.mul_(float(INT8_MAX)).round_().mul_((weight / INT8_MAX).unsqueeze(-1))
         else:
             p_max = s4.amax(dim=-1)

@@ -8,9 +8,8 @@ convenience entry that quantizes 16/32-bit Q, K, V and calls the op.
 
 from __future__ import annotations
 
-import inspect
 import logging
-from dataclasses import fields
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,13 +17,14 @@ from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .attention_call import (
-    DEFAULT_LAUNCH,
     OUT_DTYPES,
     AttentionCall,
+    KernelOptions,
     LaunchOptions,
     check_call,
     empty_output,
     kernel_shape_problem,
+    op_signature,
     out_dtype_name,
     static_sizes,
 )
@@ -47,32 +47,21 @@ from .rotation import rotate_and_quantize_qk
 
 log = logging.getLogger("intfa_compile")
 
-__all__ = ["OUT_DTYPES", "LaunchOptions", "int8_attention", "int8_sdpa", "out_dtype_name"]
+__all__ = ["OUT_DTYPES", "KernelOptions", "LaunchOptions", "int8_attention", "int8_sdpa", "out_dtype_name"]
 
 
-def _int8_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_scale: Tensor,
-    k_scale: Tensor,
-    v_scale: Tensor | None,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    sm_scale: float,
-    p_scale: str,
-    out_dtype: str,
-    causal_offset: int = 0,
-    window_left: int = -1,
-    kv_block: int = 0,
-    launch: str = "",
-    exact_query: Tensor | None = None,
-    exact_key: Tensor | None = None,
-    exact_value: Tensor | None = None,
-    scale_factor: Tensor | None = None,
-) -> Tensor:
+_EXACT_INPUTS = ("exact_query", "exact_key", "exact_value", "scale_factor")
+"""The op's arguments beyond the call: the 16/32-bit inputs of a site whose shapes were symbolic at compile time,
+for the exact fallback (``_int8_attention``)."""
+
+OP_SIGNATURE = op_signature(*_EXACT_INPUTS)
+"""``intfa::int8_attention``'s parameters: ``AttentionCall``'s fields, flat, then ``_EXACT_INPUTS``."""
+
+
+def _int8_attention(*args: Any, **kwargs: Any) -> Tensor:
     """softmax(Q·Kᵀ·sm_scale + mask)·V from INT8 inputs (INT-FlashAttention, Chen et al. 2024).
 
+    The parameters (``OP_SIGNATURE``) are ``AttentionCall``'s fields with ``options`` spread out:
     q (B, Hq, Nq, D) and k (B, Hk, Nk, D) are INT8 with per-token fp32 scales (B, H, N); Hq is a
     multiple of Hk (GQA). v is INT8 with per-channel scales (B, Hk, D) (full INT8: P is quantized to
     INT8 too), e4m3 with per-channel scales (pv_format="fp8": P rounded to e4m3, an FP8 P·V GEMM), or
@@ -80,34 +69,33 @@ def _int8_attention(
     or additive, broadcastable to (B, Hq, Nq, Nk). With ``is_causal`` key j is seen by query i iff
     j <= i + ``causal_offset``: 0 is SDPA's ``is_causal`` (top-left), Nk − Nq is bottom-right
     (``torch.nn.attention.bias.causal_lower_right``); ``window_left`` >= 0 also drops the keys
-    j < i + causal_offset − window_left (sliding-window attention, as Mistral's). ``p_scale`` is
-    "fixed" (1/127) or "row_block". ``kv_block`` is the number of keys per block of the online softmax,
-    which the result depends on (P is quantized against the running maximum of the blocks so far): one of
-    ``KV_BLOCK_SIZES``, 0 for ``numerics.default_kv_block`` (a rule of shapes, the same on every device), or
-    ``KV_BLOCK_AUTOTUNE`` to let the CUDA kernel's autotuner pick by timing (elsewhere the rule). ``launch``
-    names the CUDA kernel's launch options that are on (``attention_call.LaunchOptions``: "tma" loads K and V
-    through Hopper's tensor memory accelerator where the layout allows); they never change the result and are
-    ignored elsewhere. ``exact_query``, ``exact_key``, ``exact_value``:
-    the 16/32-bit tensors the INT8 inputs were quantized from, and ``scale_factor`` the 0-d factor of a scale
-    known only at run time (already folded into q_scale; the softmax scale is ``sm_scale`` times it), given
-    where the shapes were symbolic at compile time: if the kernel turns out unable to take them (a head dim
-    above ``MAX_HEAD_DIM``, value's head dim other than query's: ``kernel_shape_problem``) the op computes the
-    attention exactly from them (``exact_fallback``). Returns ``out_dtype`` (a name of ``OUT_DTYPES``: "float16",
-    "bfloat16" or "float32"), strided like q.
+    j < i + causal_offset − window_left (sliding-window attention, as Mistral's). ``out_dtype`` is the
+    result's dtype by name (``OUT_DTYPES``: "float16", "bfloat16" or "float32"). The kernel's options follow
+    (``attention_call.KernelOptions``): ``p_scale`` ("fixed", 1/127, or "row_block"), ``kv_block`` (keys per
+    block, which the result depends on) and ``launch`` (the words of the CUDA kernel's launch options that are
+    on, e.g. "tma_loads"; they never change the result and are ignored elsewhere). ``exact_query``,
+    ``exact_key``, ``exact_value``: the 16/32-bit tensors the INT8 inputs were quantized from, and
+    ``scale_factor`` the 0-d factor of a scale known only at run time (already folded into q_scale; the softmax
+    scale is ``sm_scale`` times it), given where the shapes were symbolic at compile time: if the kernel turns
+    out unable to take them (a head dim above ``MAX_HEAD_DIM``, value's head dim other than query's:
+    ``kernel_shape_problem``) the op computes the attention exactly from them (``exact_fallback``). Returns
+    ``out_dtype``, strided like q.
     """
+    arguments = _bound_arguments(args, kwargs)
+    exact_query, exact_key, exact_value = (arguments[name] for name in _EXACT_INPUTS[:3])
     if (exact_query is None) != (exact_value is None) or (exact_query is None) != (exact_key is None):
         raise ValueError("exact_query, exact_key and exact_value come together")
-    out = empty_output(q, out_dtype, exact_value)
+    call = AttentionCall.of_op_arguments(arguments)
+    out = empty_output(call, exact_value)
     if exact_query is not None:
-        problem, _ = kernel_shape_problem(q.shape, k.shape, v.shape)
+        problem, _ = kernel_shape_problem(call.q.shape, call.k.shape, call.v.shape)
         if problem is not None:
-            exact = exact_query, exact_key, exact_value, scale_factor
-            out.copy_(exact_attention(exact, attn_mask, is_causal, sm_scale, causal_offset, window_left, problem))
+            exact = exact_query, exact_key, exact_value, arguments["scale_factor"]
+            out.copy_(exact_attention(exact, call.attn_mask, call.is_causal, call.sm_scale, call.causal_offset,
+                                      call.window_left, problem))
             return out
-    call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, causal_offset,
-                         window_left, kv_block, LaunchOptions.of_words(launch))
-    check_call(call, out_dtype)
-    if q.device.type == "cuda":
+    check_call(call)
+    if call.q.device.type == "cuda":
         # Imported here: Triton reads TRITON_INTERPRET when the kernel is defined.
         from intfa_compile.kernels.int8_flash_attention import int8_flash_attention_triton
 
@@ -115,30 +103,26 @@ def _int8_attention(
     return fast_int8_attention_cpu(call, out)
 
 
+_int8_attention.__signature__ = OP_SIGNATURE  # type: ignore[attr-defined]
 int8_attention = torch.library.custom_op("intfa::int8_attention", mutates_args=())(_int8_attention)
-_OP_SIGNATURE = inspect.signature(_int8_attention)
-_CALL_FIELDS = tuple(field.name for field in fields(AttentionCall) if field.name != "launch")
 
 
-def _call_of(arguments: dict[str, Any]) -> AttentionCall:
-    """The call description of the op's arguments (by name; the op's parameters carry the fields' names, and
-    ``launch`` the words of its ``LaunchOptions``)."""
-    return AttentionCall(**{name: arguments[name] for name in _CALL_FIELDS},
-                         launch=LaunchOptions.of_words(arguments["launch"]))
+def _bound_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The op's arguments by name, defaults applied (``OP_SIGNATURE``)."""
+    bound = OP_SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
 
 
 @int8_attention.register_fake
 def _int8_attention_fake(*args: Any, **kwargs: Any) -> Tensor:
     """The op's output without computing it, for tracing. Refuses what the real implementation refuses; sizes only
     where they are plain numbers and the real one would check them too (with exact inputs it may turn to the
-    exact fallback instead). Takes the op's arguments as the op does (``_OP_SIGNATURE``)."""
-    bound = _OP_SIGNATURE.bind(*args, **kwargs)
-    bound.apply_defaults()
-    arguments = bound.arguments
-    call = _call_of(arguments)
-    exact = arguments["exact_query"] is None
-    check_call(call, arguments["out_dtype"], shapes=exact and static_sizes(*call.tensors))
-    return empty_output(call.q, arguments["out_dtype"], arguments["exact_value"])
+    exact fallback instead)."""
+    arguments = _bound_arguments(args, kwargs)
+    call = AttentionCall.of_op_arguments(arguments)
+    check_call(call, shapes=arguments["exact_query"] is None and static_sizes(*call.tensors))
+    return empty_output(call, arguments["exact_value"])
 
 
 def scale_and_factor(scale: Any, query: Tensor) -> tuple[float, Tensor | None]:
@@ -229,7 +213,6 @@ def int8_sdpa(
     is_causal: bool = False,
     scale: float | Tensor | None = None,
     pv_format: str = DEFAULT_PV_FORMAT,
-    p_scale: str = "fixed",
     *,
     qk_granularity: str = "per_token",
     v_granularity: str = "per_channel",
@@ -240,8 +223,7 @@ def int8_sdpa(
     attention_op: Any = None,
     causal_offset: int = 0,
     window_left: int = -1,
-    kv_block: int = 0,
-    launch: LaunchOptions = DEFAULT_LAUNCH,
+    kernel_options: KernelOptions | Mapping[str, Any] | None = None,
     static_amax: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics computed by INT-FlashAttention.
@@ -253,13 +235,15 @@ def int8_sdpa(
     exactly (``quantize.center_queries``, where ``centring_fits``), ``smooth_k`` subtracts K's mean, and
     ``qk_rotation="hadamard"`` then rotates Q's and K's head dim as they are quantized (``rotation``, one
     fused operator): all three leave softmax(Q·Kᵀ) as it is. ``causal_offset`` moves the causal diagonal and
-    ``window_left`` limits how far back a query sees, ``kv_block`` fixes the keys per block, ``launch`` says how
-    the CUDA kernel runs (see the op). ``scale`` may also be a one-element tensor (or, in a traced graph, a
-    symbolic float): it then joins Q's quantization scales (``fold_factor``). ``static_amax``: calibrated ranges
-    (Q per head (Hq,), K per head (Hk,), V per head and channel (Hk, D)) instead of dynamic scales: quantization is
-    then elementwise only (values beyond a range saturate), no reduction over the inputs runs per call, and the
-    granularities and Q/K transforms do not apply (the ranges were calibrated on Q and K as they are). This is what
-    the compiler passes insert in place of attention.
+    ``window_left`` limits how far back a query sees. ``kernel_options``: the kernel's knobs
+    (``attention_call.KernelOptions``, or a mapping of its field names such as ``{"p_scale": "row_block"}``: P's
+    scale, the keys per block, the CUDA kernel's launch options; see the op). ``scale`` may also be a
+    one-element tensor (or, in a traced graph, a symbolic float): it then joins Q's quantization scales
+    (``fold_factor``). ``static_amax``: calibrated ranges (Q per head (Hq,), K per head (Hk,), V per head and
+    channel (Hk, D)) instead of dynamic scales: quantization is then elementwise only (values beyond a range
+    saturate), no reduction over the inputs runs per call, and the granularities and Q/K transforms do not apply
+    (the ranges were calibrated on Q and K as they are). This is what the compiler passes insert in place of
+    attention.
     """
     check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, causal_offset, window_left)
     check_choice("qk_rotation", qk_rotation, QK_ROTATIONS)
@@ -267,6 +251,7 @@ def int8_sdpa(
     sm_scale, factor = scale_and_factor(scale, query)
     exact = _exact_inputs(query, key, value, factor)
     op = attention_op or torch.ops.intfa.int8_attention
+    options = KernelOptions.of(kernel_options).op_arguments()
     if static_amax is not None:
         if smooth_k or smooth_q or qk_rotation != "none":
             raise ValueError("int8_sdpa: static_amax was calibrated on Q and K as they are; it cannot be combined "
@@ -276,7 +261,7 @@ def int8_sdpa(
         k_int8, k_scale = quantize_static(key, k_amax[:, None, None], qk_bits)
         v_in, v_scale = quantize_value_static(value, pv, v_amax)
         return op(q_int8, k_int8, v_in, q_scale[..., 0], k_scale[..., 0], v_scale, attn_mask, is_causal, sm_scale,
-                  p_scale, out_dtype_name(query.dtype), causal_offset, window_left, kv_block, launch.words, **exact)
+                  causal_offset, window_left, out_dtype_name(query.dtype), **options, **exact)
     if smooth_k:
         key = smooth(key)
     if smooth_q and centring_fits(attn_mask, exact):
@@ -290,5 +275,5 @@ def int8_sdpa(
     q_int8, q_scale = fold_factor(*quantize_qk_as(query, qk_granularity, qk_bits, Q_BLOCK_TOKENS), factor)
     k_int8, k_scale = quantize_qk_as(key, qk_granularity, qk_bits, K_BLOCK_TOKENS)
     v_in, v_scale = quantize_value(value, pv, v_granularity)
-    return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale,
-              out_dtype_name(query.dtype), causal_offset, window_left, kv_block, launch.words, **exact)
+    return op(q_int8, k_int8, v_in, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, causal_offset,
+              window_left, out_dtype_name(query.dtype), **options, **exact)

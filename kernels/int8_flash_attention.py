@@ -36,7 +36,6 @@ from intfa_compile.numerics import (
     FP32_TINY,
     INT8_MAX,
     KV_BLOCK_AUTOTUNE,
-    LOG2_P_FP8_SCALE,
     LOG2E,
     P_DEQUANT_FIXED,
     PV_FP8_FOLD_BLOCKS,
@@ -59,10 +58,7 @@ _FP32_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**23)
 _FP64_ROUNDING_MAGIC = tl.constexpr(1.5 * 2.0**52)
 _FP32_MAGIC_BITS = tl.constexpr(0x4B400000)  # the bits of 1.5·2²³
 _FP32_TINY = tl.constexpr(FP32_TINY)
-_LOG2_P_FP8_SCALE = tl.constexpr(LOG2_P_FP8_SCALE)
 _PV_FP8_FOLD_BLOCKS = tl.constexpr(PV_FP8_FOLD_BLOCKS)
-_E4M3_MIN_NORMAL = tl.constexpr(2.0**-6)
-_E4M3_SUBNORMAL_STEPS = tl.constexpr(2.0**9)
 
 
 @triton.jit
@@ -147,14 +143,21 @@ def round_to_int8(p, scale, INTERPRETER: tl.constexpr):
 
 
 @triton.jit
-def round_to_e4m3(x):
-    """x in [0, 464) → the nearest e4m3 value (ties to even), kept in fp32; the interpreter's stand-in for
-    ``cvt.rn.satfinite.e4m3``, whose fp32 → e4m3 cast loses the carry when rounding reaches the next power of
-    two (1.99 becomes 1.0). Normal values keep 3 mantissa bits; below 2⁻⁶ the grid is 2⁻⁹."""
+def round_to_float8(x, MANTISSA: tl.constexpr, BIAS: tl.constexpr):
+    """x ≥ 0, below the type's largest value → the nearest value of the float8 type with ``MANTISSA`` mantissa
+    bits and exponent bias ``BIAS`` (ties to even), kept in fp32; the interpreter's stand-in for
+    ``cvt.rn.satfinite`` (e4m3: 3 and 7, e5m2: 2 and 15), whose fp32 → float8 cast loses the carry when rounding
+    reaches the next power of two (1.99 becomes 1.0 in e4m3). Normal values keep ``MANTISSA`` bits; below
+    2^(1 − BIAS) the grid is 2^(1 − BIAS − MANTISSA)."""
+    DROPPED: tl.constexpr = 23 - MANTISSA
+    HALF_ULP: tl.constexpr = (1 << (DROPPED - 1)) - 1
+    KEPT: tl.constexpr = (0xFFFFFFFF << DROPPED) & 0xFFFFFFFF
+    MIN_NORMAL: tl.constexpr = 2.0 ** (1 - BIAS)
+    SUBNORMAL_STEPS: tl.constexpr = 2.0 ** (BIAS - 1 + MANTISSA)
     bits = x.to(tl.uint32, bitcast=True)
-    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & 0xFFF00000).to(tl.float32, bitcast=True)
-    subnormal = ((x * _E4M3_SUBNORMAL_STEPS + _FP32_ROUNDING_MAGIC) - _FP32_ROUNDING_MAGIC) / _E4M3_SUBNORMAL_STEPS
-    return tl.where(x < _E4M3_MIN_NORMAL, subnormal, normal)
+    normal = ((bits + HALF_ULP + ((bits >> DROPPED) & 1)) & KEPT).to(tl.float32, bitcast=True)
+    subnormal = ((x * SUBNORMAL_STEPS + _FP32_ROUNDING_MAGIC) - _FP32_ROUNDING_MAGIC) / SUBNORMAL_STEPS
+    return tl.where(x < MIN_NORMAL, subnormal, normal)
 
 
 @triton.jit
@@ -180,7 +183,8 @@ def _attention_block(
     stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
     N_Q, N_K, HEAD_DIM, causal_offset, window_left,
     CAUSAL_MASK: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
-    PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, INTERPRETER: tl.constexpr,
+    PV_FP8: tl.constexpr, P_LOG2_SCALE: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr,
+    INTERPRETER: tl.constexpr,
     MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, BOUNDS: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, LAZY_PV: tl.constexpr, FOLD_BLOCKS: tl.constexpr, k_desc, v_desc, TMA: tl.constexpr,
     V_SEQUENCE_MAJOR: tl.constexpr,
@@ -202,9 +206,10 @@ def _attention_block(
     fp32 tensor-core accumulator for FP8) folded into ``acc`` at such a rescale or every ``FOLD_BLOCKS``
     blocks (INT32 overflow; the FP8 accumulator's reduced precision): no per-block conversion of P·V.
 
-    ``PV_FP8`` (pv_format="fp8", SageAttention2's P·V): P scaled by 448 (folded into the exponent, so P
-    spans e4m3's range; the row sums carry the same factor, which cancels in acc / l) and rounded to e4m3,
-    V in e4m3 with per-channel scales, an FP8 GEMM with fp32 accumulation.
+    ``PV_FP8`` (a float8 V, as pv_format="fp8", SageAttention2's P·V): P scaled by 2^``P_LOG2_SCALE`` (the P·V
+    record's ``p_log2_scale``: 448 for e4m3, folded into the exponent, so P spans the type's range; the row sums
+    carry the same factor, which cancels in acc / l) and rounded to V's float8 type, V in it with per-channel
+    scales, an FP8 GEMM with fp32 accumulation.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -242,9 +247,9 @@ def _attention_block(
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     if FOLD_Q_SCALE:
-        neg_max = -(m_safe * qs) + _LOG2_P_FP8_SCALE if PV_FP8 else -(m_safe * qs)
+        neg_max = -(m_safe * qs) + P_LOG2_SCALE if PV_FP8 else -(m_safe * qs)
     else:
-        shift = m_safe - _LOG2_P_FP8_SCALE if PV_FP8 else m_safe
+        shift = m_safe - P_LOG2_SCALE if PV_FP8 else m_safe
     # `!=` rather than `>`: a NaN maximum also rescales, so NaN reaches the accumulator as in eager attention.
     grew = tl.max((m_new != m_i).to(tl.int32), 0) != 0
     if LAZY_PV:
@@ -277,7 +282,7 @@ def _attention_block(
     else:
         v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
     if PV_FP8:
-        p8 = (round_to_e4m3(p) if INTERPRETER else p).to(v.dtype)
+        p8 = (round_to_float8(p, v.dtype.fp_mantissa_width, v.dtype.exponent_bias) if INTERPRETER else p).to(v.dtype)
         if LAZY_PV:
             acc_pv = tl.dot(p8, v, acc=acc_pv, out_dtype=tl.float32)
             pending += 1
@@ -477,7 +482,8 @@ def int8_attention_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     HEADS_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, HEAD_DIM, qk_scale, causal_offset, window_left, SPLIT_KEYS,
     SPLIT: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, QUANT_PV: tl.constexpr,
-    PV_FP8: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr, INTERPRETER: tl.constexpr,
+    PV_FP8: tl.constexpr, P_LOG2_SCALE: tl.constexpr, P_ROW_BLOCK: tl.constexpr, UPCAST_16BIT_DOT: tl.constexpr,
+    INTERPRETER: tl.constexpr,
     MAGIC_I2F: tl.constexpr, FOLD_Q_SCALE: tl.constexpr, KV_BLOCK: tl.constexpr, TMA: tl.constexpr,
     V_SEQUENCE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -549,7 +555,8 @@ def int8_attention_fwd(
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_Q, N_K, HEAD_DIM, causal_offset, window_left,
-            False, False, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER, MAGIC_I2F,
+            False, False, MASK_KIND, QUANT_PV, PV_FP8, P_LOG2_SCALE, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER,
+            MAGIC_I2F,
             FOLD_Q_SCALE, False, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS, k_desc, v_desc, TMA, V_SEQUENCE_MAJOR,
         )
     for start_n in range(tl.maximum(full_hi, lo), hi, BLOCK_N):
@@ -558,7 +565,8 @@ def int8_attention_fwd(
             k_base, v_base, ks_base, mask_base,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_ksn, stride_mm, stride_mn,
             N_Q, N_K, HEAD_DIM, causal_offset, window_left,
-            IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, PV_FP8, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER, MAGIC_I2F,
+            IS_CAUSAL, WINDOW, MASK_KIND, QUANT_PV, PV_FP8, P_LOG2_SCALE, P_ROW_BLOCK, UPCAST_16BIT_DOT, INTERPRETER,
+            MAGIC_I2F,
             FOLD_Q_SCALE, True, BLOCK_N, BLOCK_D, LAZY_PV, FOLD_BLOCKS, k_desc, v_desc, TMA, V_SEQUENCE_MAJOR,
         )
 
@@ -621,16 +629,17 @@ def launch_arguments(
     One place builds them, so the launch and ``benchmarks/inspect_sass.py`` (which compiles the kernel
     offline with the specialization Triton derives from these very arguments) cannot drift apart.
     ``target_arch`` (e.g. 90) is the GPU the kernel is built for; by default, that of ``q``'s device.
-    ``call.kv_block``: keys per block (the result depends on it); 0 for ``default_kv_block``,
+    ``call.options.kv_block``: keys per block (the result depends on it); 0 for ``default_kv_block``,
     ``KV_BLOCK_AUTOTUNE`` to let the autotuner choose (under the interpreter, which times nothing, the rule again).
     ``parts``, the fp32 outputs (S, B, Hq, Nq, D) and (maximum, row sum) pairs (S, B, Hq, Nq, 2) of S key
     ranges, and ``split_keys``, keys per range: split-K, the grid's third axis walks the ranges
-    (``intfa_compile.key_splits``). ``call.launch.tma``: load K and V through tensor descriptors where the target
-    has TMA (sm_90 on) and ``tensor_descriptors_fit`` (the interpreter runs them too); the result is the same.
+    (``intfa_compile.key_splits``). ``call.options.launch.tma_loads``: load K and V through tensor descriptors
+    where the target has TMA (sm_90 on) and ``tensor_descriptors_fit`` (the interpreter runs them too); the
+    result is the same.
     """
     q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
-    is_causal, sm_scale, p_scale = call.is_causal, call.sm_scale, call.p_scale
-    causal_offset, window_left, kv_block = call.causal_offset, call.window_left, call.kv_block
+    is_causal, sm_scale, p_scale = call.is_causal, call.sm_scale, call.options.p_scale
+    causal_offset, window_left, kv_block = call.causal_offset, call.window_left, call.options.kv_block
     if target_arch is None:
         major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
         target_arch = 10 * major + minor
@@ -655,13 +664,13 @@ def launch_arguments(
     )
     constexprs = dict(
         SPLIT=parts is not None, IS_CAUSAL=is_causal, WINDOW=is_causal and window_left >= 0, MASK_KIND=mask_kind,
-        QUANT_PV=quant_pv, PV_FP8=v.dtype == torch.float8_e4m3fn,
-        P_ROW_BLOCK=p_scale == "row_block",
+        QUANT_PV=quant_pv, PV_FP8=quant_pv and v.dtype.is_floating_point,  # a float8 V (the P·V record's)
+        P_LOG2_SCALE=call.pv.p_log2_scale, P_ROW_BLOCK=p_scale == "row_block",
         UPCAST_16BIT_DOT=_INTERPRETED and v.dtype == torch.bfloat16, INTERPRETER=_INTERPRETED,
         FOLD_Q_SCALE=folds_query_scale(attn_mask, sm_scale),
         MAGIC_I2F=target_arch < 90,  # Ampere/Ada convert INT32 → fp32 on the 16/clock unit (I2F); Hopper on the ALU
         KV_BLOCK=0 if kv_block == KV_BLOCK_AUTOTUNE and not _INTERPRETED else call.block_n,
-        TMA=call.launch.tma and (target_arch >= 90 or _INTERPRETED) and tensor_descriptors_fit(k, v),
+        TMA=call.options.launch.tma_loads and (target_arch >= 90 or _INTERPRETED) and tensor_descriptors_fit(k, v),
         V_SEQUENCE_MAJOR=v.stride(-2) == 1 and n_k > 1,
         BLOCK_D=padded_head_dim(head_dim),
     )
@@ -680,8 +689,8 @@ def int8_flash_attention_triton(
     ``traceable`` launches through ``torch.library.wrap_triton``, so that torch.compile sees the kernel
     (inside the ``intfa::int8_attention_triton`` triton_op) instead of an opaque call. ``splits``: how many key
     ranges to split into (decode shapes; by default ``key_splits``' rule, which the CPU implementation shares).
-    With ``call.launch.tma``, K and V come through tensor descriptors where possible (``launch_arguments``), built
-    in the kernel, in a scratch buffer from an allocator set for this launch only.
+    With ``call.options.launch.tma_loads``, K and V come through tensor descriptors where possible
+    (``launch_arguments``), built in the kernel, in a scratch buffer from an allocator set for this launch only.
     """
     if out.numel() == 0:
         return out

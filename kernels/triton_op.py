@@ -7,34 +7,29 @@ opaque ``intfa::int8_attention`` custom op is a Python call. Which is faster is 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
 
-from intfa_compile.attention_call import AttentionCall, LaunchOptions, check_call, empty_output
+import torch
+from torch import Tensor  # noqa: F401  (the signature's annotations name it; infer_schema reads them here)
+
+from intfa_compile.attention_call import AttentionCall, check_call, empty_output, op_signature
 
 from .int8_flash_attention import int8_flash_attention_triton
 
+OP_SIGNATURE = op_signature()
+"""``intfa::int8_attention``'s parameters without its exact-fallback inputs: the triton_op is chosen only where
+the shapes are static, so the kernel always takes them."""
 
-@torch.library.triton_op("intfa::int8_attention_triton", mutates_args=())
-def int8_attention_triton(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_scale: Tensor,
-    k_scale: Tensor,
-    v_scale: Tensor | None,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    sm_scale: float,
-    p_scale: str,
-    out_dtype: str,
-    causal_offset: int = 0,
-    window_left: int = -1,
-    kv_block: int = 0,
-    launch: str = "",
-) -> Tensor:
-    """Same contract as ``intfa::int8_attention``; always runs the Triton kernel."""
-    call = AttentionCall(q, k, v, q_scale, k_scale, v_scale, attn_mask, is_causal, sm_scale, p_scale, causal_offset,
-                         window_left, kv_block, LaunchOptions.of_words(launch))
-    check_call(call, out_dtype)
-    return int8_flash_attention_triton(call, empty_output(q, out_dtype), traceable=True)
+
+def _int8_attention_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """Same contract as ``intfa::int8_attention`` (``OP_SIGNATURE``); always runs the Triton kernel."""
+    bound = OP_SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    call = AttentionCall.of_op_arguments(bound.arguments)
+    check_call(call)
+    return int8_flash_attention_triton(call, empty_output(call), traceable=True)
+
+
+_int8_attention_triton.__signature__ = OP_SIGNATURE  # type: ignore[attr-defined]
+int8_attention_triton = torch.library.triton_op("intfa::int8_attention_triton", mutates_args=())(
+    _int8_attention_triton)

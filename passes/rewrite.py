@@ -9,7 +9,7 @@ import torch
 from intfa_compile.calibration import static_amax, static_amax_tensors
 from intfa_compile.config import Settings
 from intfa_compile.exact_fallback import band_mask
-from intfa_compile.ops import LaunchOptions, int8_sdpa, scale_and_factor
+from intfa_compile.ops import KernelOptions, int8_sdpa, scale_and_factor
 
 
 def int8_attention(settings: Settings, site_key: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -25,12 +25,12 @@ def int8_attention(settings: Settings, site_key: str, query: torch.Tensor, key: 
         return torch.ops.intfa.observed_attention(query, key, value, attn_mask, is_causal, sm_scale,
                                                   settings.calibrate, site_key, factor)
     ranges = static_amax(settings.scales, site_key, query, key, strict=settings.fallback == "error")
-    return int8_sdpa(query, key, value, attn_mask, is_causal, scale, settings.pv_format, settings.p_scale,
+    return int8_sdpa(query, key, value, attn_mask, is_causal, scale, settings.pv_format,
                      qk_granularity=settings.qk_granularity, v_granularity=settings.v_granularity,
                      smooth_k=settings.smooth_k, smooth_q=settings.smooth_q, qk_rotation=settings.qk_rotation,
                      qk_bits=settings.qk_bits, attention_op=_attention_op(query, settings),
-                     causal_offset=causal_offset, window_left=window_left, kv_block=settings.kv_block,
-                     launch=LaunchOptions(tma=settings.tma_loads),
+                     causal_offset=causal_offset, window_left=window_left,
+                     kernel_options=KernelOptions.of_settings(settings),
                      static_amax=None if ranges is None else static_amax_tensors(query, ranges))
 
 

@@ -125,6 +125,10 @@ NO_EXACT_INPUTS = r"(, (exact_query=)?None, (exact_key=)?None, (exact_value=)?No
 """The tail of an ``int8_attention`` call in Inductor's code for a site compiled with plain sizes: its
 exact-fallback inputs absent (Inductor may write the defaults out)."""
 
+DEFAULT_OPTIONS_TAIL = r"(, (out_dtype=)?'float32')?(, (p_scale=)?'fixed')?(, (kv_block=)?0)?(, (launch=)?'')?"
+"""The part of an ``int8_attention`` call in Inductor's code after ``window_left`` for an fp32 site under the
+default kernel options (``attention_call.KernelOptions``; Inductor may write the defaults out or drop them)."""
+
 P_STEP = 1.0 / INT8_MAX
 
 

@@ -19,7 +19,14 @@ from torch._inductor.utils import run_and_get_code
 import intfa_compile
 from intfa_compile import config
 from intfa_compile.reference import reference_attention
-from tests.helpers import DEFAULT_COUNTER, END_TO_END_COSINE, NO_EXACT_INPUTS, cosine, op_call_arguments
+from tests.helpers import (
+    DEFAULT_COUNTER,
+    DEFAULT_OPTIONS_TAIL,
+    END_TO_END_COSINE,
+    NO_EXACT_INPUTS,
+    cosine,
+    op_call_arguments,
+)
 from tests.model_zoo import HandWrittenCausal
 
 OP_NAME = "torch.ops.intfa.int8_attention.default"
@@ -28,8 +35,8 @@ OP_NAME = "torch.ops.intfa.int8_attention.default"
 def causal_call(offset: int, window_left: int = -1, head_dim: int = 32) -> str:
     """The tail of an ``int8_attention`` call in Inductor's code that runs with the causal flag and no mask
     (Inductor writes trailing defaults as keywords, others positionally)."""
-    return (rf", None, True, {head_dim**-0.5}, 'fixed', 'float32', (causal_offset=)?{offset}, "
-            rf"(window_left=)?{window_left}(, (kv_block=)?0)?(, (launch=)?'')?{NO_EXACT_INPUTS}$")
+    return (rf", None, True, {head_dim**-0.5}, (causal_offset=)?{offset}, (window_left=)?{window_left}"
+            rf"{DEFAULT_OPTIONS_TAIL}{NO_EXACT_INPUTS}$")
 
 
 class SelfAttention(torch.nn.Module):
@@ -407,8 +414,8 @@ def test_tma_loads_reaches_the_op_and_leaves_the_result_alone(model_and_input):
     torch._dynamo.reset()
     with_tma, code = _compile_and_run(model, x, tma_loads=True)
     calls = [line for line in code.splitlines() if f"{OP_NAME}(" in line]
-    assert calls and all(re.search(rf"(launch=)?'tma'{NO_EXACT_INPUTS}\)$", line) for line in calls), calls
-    assert not any(re.search(rf"(launch=)?'tma'{NO_EXACT_INPUTS}\)$", line) for line in default_code.splitlines()
+    assert calls and all(re.search(rf"(launch=)?'tma_loads'{NO_EXACT_INPUTS}\)$", line) for line in calls), calls
+    assert not any(re.search(rf"(launch=)?'tma_loads'{NO_EXACT_INPUTS}\)$", line) for line in default_code.splitlines()
                    if f"{OP_NAME}(" in line)
     assert torch.equal(default, with_tma)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from intfa_compile.attention_call import AttentionCall
+from intfa_compile.attention_call import AttentionCall, KernelOptions
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 
 
@@ -39,7 +39,8 @@ def test_the_twin_computes_in_the_calls_key_blocks():
     v = torch.randint(-127, 128, (1, 2, 200, 32), generator=gen, dtype=torch.int8)
     q_scale, k_scale, v_scale = torch.rand(1, 2, 40) * 0.02, torch.rand(1, 2, 200) * 0.02, torch.rand(1, 2, 32)
     outputs = {block: int8_flash_attention_cpu(AttentionCall(q, k, v, q_scale, k_scale, v_scale, sm_scale=0.2,
-                                                             kv_block=block), torch.empty(1, 2, 40, 32))
+                                                             options=KernelOptions(kv_block=block)),
+                                               torch.empty(1, 2, 40, 32))
                for block in (0, 128, 32)}
     assert torch.equal(outputs[0], outputs[128])  # d = 32: the shape rule's 128 keys
     assert not torch.equal(outputs[128], outputs[32])

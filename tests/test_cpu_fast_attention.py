@@ -10,11 +10,13 @@ the row sum) plus fp32 slack on the output, the same allowance the kernel gets a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import intfa_compile.cpu_fast_attention as fast
-from intfa_compile.attention_call import AttentionCall
+from intfa_compile.attention_call import AttentionCall, KernelOptions
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.cpu_fast_attention import exact_int8_gemm, fast_int8_attention_cpu
 from tests.helpers import E4M3_STEP_NEAR_ONE, P_STEP, fp32_slack, quantized_inputs, unit_roundoff
@@ -55,8 +57,10 @@ def _compare(inputs: dict, pv_format: str, mask=None, scale: float | None = None
     """(fast, twin) for the same call; asserts they agree within one P step of one entry plus fp32 slack."""
     q8 = inputs["q"]
     sm_scale = scale if scale is not None else q8.shape[-1] ** -0.5
+    option_names = [field.name for field in dataclasses.fields(KernelOptions)]
+    options = KernelOptions(**{name: call_options.pop(name) for name in option_names if name in call_options})
     call = AttentionCall(q8, inputs["k"], inputs["v"], inputs["q_scale"], inputs["k_scale"], inputs["v_scale"], mask,
-                         sm_scale=sm_scale, **call_options)
+                         sm_scale=sm_scale, options=options, **call_options)
     twin = int8_flash_attention_cpu(call, torch.empty(q8.shape), splits)
     out = fast_int8_attention_cpu(call, torch.empty(q8.shape), splits, int8_gemm=int8_gemm)
     q_hat, k_hat, v_hat = inputs["dequantized"]

@@ -127,7 +127,7 @@ def test_the_op_computes_exactly_what_its_kernel_cannot_take(shapes, is_causal):
     k8, v8 = torch.zeros(key.shape, dtype=torch.int8), torch.zeros(value.shape, dtype=torch.int8)
     out = torch.ops.intfa.int8_attention(q8, k8, v8, torch.ones(query.shape[:3]), torch.ones(key.shape[:3]),
                                          torch.ones(*value.shape[:2], value.shape[-1]), None, is_causal, 0.5,
-                                         "fixed", "float32", exact_query=query, exact_key=key,
+                                         out_dtype="float32", exact_query=query, exact_key=key,
                                          exact_value=value, scale_factor=factor)
     expected = F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=0.35,
                                               enable_gqa=query.shape[1] != key.shape[1])

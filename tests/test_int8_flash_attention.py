@@ -27,12 +27,13 @@ from intfa_compile.kernels.int8_flash_attention import (
     int8_attention_fwd,
     int8_flash_attention_triton,
     launch_arguments,
+    round_to_float8,
     round_to_int8,
     tensor_descriptors_fit,
 )
 
 from intfa_compile import cpu_attention
-from intfa_compile.attention_call import AttentionCall, LaunchOptions
+from intfa_compile.attention_call import AttentionCall, KernelOptions, LaunchOptions
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.numerics import BF16_MASK_FLOOR, KV_BLOCK_AUTOTUNE, LOG2E
 from intfa_compile.quantize import sequence_major
@@ -47,6 +48,9 @@ from tests.helpers import (
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+TMA_LOADS = KernelOptions(launch=LaunchOptions(tma_loads=True))
+"""Options that load K and V through tensor descriptors (where the target and layout allow)."""
 
 
 @triton.jit
@@ -89,6 +93,7 @@ def _round_kernel(P, SCALE, OUT, N: tl.constexpr, EMULATE_FMA: tl.constexpr):
     tl.store(OUT + offs, round_to_int8(tl.load(P + offs), tl.load(SCALE + offs), EMULATE_FMA))
 
 
+
 def test_p_rounds_to_nearest_even_exactly_as_the_cpu_implementation():
     """The FFMA-with-magic-number rounding of P (no F2I) gives round-half-even of the exact product p·scale for
     every p·scale in [0, 127.5) — the fixed scale 127 and the per-row scales 127/max alike — equal to the CPU
@@ -114,13 +119,41 @@ def test_p_rounds_to_nearest_even_exactly_as_the_cpu_implementation():
     assert cpu_attention.round_to_int8(torch.tensor([0.5]), 127.0).item() == 64.0
 
 
+@triton.jit
+def _float8_round_kernel(X, OUT, N: tl.constexpr, MANTISSA: tl.constexpr, BIAS: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(OUT + offs, round_to_float8(tl.load(X + offs), MANTISSA, BIAS))
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason="the emulated rounding runs under Triton's interpreter only")
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_the_interpreters_float8_rounding_is_torchs_cast(dtype):
+    """The interpreter's stand-in for the GPU's fp32 → float8 conversion (the kernel rounds P with it, by V's
+    float8 type) gives PyTorch's cast (nearest, ties to even) for every value of the type, every midpoint between
+    neighbours (ties), the values just either side of them, and random values, subnormals included."""
+    finite = torch.arange(256, dtype=torch.uint8).view(dtype).float()
+    grid = finite[finite.isfinite() & (finite >= 0)].unique()
+    grid = grid[grid < torch.finfo(dtype).max]
+    midpoints = (grid[1:] + grid[:-1]) / 2
+    gen = torch.Generator().manual_seed(8)
+    x = torch.cat([grid, midpoints, torch.nextafter(midpoints, torch.tensor(0.0)),
+                   torch.nextafter(midpoints, torch.tensor(float("inf"))),
+                   torch.rand(2000, generator=gen) * grid[-1], torch.rand(500, generator=gen) * grid[8]])
+    padded = 1 << (x.numel() - 1).bit_length()
+    x = torch.nn.functional.pad(x, (0, padded - x.numel()))
+    out = torch.empty(padded)
+    info = {torch.float8_e4m3fn: (3, 7), torch.float8_e5m2: (2, 15)}[dtype]  # mantissa bits, exponent bias
+    _float8_round_kernel[(1,)](x, out, padded, *info)
+    assert torch.equal(out, x.to(dtype).float())
+
+
 def _both(inputs, mask, is_causal, scale, p_scale, out_dtype=torch.float32, causal_offset=0, window_left=-1,
           kv_block=0, splits=None, tma=False):
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
     sm_scale = scale if scale is not None else inputs["q"].shape[-1] ** -0.5
     shape = inputs["q"].shape
-    call = AttentionCall(*args, mask, is_causal, sm_scale, p_scale, causal_offset, window_left, kv_block,
-                         LaunchOptions(tma=tma))
+    options = KernelOptions(p_scale=p_scale, kv_block=kv_block, launch=LaunchOptions(tma_loads=tma))
+    call = AttentionCall(*args, mask, is_causal, sm_scale, causal_offset, window_left, options=options)
     cpu = int8_flash_attention_cpu(call, torch.empty(shape, dtype=out_dtype), splits)
     out = torch.empty(shape, dtype=out_dtype, device=DEVICE)
     kernel = int8_flash_attention_triton(call.to(DEVICE), out, splits=splits)
@@ -230,7 +263,7 @@ def test_tma_loads_give_the_pointer_loads_result(pv_format, n_q, n_k, head_dim, 
     offset = n_k - n_q if is_causal else 0
     args = [inputs[name].to(DEVICE) for name in ("q", "k", "v", "q_scale", "k_scale")]
     v_scale = inputs["v_scale"].to(DEVICE) if inputs["v_scale"] is not None else None
-    call = AttentionCall(*args, v_scale, None, is_causal, 0.1, causal_offset=offset, launch=LaunchOptions(tma=True))
+    call = AttentionCall(*args, v_scale, None, is_causal, 0.1, causal_offset=offset, options=TMA_LOADS)
     _, constexprs = launch_arguments(call, torch.empty(q.shape), target_arch=90)
     assert constexprs["TMA"] and constexprs["V_SEQUENCE_MAJOR"] == (pv_format != "fp16")
     with_tma, cpu = _both(inputs, None, is_causal, None, "fixed", causal_offset=offset, splits=splits, tma=True)
@@ -255,13 +288,12 @@ def test_tensor_descriptors_need_sixteen_byte_strides():
     assert not tensor_descriptors_fit(k, torch.zeros(1, 2, 320, 128, dtype=torch.half)[..., ::2])
     assert not tensor_descriptors_fit(k[..., 1:], sequence_major(k))  # K rows start off a 16-byte boundary
     scales = torch.ones(1, 2, 40), torch.ones(1, 2, 300), torch.ones(1, 2, 64)
-    tma = LaunchOptions(tma=True)
     call = AttentionCall(k[:, :, :40], k[:, :, :300], sequence_major(k[:, :, :300]), *scales, sm_scale=0.1,
-                         launch=tma)
+                         options=TMA_LOADS)
     _, constexprs = launch_arguments(call, torch.empty(1, 2, 40, 64), target_arch=90)
     assert not constexprs["TMA"]
     call = AttentionCall(k[:, :, :40], k, sequence_major(k), scales[0], torch.ones(1, 2, 320), scales[2], sm_scale=0.1,
-                         launch=tma)
+                         options=TMA_LOADS)
     _, constexprs = launch_arguments(call, torch.empty(1, 2, 40, 64), target_arch=80)
     assert constexprs["TMA"] == _INTERPRETED  # no TMA before Hopper (the interpreter runs it anywhere)
 

@@ -26,7 +26,7 @@ def _run_op(inputs, attn_mask, is_causal, scale, p_scale, out_dtype="float32"):
     head_dim = inputs["q"].shape[-1]
     sm_scale = scale if scale is not None else head_dim**-0.5
     return op(inputs["q"], inputs["k"], inputs["v"], inputs["q_scale"], inputs["k_scale"], inputs["v_scale"],
-              attn_mask, is_causal, sm_scale, p_scale, out_dtype)
+              attn_mask, is_causal, sm_scale, out_dtype=out_dtype, p_scale=p_scale)
 
 
 def _assert_within(out, ref_out, bound):

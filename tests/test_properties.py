@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch._dynamo.utils import counters
 
-from intfa_compile.attention_call import AttentionCall
+from intfa_compile.attention_call import AttentionCall, KernelOptions
 from intfa_compile.ops import out_dtype_name
 from intfa_compile.pv_formats import PV_FORMATS
 from intfa_compile.reference import reference_attention
@@ -85,8 +85,8 @@ def test_int8_attention_within_derived_bound(problem):
     q, k, v, mask, is_causal, pv_format, p_scale = problem
     inputs = quantized_inputs(q, k, v, pv_format)
     out = torch.ops.intfa.int8_attention(inputs["q"], inputs["k"], inputs["v"], inputs["q_scale"], inputs["k_scale"],
-                                         inputs["v_scale"], mask, is_causal, q.shape[-1] ** -0.5, p_scale,
-                                         out_dtype_name(q.dtype))
+                                         inputs["v_scale"], mask, is_causal, q.shape[-1] ** -0.5,
+                                         out_dtype=out_dtype_name(q.dtype), p_scale=p_scale)
     assert out.dtype == q.dtype and out.shape == q.shape
     _assert_within_derived_bound(out, inputs, problem)
 
@@ -101,7 +101,8 @@ def test_triton_kernel_within_derived_bound(problem):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     inputs = quantized_inputs(q, k, v, pv_format)
     names = ("q", "k", "v", "q_scale", "k_scale", "v_scale")
-    call = AttentionCall(*(inputs[name] for name in names), mask, is_causal, q.shape[-1] ** -0.5, p_scale)
+    call = AttentionCall(*(inputs[name] for name in names), mask, is_causal, q.shape[-1] ** -0.5,
+                         options=KernelOptions(p_scale=p_scale))
     out = torch.empty(q.shape, dtype=q.dtype, device=device)
     int8_flash_attention_triton(call.to(device), out)
     _assert_within_derived_bound(out, inputs, problem)

@@ -80,10 +80,10 @@ def test_p_scales_a_format_does_not_take_are_refused_by_config_and_the_op(fmt: P
     q, k, v = (torch.randn(1, 2, 24, 32, generator=gen) for _ in range(3))
     for scale in ("fixed", "row_block"):
         if scale in fmt.p_scales:
-            assert int8_sdpa(q, k, v, pv_format=fmt.name, p_scale=scale).isfinite().all()
+            assert int8_sdpa(q, k, v, pv_format=fmt.name, kernel_options={"p_scale": scale}).isfinite().all()
         else:
             with pytest.raises(ValueError, match="scale only"):
-                int8_sdpa(q, k, v, pv_format=fmt.name, p_scale=scale)
+                int8_sdpa(q, k, v, pv_format=fmt.name, kernel_options={"p_scale": scale})
 
 
 @pytest.mark.parametrize("fmt", list(PV_FORMATS.values()), ids=list(PV_FORMATS))

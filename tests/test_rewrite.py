@@ -8,7 +8,7 @@ from intfa_compile.passes.rewrite import int8_attention
 
 from intfa_compile import config
 from intfa_compile.attention_scales import AttentionScales
-from intfa_compile.ops import int8_sdpa
+from intfa_compile.ops import KernelOptions, int8_sdpa
 
 SITE = "layers.0#0"
 
@@ -24,7 +24,8 @@ def test_the_replacement_runs_int8_sdpa_under_the_settings():
     q, k, v = _inputs()
     settings = config.resolve({"pv_format": "int8", "p_scale": "row_block", "qk_granularity": "per_block"})
     out = int8_attention(settings, SITE, q, k, v, None, True, None)
-    expected = int8_sdpa(q, k, v, None, True, None, "int8", "row_block", qk_granularity="per_block")
+    expected = int8_sdpa(q, k, v, None, True, None, "int8", qk_granularity="per_block",
+                         kernel_options=KernelOptions(p_scale="row_block"))
     assert torch.equal(out, expected)
     assert not torch.equal(out, int8_attention(config.resolve(), SITE, q, k, v, None, True, None))
 

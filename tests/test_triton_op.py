@@ -21,7 +21,7 @@ def test_triton_op_variant_runs_the_same_kernel():
     q, k, v = (torch.randn(1, 2, 70, 32, generator=gen).to(DEVICE) for _ in range(3))
     inputs = quantized_inputs(q, k, v, pv_format="int8")
     args = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
-    via_triton_op = torch.ops.intfa.int8_attention_triton(*args, None, True, 32**-0.5, "fixed", "float32")
+    via_triton_op = torch.ops.intfa.int8_attention_triton(*args, None, True, 32**-0.5, out_dtype="float32")
     out = torch.empty(q.shape, device=DEVICE)
     direct = int8_flash_attention_triton(AttentionCall(*args, None, True, 32**-0.5), out)
     assert torch.equal(via_triton_op, direct)
@@ -34,4 +34,4 @@ def test_triton_op_refuses_what_the_op_refuses():
     scale = torch.ones(1, 2, 8, device=DEVICE)
     with pytest.raises(ValueError, match="needs is_causal=True"):
         torch.ops.intfa.int8_attention_triton(q, q, q, scale, scale, torch.ones(1, 2, 32, device=DEVICE), None,
-                                              False, 0.125, "fixed", "float32", window_left=4)
+                                              False, 0.125, out_dtype="float32", window_left=4)
