@@ -28,15 +28,16 @@ causal chunk only multiplies the keys up to its last row's diagonal.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention_call import AttentionCall
-from .cpu_attention import additive_mask_in_base2
+from .attention_call import DEFAULT_OPTIONS, AttentionCall, KernelOptions
+from .cpu_attention import additive_mask_in_base2, int8_flash_attention_cpu
 from .key_splits import key_splits, split_keys_evenly
 from .numerics import FP32_TINY, INT8_MAX, LOG2E, folds_query_scale
 
@@ -54,7 +55,13 @@ INT8_GEMM_MIN_SCORES = 1 << 18
 call per KV head with a fixed cost of its own (measured: about 1 ms per call on all-MiniLM-L6-v2's 26 × 26 heads,
 where one batched fp32 GEMM takes a few microseconds per head)."""
 
+FAST_PATH_OPTIONS = frozenset({"p_scale", "kv_block", "launch"})
+"""The kernel options (``attention_call.KernelOptions``) this module computes with. A call that sets another one
+away from its default runs the twin instead (logged once per option): a new option is right on CPU as soon as the
+twin computes it, and teaching it to this module is a speed-up, tested against the twin."""
+
 _INF = float("inf")
+log = logging.getLogger("intfa_compile")
 
 
 @functools.cache
@@ -205,6 +212,10 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
     Q·Kᵀ with ``torch._int_mm`` (default: where it is exact, ``exact_int8_gemm``, for calls of at least
     ``INT8_GEMM_MIN_SCORES`` per KV head) or as fp32 GEMMs. (With AMX the two took the same time within noise on the
     issue's cases: the INT32 products need one more pass, their cast.)"""
+    unknown = options_left_to_the_twin(call.options)
+    if unknown:
+        _log_twin_once(unknown)
+        return int8_flash_attention_cpu(call, out, splits)
     q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
@@ -316,3 +327,15 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
             acc5.mul_(v_scale5[b, h0:h1])
         out5[b, h0:h1, t0:t1].copy_(acc5)
     return out
+
+
+def options_left_to_the_twin(options: KernelOptions) -> tuple[str, ...]:
+    """The options set away from their defaults that this module does not compute with (``FAST_PATH_OPTIONS``)."""
+    return tuple(field.name for field in fields(options) if field.name not in FAST_PATH_OPTIONS
+                 and getattr(options, field.name) != getattr(DEFAULT_OPTIONS, field.name))
+
+
+@functools.cache
+def _log_twin_once(names: tuple[str, ...]) -> None:
+    log.info("intfa: the fast CPU path does not compute with the kernel option(s) %s; running the step-by-step CPU "
+             "implementation (the kernel's twin) for calls that set them", ", ".join(names))

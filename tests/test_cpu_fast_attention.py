@@ -216,3 +216,29 @@ def test_a_nan_key_outside_the_mask_does_not_reach_the_row():
     assert not out.isnan().any()
     causal, _ = _compare(inputs, "fp16", is_causal=True, causal_offset=20)  # rows see keys up to 20..27 only
     assert not causal.isnan().any()
+
+
+def test_an_option_the_fast_path_does_not_compute_with_runs_the_twin(monkeypatch, caplog):
+    """A kernel option left out of ``FAST_PATH_OPTIONS`` (as a new one is until the fast path learns it) is never
+    ignored: a call that sets it gets the twin's result, bit for bit, and the log says why; calls at its default
+    keep the fast path."""
+    inputs = _inputs((1, 2, 40, 32), (1, 2, 90, 32), "int8", 11)
+    tensors = [inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")]
+    row_block = AttentionCall(*tensors, sm_scale=0.2, options=KernelOptions(p_scale="row_block"))
+    fixed = dataclasses.replace(row_block, options=KernelOptions())
+    twin_calls = []
+
+    def twin(call, out, splits=None):
+        twin_calls.append(call.options)
+        return int8_flash_attention_cpu(call, out, splits)
+
+    monkeypatch.setattr(fast, "int8_flash_attention_cpu", twin)
+    monkeypatch.setattr(fast, "FAST_PATH_OPTIONS", fast.FAST_PATH_OPTIONS - {"p_scale"})
+    fast._log_twin_once.cache_clear()
+    with caplog.at_level("INFO", logger="intfa_compile"):
+        out = fast_int8_attention_cpu(row_block, torch.empty(1, 2, 40, 32))
+        fast_int8_attention_cpu(fixed, torch.empty(1, 2, 40, 32))
+    assert twin_calls == [row_block.options]  # the default-valued call stayed on the fast path
+    assert torch.equal(out, int8_flash_attention_cpu(row_block, torch.empty(1, 2, 40, 32)))
+    assert "does not compute with the kernel option(s) p_scale" in caplog.text
+    fast._log_twin_once.cache_clear()
