@@ -94,3 +94,11 @@ def test_the_library_has_no_import_cycle():
     graph = import_graph()
     assert len(graph) > 30 and graph["intfa_compile.config"] and graph["intfa_compile.passes.matcher.replacement"]
     assert cycles(graph) == []
+
+
+def test_every_library_module_has_a_test_file_of_its_name():
+    """Tests mirror the library, one file per module (``tests/test_<module>.py``; a package's ``__init__`` aside),
+    so a module's tests are found by its name."""
+    missing = [name for name, path in library_modules().items()
+               if path.stem != "__init__" and not (ROOT / "tests" / f"test_{path.stem}.py").exists()]
+    assert missing == []

@@ -42,7 +42,8 @@ class LayoutProbe:
             if target in (aten.view.default, aten._unsafe_view.default, aten.reshape.default):
                 try:
                     self.tensor = x.view(rest[0])
-                except RuntimeError as error:  # the regrouping mixes dimensions a strided map cannot follow
+                except (RuntimeError, ValueError) as error:  # a regrouping a strided map cannot follow (fake
+                    # tensors raise ValueError from torch._refs, real ones RuntimeError)
                     raise NotAttention("the scores are re-laid out in a way the layout check cannot follow") \
                         from error
             elif target is aten.permute.default:

@@ -23,6 +23,7 @@ class Softmax:
 
 
 def over_last_dim(dim: int, ndim: int) -> bool:
+    """Whether dimension ``dim`` of an ``ndim``-D tensor is its last (either way of naming it)."""
     return dim in (-1, ndim - 1)
 
 
