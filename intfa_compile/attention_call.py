@@ -122,12 +122,15 @@ class KernelOptions:
     @staticmethod
     def of_op_arguments(arguments: Mapping[str, Any]) -> KernelOptions:
         """The options among an op call's arguments (by name; ``launch`` as words)."""
-        return KernelOptions(**{field.name: arguments[field.name] for field in fields(KernelOptions)
-                                if field.name != "launch"}, launch=LaunchOptions.of_words(arguments["launch"]))
+        return KernelOptions(**{name: arguments[name] for name in _OPTION_ARGUMENTS},
+                             launch=LaunchOptions.of_words(arguments["launch"]))
 
 
 DEFAULT_OPTIONS = KernelOptions()
 """Every kernel option at its default."""
+
+_OPTION_ARGUMENTS = tuple(field.name for field in fields(KernelOptions) if field.name != "launch")
+"""The options that are op arguments as they are (``launch`` travels as words)."""
 
 
 _FLOAT_OUT = tuple(OUT_DTYPES.values())
@@ -184,8 +187,12 @@ class AttentionCall:
     @staticmethod
     def of_op_arguments(arguments: Mapping[str, Any]) -> AttentionCall:
         """The call an op's arguments describe (by name, as ``op_signature`` binds them; others are ignored)."""
-        return AttentionCall(**{field.name: arguments[field.name] for field in fields(AttentionCall)
-                                if field.name != "options"}, options=KernelOptions.of_op_arguments(arguments))
+        return AttentionCall(**{name: arguments[name] for name in _CALL_ARGUMENTS},
+                             options=KernelOptions.of_op_arguments(arguments))
+
+
+_CALL_ARGUMENTS = tuple(field.name for field in fields(AttentionCall) if field.name != "options")
+"""The call's fields that are op arguments as they are (``options`` is spread into its own)."""
 
 
 def op_signature(*extra: str) -> inspect.Signature:
@@ -203,6 +210,23 @@ def op_signature(*extra: str) -> inspect.Signature:
     parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Tensor | None",
                                      default=None) for name in extra]
     return inspect.Signature(parameters, return_annotation="Tensor")
+
+
+_EMPTY = inspect.Parameter.empty
+
+
+def bind_op_arguments(signature: inspect.Signature, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """An op call's arguments by name, defaults applied (``signature``: an ``op_signature``). The dispatcher hands
+    an implementation its arguments positionally, in the schema's order, trailing defaults left out (there are no
+    keyword-only ones), so on the op's hot path this is a zip and the defaults; any other call is bound."""
+    parameters = signature.parameters
+    names = tuple(parameters)
+    rest = names[len(args):]
+    if not kwargs and len(args) <= len(names) and all(parameters[name].default is not _EMPTY for name in rest):
+        return dict(zip(names[:len(args)], args, strict=True)) | {name: parameters[name].default for name in rest}
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
 
 
 def mask_broadcasts_to(mask_shape: Sequence[int], scores_shape: Sequence[int]) -> bool:

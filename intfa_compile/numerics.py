@@ -8,7 +8,7 @@ implementation must agree on it to compute the same thing.
 import struct
 from typing import Literal, get_args
 
-from .pv_formats import FP8, PVFormat
+from .pv_formats import PVFormat
 
 INT8_MAX = 127
 """Symmetric INT8 range is [-127, 127]; -128 is never produced."""
@@ -96,14 +96,6 @@ def lazy_pv_accumulation(head_dim: int) -> bool:
     registers as the fp32 one; above a padded head dim of 128 the two would spill, so there P·V is added
     block by block (same values, other fp32 rounding)."""
     return padded_head_dim(head_dim) <= 128
-
-P_FP8_SCALE = FP8.v_max
-"""pv_format="fp8": P (in [0, 1]) is scaled by e4m3's largest finite value before rounding to e4m3, so it uses
-the format's whole range (SageAttention2's static ×448); the factor is folded into the exponent and cancels
-between the accumulator and the row sums."""
-
-LOG2_P_FP8_SCALE = FP8.p_log2_scale
-"""log2(448) = 8.807354922057604: added to P's base-2 exponent instead of multiplying P."""
 
 PV_FP8_FOLD_BLOCKS = 16
 """pv_format="fp8": key blocks the tensor cores' fp32 P·V accumulator sums on its own before it is added to

@@ -21,6 +21,7 @@ from .attention_call import (
     AttentionCall,
     KernelOptions,
     LaunchOptions,
+    bind_op_arguments,
     check_call,
     empty_output,
     kernel_shape_problem,
@@ -81,7 +82,7 @@ def _int8_attention(*args: Any, **kwargs: Any) -> Tensor:
     ``kernel_shape_problem``) the op computes the attention exactly from them (``exact_fallback``). Returns
     ``out_dtype``, strided like q.
     """
-    arguments = _bound_arguments(args, kwargs)
+    arguments = bind_op_arguments(OP_SIGNATURE, args, kwargs)
     exact_query, exact_key, exact_value = (arguments[name] for name in _EXACT_INPUTS[:3])
     if (exact_query is None) != (exact_value is None) or (exact_query is None) != (exact_key is None):
         raise ValueError("exact_query, exact_key and exact_value come together")
@@ -107,19 +108,12 @@ _int8_attention.__signature__ = OP_SIGNATURE  # type: ignore[attr-defined]
 int8_attention = torch.library.custom_op("intfa::int8_attention", mutates_args=())(_int8_attention)
 
 
-def _bound_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The op's arguments by name, defaults applied (``OP_SIGNATURE``)."""
-    bound = OP_SIGNATURE.bind(*args, **kwargs)
-    bound.apply_defaults()
-    return bound.arguments
-
-
 @int8_attention.register_fake
 def _int8_attention_fake(*args: Any, **kwargs: Any) -> Tensor:
     """The op's output without computing it, for tracing. Refuses what the real implementation refuses; sizes only
     where they are plain numbers and the real one would check them too (with exact inputs it may turn to the
     exact fallback instead)."""
-    arguments = _bound_arguments(args, kwargs)
+    arguments = bind_op_arguments(OP_SIGNATURE, args, kwargs)
     call = AttentionCall.of_op_arguments(arguments)
     check_call(call, shapes=arguments["exact_query"] is None and static_sizes(*call.tensors))
     return empty_output(call, arguments["exact_value"])

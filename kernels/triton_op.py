@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor  # noqa: F401  (the signature's annotations name it; infer_schema reads them here)
 
-from intfa_compile.attention_call import AttentionCall, check_call, empty_output, op_signature
+from intfa_compile.attention_call import AttentionCall, bind_op_arguments, check_call, empty_output, op_signature
 
 from .int8_flash_attention import int8_flash_attention_triton
 
@@ -23,9 +23,7 @@ the shapes are static, so the kernel always takes them."""
 
 def _int8_attention_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
     """Same contract as ``intfa::int8_attention`` (``OP_SIGNATURE``); always runs the Triton kernel."""
-    bound = OP_SIGNATURE.bind(*args, **kwargs)
-    bound.apply_defaults()
-    call = AttentionCall.of_op_arguments(bound.arguments)
+    call = AttentionCall.of_op_arguments(bind_op_arguments(OP_SIGNATURE, args, kwargs))
     check_call(call)
     return int8_flash_attention_triton(call, empty_output(call), traceable=True)
 

@@ -16,6 +16,7 @@ from intfa_compile.attention_call import (
     AttentionCall,
     KernelOptions,
     LaunchOptions,
+    bind_op_arguments,
     check_call,
     empty_output,
     mask_broadcasts_to,
@@ -152,3 +153,22 @@ def test_kernel_options_come_as_a_record_or_a_mapping_of_its_fields():
     assert KernelOptions.of({"p_scale": "row_block"}) == KernelOptions(p_scale="row_block")
     with pytest.raises(TypeError, match=r"kernel_options takes the keys \['p_scale', 'kv_block', 'launch'\]"):
         KernelOptions.of({"block_size": 64})
+
+
+def test_op_arguments_bind_as_the_signature_binds_them():
+    """The op's hot path zips the dispatcher's positional arguments (trailing defaults left out) instead of
+    binding them; the result is the bind's, and any other call is bound (a missing argument refused by name)."""
+    signature = op_signature("exact_query")
+    call = _call()
+    positional = (*call.tensors, True, 0.125, 3, -1, "float16", "row_block", 32)
+
+    def bound(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        return dict(arguments.arguments)
+
+    for count in (6, 9, len(positional)):
+        assert bind_op_arguments(signature, positional[:count], {}) == bound(*positional[:count])
+    assert bind_op_arguments(signature, positional[:6], {"sm_scale": 0.5}) == bound(*positional[:6], sm_scale=0.5)
+    with pytest.raises(TypeError, match="q_scale"):
+        bind_op_arguments(signature, positional[:3], {})

@@ -11,10 +11,8 @@ import torch
 from intfa_compile import config, numerics
 from intfa_compile.numerics import (
     INT8_MAX,
-    LOG2_P_FP8_SCALE,
     LOG2E,
     P_DEQUANT_FIXED,
-    P_FP8_SCALE,
     check_choice,
     chunk_width,
     folds_query_scale,
@@ -22,12 +20,13 @@ from intfa_compile.numerics import (
     lazy_pv_accumulation,
     padded_head_dim,
 )
+from intfa_compile.pv_formats import FP8
 
 
 def test_constants_are_what_they_say():
     assert LOG2E == pytest.approx(math.log2(math.e), rel=1e-15)
-    assert LOG2_P_FP8_SCALE == pytest.approx(math.log2(P_FP8_SCALE), rel=1e-15)
-    assert P_FP8_SCALE == torch.finfo(torch.float8_e4m3fn).max and P_DEQUANT_FIXED == 1 / INT8_MAX
+    assert FP8.p_log2_scale == pytest.approx(math.log2(FP8.v_max), rel=1e-15)  # the kernel's FP8 P shift
+    assert FP8.v_max == torch.finfo(torch.float8_e4m3fn).max and P_DEQUANT_FIXED == 1 / INT8_MAX
 
 
 @pytest.mark.parametrize("head_dim, padded", [(1, 32), (16, 32), (32, 32), (33, 64), (64, 64), (80, 128), (128, 128),
