@@ -2,10 +2,11 @@
 
 Attention cases (issue 26): ``intfa_compile.int8_sdpa`` with default settings (its quantization of Q, K, V
 included) against ``F.scaled_dot_product_attention`` on the same fp32 inputs, interleaved, best of ``--repeats``;
-and, for reference, the kernel's step-by-step twin (``cpu_attention``, the op's CPU implementation before issue
-26) on the same quantized inputs, timed once. Whole model: a LLaMA-shaped decoder (8 layers, hidden 512, GQA 8/2
-heads, random weights, fp32, SDPA attention) at 512 tokens, steady state (median): eager, ``torch.compile``
-with Inductor, and with ``backend="intfa"``.
+the same op with PyTorch ops between its GEMMs instead of the native pass (``cpu_softmax_rows``; what a machine
+that cannot build it runs); and, for reference, the kernel's step-by-step twin (``cpu_attention``, the op's CPU
+implementation before issue 26) on the same quantized inputs, timed once. Whole model: a LLaMA-shaped decoder
+(8 layers, hidden 512, GQA 8/2 heads, random weights, fp32, SDPA attention) at 512 tokens, steady state
+(median): eager, ``torch.compile`` with Inductor, and with ``backend="intfa"``.
 
     python -m benchmarks.bench_cpu                        # writes benchmarks/results/cpu-<cpu>-<date>.md
     python -m benchmarks.bench_cpu --smoke --out /tmp/x   # tiny shapes, end to end
@@ -21,6 +22,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +30,11 @@ import torch.nn.functional as F
 import intfa_compile
 from benchmarks.results_file import RunInfo
 from benchmarks.timing import samples_ms
+from intfa_compile import cpu_fast_attention
 from intfa_compile.attention_call import AttentionCall
 from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.cpu_fast_attention import exact_int8_gemm
+from intfa_compile.cpu_softmax_rows import native_softmax_rows
 from intfa_compile.quantize import quantize_per_token, value_16bit
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -85,10 +89,12 @@ def time_case(case: Case, repeats: int, twin: bool) -> dict[str, float | None]:
     def int8() -> torch.Tensor:
         return intfa_compile.int8_sdpa(q, k, v, attn_mask=mask, is_causal=case.causal)
 
-    sdpa_ms, int8_ms = [], []
-    for _ in range(max(1, repeats)):  # interleaved: both see the same machine state
+    sdpa_ms, int8_ms, pytorch_passes_ms = [], [], []
+    for _ in range(max(1, repeats)):  # interleaved: all see the same machine state
         sdpa_ms += samples_ms(sdpa, 1)
         int8_ms += samples_ms(int8, 1)
+        with mock.patch.object(cpu_fast_attention, "native_softmax_rows", lambda: None):
+            pytorch_passes_ms += samples_ms(int8, 1)
     twin_ms = None
     if twin:
         q8, q_scale = quantize_per_token(q)
@@ -96,7 +102,7 @@ def time_case(case: Case, repeats: int, twin: bool) -> dict[str, float | None]:
         call = AttentionCall(q8, k8, value_16bit(v), q_scale, k_scale, None, mask, case.causal, case.head_dim**-0.5)
         out = torch.empty(q.shape)
         twin_ms = samples_ms(lambda: int8_flash_attention_cpu(call, out), 1, warmup=0)[0]
-    return {"sdpa": min(sdpa_ms), "int8": min(int8_ms), "twin": twin_ms}
+    return {"sdpa": min(sdpa_ms), "int8": min(int8_ms), "pytorch_passes": min(pytorch_passes_ms), "twin": twin_ms}
 
 
 def time_model(shape: dict, tokens: int, repeats: int) -> dict[str, float]:
@@ -131,16 +137,21 @@ def cpu_features() -> str:
         flags = set()
     vector = [name for name in ("avx2", "avx512f") if name in flags]
     int8 = [name for name in ("avx512_vnni", "avx_vnni", "amx_int8") if name in flags]
+    native = ("the native pass (cpu_softmax_rows, built by Inductor's compiler for this CPU)"
+              if native_softmax_rows() is not None else "PyTorch ops (the native pass could not be built)")
     return (f"vector: {', '.join(vector) or 'unknown'} (ATen dispatches {torch.backends.cpu.get_cpu_capability()}); "
             f"INT8 dot products: {', '.join(int8) or 'none'}; Q·Kᵀ as "
-            f"{'exact INT8 GEMMs (torch._int_mm)' if exact_int8_gemm() else 'fp32 GEMMs of the integers'}")
+            f"{'exact INT8 GEMMs (torch._int_mm)' if exact_int8_gemm() else 'fp32 GEMMs of the integers'}; "
+            f"between the GEMMs: {native}")
 
 
 def markdown(rows: list[tuple[Case, dict]], model: dict[str, float], model_line: str, header: list[str]) -> str:
-    lines = [*header, "", "| case | intfa op ms | SDPA fp32 ms | ratio | twin ms (before) |", "|---|---|---|---|---|"]
+    lines = [*header, "", "| case | intfa op ms | SDPA fp32 ms | ratio | with PyTorch passes ms (ratio) | "
+             "twin ms (before) |", "|---|---|---|---|---|---|"]
     for case, t in rows:
         twin = "—" if t["twin"] is None else f"{t['twin']:.1f}"
-        lines.append(f"| {case.name} | {t['int8']:.1f} | {t['sdpa']:.1f} | {t['int8'] / t['sdpa']:.2f}x | {twin} |")
+        lines.append(f"| {case.name} | {t['int8']:.1f} | {t['sdpa']:.1f} | {t['int8'] / t['sdpa']:.2f}x | "
+                     f"{t['pytorch_passes']:.1f} ({t['pytorch_passes'] / t['sdpa']:.2f}x) | {twin} |")
     lines += ["", f"Whole model ({model_line}), steady-state median:", "",
               "| eager ms | inductor ms | intfa ms | intfa / inductor |", "|---|---|---|---|",
               f"| {model['eager']:.1f} | {model['inductor']:.1f} | {model['intfa']:.1f} | "

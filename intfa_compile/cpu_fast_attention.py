@@ -23,6 +23,11 @@ rounding midpoint, i.e. by one INT8 (or e4m3) step, which is the bound the tests
 
 Query heads that share a KV head are stacked token-major, so a chunk of rows is a range of query positions and a
 causal chunk only multiplies the keys up to its last row's diagonal.
+
+Between the two GEMMs the steps above run as one native pass per row (``cpu_softmax_rows``: C++ built by Inductor's
+compiler, the same arithmetic with fp32 roundings of its own) where it applies, and as PyTorch ops
+(``_eager_softmax_rows``) for a float8 P, a mask applied by dropping (scores that may not be finite), or a machine
+where the pass cannot be built. Both are held to the twin by the same tests.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from torch import Tensor
 
 from .attention_call import DEFAULT_OPTIONS, AttentionCall, KernelOptions
 from .cpu_attention import additive_mask_in_base2, int8_flash_attention_cpu
+from .cpu_softmax_rows import LANES, P_FORMATS, RowLayout, native_softmax_rows, softmax_rows
 from .key_splits import key_splits, split_keys_evenly
 from .numerics import FP32_TINY, INT8_MAX, LOG2E, folds_query_scale
 
@@ -160,15 +166,22 @@ def _operands(call: AttentionCall, block_n: int, int8_gemm: bool) -> _Operands:
     finite_scores = _all_finite(q_scale) and _all_finite(k_scale)
     mask = None
     if attn_mask is not None:
-        mask = _mask_in_base2(attn_mask, finite_scores).expand(batch, heads_q, n_q, n_k)
-        mask = mask.reshape(batch, heads_k, group, n_q, n_k).transpose(2, 3)
+        # Padded to the padded keys (dropped there), keys contiguous: a chunk's rows read it key block by key block.
+        mask = _mask_in_base2(attn_mask, finite_scores)
+        mask = mask.expand(*mask.shape[:-1], n_k)
+        if pad:
+            mask = F.pad(mask, (0, pad), value=True if mask.dtype == torch.bool else -_INF)
+        if mask.stride(-1) != 1:  # e.g. a bias permuted from (queries, keys, heads); F.pad keeps such strides
+            mask = mask.contiguous()
+        mask = mask.expand(batch, heads_q, n_q, n_k + pad)
+        mask = mask.reshape(batch, heads_k, group, n_q, n_k + pad).transpose(2, 3)
     # As the kernel: without an additive mask the query scale stays out of the scores and enters the exponent
     # (maxima commute with a positive scale); a zero scale becomes the smallest normal so −inf · scale stays −inf.
     fold = folds_query_scale(attn_mask, call.sm_scale)
     row_scale = token_major(q_scale.float() * (call.sm_scale * LOG2E)).unsqueeze(-1)
     return _Operands(
         q=token_major(q.to(gemm_type)).contiguous(),
-        q_scale=torch.where(row_scale == 0, FP32_TINY, row_scale) if fold else row_scale,
+        q_scale=(torch.where(row_scale == 0, FP32_TINY, row_scale) if fold else row_scale).contiguous(),
         kt=kt.contiguous() if int8_gemm else kt,
         k_scale=padded(k_scale.float(), (0, pad)).reshape(pair, 1, n_k + pad),
         v=padded(v.float(), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim),
@@ -188,17 +201,41 @@ def _drop(scores: Tensor, dropped: Tensor, finite_scores: bool) -> None:
         scores.masked_fill_(dropped, -_INF)
 
 
-def _scores(ops: _Operands, pairs: slice, rows: slice, lo: int, hi: int) -> Tensor:
-    """Scores of ``rows`` of ``pairs`` against keys [lo, hi) without the query scale: the exact Q·Kᵀ integers times
-    the key scales."""
-    if ops.int8_gemm:
-        products = torch.empty(pairs.stop - pairs.start, rows.stop - rows.start, hi - lo, dtype=torch.int32)
-        for index, pair in enumerate(range(pairs.start, pairs.stop)):
-            torch._int_mm(ops.q[pair, rows], ops.kt[pair, :, lo:hi], out=products[index])
-        scores = products.float()  # a cast and an in-place product beat one type-promoting product
-    else:
-        scores = torch.bmm(ops.q[pairs, rows], ops.kt[pairs, :, lo:hi])
-    return scores.mul_(ops.k_scale[pairs, :, lo:hi])
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk of rows: batch entry ``b``, KV heads [h0, h1), query positions [t0, t1), keys [lo, hi)."""
+
+    b: int
+    h0: int
+    h1: int
+    t0: int
+    t1: int
+    lo: int
+    hi: int
+    heads_k: int
+    group: int
+
+    @property
+    def pairs(self) -> slice:
+        """Its (batch, KV head) pairs in the operands' first axis."""
+        return slice(self.b * self.heads_k + self.h0, self.b * self.heads_k + self.h1)
+
+    @property
+    def rows(self) -> slice:
+        """Its rows of each pair (query positions times the query heads of a KV head)."""
+        return slice(self.t0 * self.group, self.t1 * self.group)
+
+
+def _products(ops: _Operands, chunk: _Chunk) -> Tensor:
+    """The exact Q·Kᵀ integers of the chunk's rows and keys (pairs, rows, keys): INT32 from ``torch._int_mm``, or
+    fp32 from fp32 GEMMs of the integers."""
+    pairs, rows = chunk.pairs, chunk.rows
+    if not ops.int8_gemm:
+        return torch.bmm(ops.q[pairs, rows], ops.kt[pairs, :, chunk.lo:chunk.hi])
+    products = torch.empty(pairs.stop - pairs.start, rows.stop - rows.start, chunk.hi - chunk.lo, dtype=torch.int32)
+    for index, pair in enumerate(range(pairs.start, pairs.stop)):
+        torch._int_mm(ops.q[pair, rows], ops.kt[pair, :, chunk.lo:chunk.hi], out=products[index])
+    return products
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -233,7 +270,6 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
 
     ranges, split_keys = key_splits(n_q, n_k, batch * heads_q) if splits is None else split_keys_evenly(n_k, splits)
     blocks_per_range = split_keys // block_n if ranges > 1 else keys_padded // block_n + 1
-    p_shift = call.pv.p_log2_scale
 
     def key_range(t0: int, t1: int) -> tuple[int, int]:
         """Keys [lo, hi) the query positions [t0, t1) may see, on block boundaries."""
@@ -261,72 +297,109 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
                     yield b, h0, min(heads_k, h0 + heads), t0, t0 + tokens
                     t0 += tokens
 
+    native = _native_p_format(call, ops)
     for b, h0, h1, t0, t1 in chunks():
         lo, hi = key_range(t0, t1)
         if hi <= lo:  # rows that see no key give zeros, as the twin's
             out5[b, h0:h1, t0:t1].zero_()
             continue
-        pairs = slice(b * heads_k + h0, b * heads_k + h1)
-        rows = slice(t0 * group, t1 * group)
-        s = _scores(ops, pairs, rows, lo, hi)
-        s5 = s.view(h1 - h0, t1 - t0, group, hi - lo)
-        q_scale = ops.q_scale[pairs, rows]
-        real_hi = min(hi, n_k)
-        if not ops.fold:  # the query scale joins the scores (in one pass with an additive mask)
-            if ops.drop_or_bias is not None and ops.drop_or_bias.dtype != torch.bool:
-                real = s5[..., : real_hi - lo]
-                torch.addcmul(ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi], real,
-                              q_scale.view(h1 - h0, t1 - t0, group, 1), out=real)
-            else:
-                s.mul_(q_scale)
-                if ops.drop_or_bias is not None:  # entries to drop, where a score may not be finite
-                    s5[..., : real_hi - lo].masked_fill_(ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi], -_INF)
-        if hi > n_k:
-            s5[..., n_k - lo:].fill_(-_INF)
-        if is_causal:
-            tokens_idx = torch.arange(t0, t1).view(-1, 1, 1)
-            first_dropped = t0 + offset + 1  # the first key some row of the chunk does not see
-            if first_dropped < hi:
-                c0 = max(first_dropped, lo)
-                _drop(s5[..., c0 - lo:], torch.arange(c0, hi) > tokens_idx + offset, ops.finite_scores)
-            if window_left >= 0:
-                last_dropped = t1 - 1 + offset - window_left  # keys below this are left of some row's window
-                if last_dropped > lo:
-                    c1 = min(last_dropped, hi)
-                    _drop(s5[..., : c1 - lo], torch.arange(lo, c1) < tokens_idx + offset - window_left,
-                          ops.finite_scores)
-
-        n_pairs, n_rows, n_blocks = s.shape[0], s.shape[1], (hi - lo) // block_n
-        s4 = s.view(n_pairs, n_rows, n_blocks, block_n)
-        block_max = s4.amax(dim=-1)
-        running = _running_block_maxima(block_max, lo // block_n, blocks_per_range)
-        row_max = block_max.amax(dim=-1, keepdim=True)
-        row_max = torch.where(row_max == -_INF, 0.0, row_max)
-        safe_running = torch.where(running == -_INF, 0.0, running)
-        if ops.fold:  # exponent (s − m_j)·q_scale, as the kernel's FFMA (up to rounding)
-            weight = torch.exp2((running - row_max) * q_scale)  # the α's after block j
-            s4.sub_(safe_running.unsqueeze(-1)).mul_(q_scale.unsqueeze(-1))
-            if p_shift:
-                s4.add_(p_shift)
+        chunk = _Chunk(b, h0, h1, t0, t1, lo, hi, heads_k, group)
+        products = _products(ops, chunk)
+        if native is not None:
+            row_sum = torch.empty(products.shape[:2])
+            p = softmax_rows(products, RowLayout(h1 - h0, products.shape[1], group, t0, lo, n_k),
+                             ops.k_scale[chunk.pairs, 0, lo:hi], ops.q_scale[chunk.pairs, chunk.rows, 0],
+                             None if ops.drop_or_bias is None else ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:hi],
+                             ops.fold, block_n, blocks_per_range, (offset, window_left) if is_causal else None,
+                             native, row_sum)
+            row_sum = row_sum.unsqueeze(-1)
         else:
-            weight = torch.exp2(running - row_max)
-            s4.sub_((safe_running - p_shift).unsqueeze(-1))
-        s4.exp2_()  # P (times the format's P factor: 448 for e4m3)
-        row_sum = (s4.sum(dim=-1) * weight).sum(dim=-1, keepdim=True)
-        if v.dtype.is_floating_point:  # P rounded to V's type: 16-bit, or a float8 such as e4m3
-            p = s4.to(v.dtype).float().mul_(weight.unsqueeze(-1))
-        elif call.options.p_scale == "fixed":
-            p = s4.mul_(float(INT8_MAX)).round_().mul_((weight / INT8_MAX).unsqueeze(-1))
-        else:
-            p_max = s4.amax(dim=-1)
-            inv = torch.where(p_max > 0, float(INT8_MAX) / p_max, 0.0)
-            p = s4.mul_(inv.unsqueeze(-1)).round_().mul_((weight * p_max / INT8_MAX).unsqueeze(-1))
-        acc = torch.bmm(p.view(n_pairs, n_rows, hi - lo), ops.v[pairs, lo:hi])
+            p, row_sum = _eager_softmax_rows(products, ops, call, chunk, blocks_per_range)
+        acc = torch.bmm(p, ops.v[chunk.pairs, lo:hi])
         acc5 = acc.div_(torch.where(row_sum == 0, 1.0, row_sum)).view(h1 - h0, t1 - t0, group, head_dim)
         if v_scale5 is not None:
             acc5.mul_(v_scale5[b, h0:h1])
         out5[b, h0:h1, t0:t1].copy_(acc5)
     return out
+
+
+def _native_p_format(call: AttentionCall, ops: _Operands) -> object | None:
+    """The native pass's code for the call's P (``cpu_softmax_rows.P_FORMATS``), or None where the PyTorch passes
+    run it: a float8 P, a mask applied by dropping (scores that may not be finite), a key block that is not whole
+    vectors, or no native pass on this machine."""
+    v_dtype = call.v.dtype
+    p_format = f"int8_{call.options.p_scale}" if v_dtype == torch.int8 else v_dtype
+    if (p_format not in P_FORMATS or call.block_n % LANES
+            or (ops.drop_or_bias is not None and ops.drop_or_bias.dtype == torch.bool)):
+        return None
+    return p_format if native_softmax_rows() is not None else None
+
+
+def _eager_softmax_rows(products: Tensor, ops: _Operands, call: AttentionCall, chunk: _Chunk,
+                        blocks_per_range: int) -> tuple[Tensor, Tensor]:
+    """What ``cpu_softmax_rows`` computes in one native pass, as PyTorch ops: the chunk's weighted, rounded P
+    (pairs, rows, keys) and its row sums (pairs, rows, 1). The path for P formats and masks the native pass does
+    not take, and for machines where it cannot be built."""
+    n_k, block_n = call.k.shape[2], call.block_n
+    is_causal, offset, window_left = call.is_causal, call.causal_offset, call.window_left
+    b, h0, h1, t0, t1, lo, hi = chunk.b, chunk.h0, chunk.h1, chunk.t0, chunk.t1, chunk.lo, chunk.hi
+    group = chunk.group
+    s = (products.float() if products.dtype == torch.int32 else products)  # a cast, then an in-place product:
+    s = s.mul_(ops.k_scale[chunk.pairs, :, lo:hi])  # faster than one type-promoting product
+    s5 = s.view(h1 - h0, t1 - t0, group, hi - lo)
+    q_scale = ops.q_scale[chunk.pairs, chunk.rows]
+    real_hi = min(hi, n_k)
+    if not ops.fold:  # the query scale joins the scores (in one pass with an additive mask)
+        if ops.drop_or_bias is not None and ops.drop_or_bias.dtype != torch.bool:
+            real = s5[..., : real_hi - lo]
+            torch.addcmul(ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi], real,
+                          q_scale.view(h1 - h0, t1 - t0, group, 1), out=real)
+        else:
+            s.mul_(q_scale)
+            if ops.drop_or_bias is not None:  # entries to drop, where a score may not be finite
+                s5[..., : real_hi - lo].masked_fill_(ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi], -_INF)
+    if hi > n_k:
+        s5[..., n_k - lo:].fill_(-_INF)
+    if is_causal:
+        tokens_idx = torch.arange(t0, t1).view(-1, 1, 1)
+        first_dropped = t0 + offset + 1  # the first key some row of the chunk does not see
+        if first_dropped < hi:
+            c0 = max(first_dropped, lo)
+            _drop(s5[..., c0 - lo:], torch.arange(c0, hi) > tokens_idx + offset, ops.finite_scores)
+        if window_left >= 0:
+            last_dropped = t1 - 1 + offset - window_left  # keys below this are left of some row's window
+            if last_dropped > lo:
+                c1 = min(last_dropped, hi)
+                _drop(s5[..., : c1 - lo], torch.arange(lo, c1) < tokens_idx + offset - window_left,
+                      ops.finite_scores)
+
+    n_pairs, n_rows, n_blocks = s.shape[0], s.shape[1], (hi - lo) // block_n
+    s4 = s.view(n_pairs, n_rows, n_blocks, block_n)
+    block_max = s4.amax(dim=-1)
+    running = _running_block_maxima(block_max, lo // block_n, blocks_per_range)
+    row_max = block_max.amax(dim=-1, keepdim=True)
+    row_max = torch.where(row_max == -_INF, 0.0, row_max)
+    safe_running = torch.where(running == -_INF, 0.0, running)
+    p_shift = call.pv.p_log2_scale
+    if ops.fold:  # exponent (s − m_j)·q_scale, as the kernel's FFMA (up to rounding)
+        weight = torch.exp2((running - row_max) * q_scale)  # the α's after block j
+        s4.sub_(safe_running.unsqueeze(-1)).mul_(q_scale.unsqueeze(-1))
+        if p_shift:
+            s4.add_(p_shift)
+    else:
+        weight = torch.exp2(running - row_max)
+        s4.sub_((safe_running - p_shift).unsqueeze(-1))
+    s4.exp2_()  # P (times the format's P factor: 448 for e4m3)
+    row_sum = (s4.sum(dim=-1) * weight).sum(dim=-1, keepdim=True)
+    if call.v.dtype.is_floating_point:  # P rounded to V's type: 16-bit, or a float8 such as e4m3
+        p = s4.to(call.v.dtype).float().mul_(weight.unsqueeze(-1))
+    elif call.options.p_scale == "fixed":
+        p = s4.mul_(float(INT8_MAX)).round_().mul_((weight / INT8_MAX).unsqueeze(-1))
+    else:
+        p_max = s4.amax(dim=-1)
+        inv = torch.where(p_max > 0, float(INT8_MAX) / p_max, 0.0)
+        p = s4.mul_(inv.unsqueeze(-1)).round_().mul_((weight * p_max / INT8_MAX).unsqueeze(-1))
+    return p.view(n_pairs, n_rows, hi - lo), row_sum
 
 
 def options_left_to_the_twin(options: KernelOptions) -> tuple[str, ...]:

@@ -21,6 +21,17 @@ from intfa_compile.cpu_attention import int8_flash_attention_cpu
 from intfa_compile.cpu_fast_attention import exact_int8_gemm, fast_int8_attention_cpu
 from tests.helpers import E4M3_STEP_NEAR_ONE, P_STEP, fp32_slack, quantized_inputs, unit_roundoff
 
+
+@pytest.fixture(autouse=True, params=["native", "pytorch"])
+def row_pass(request, monkeypatch) -> str:
+    """Every test runs twice: with the native pass between the GEMMs (``cpu_softmax_rows``, built wherever the suite
+    runs: ``test_cpu_softmax_rows``) and with the PyTorch passes it replaces (formats and masks it leaves, machines
+    where it cannot be built)."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(fast, "native_softmax_rows", lambda: None)
+    return request.param
+
+
 GEMMS = [False, True] if exact_int8_gemm() else [False]
 """Q·Kᵀ as fp32 GEMMs of the integers everywhere; with ``torch._int_mm`` too where this CPU computes it exactly."""
 
@@ -119,6 +130,16 @@ def test_masks_broadcast_as_the_twin_takes_them(pv_format, mask_shape, kind):
     _compare(inputs, pv_format, mask)
 
 
+@pytest.mark.parametrize("n_k", [150, 256])
+def test_a_bias_whose_keys_are_not_contiguous_matches_the_twin(n_k):
+    """A relative-position bias built as (queries, keys, heads) and permuted (T5's layout), with keys padded to a
+    whole block or not: the rows read it with keys contiguous (``F.pad`` keeps the permuted strides)."""
+    inputs = _inputs((1, 4, 33, 32), (1, 4, n_k, 32), "fp16", n_k)
+    bias = torch.randn(33, n_k, 4, generator=torch.Generator().manual_seed(2)).permute(2, 0, 1).unsqueeze(0)
+    assert bias.stride(-1) != 1
+    _compare(inputs, "fp16", bias)
+
+
 @pytest.mark.parametrize("pv_format", ["int8", "fp8", "fp16"])
 @pytest.mark.parametrize(("offset", "window"), [(0, -1), (260, -1), (260, 50), (0, 7), (-5, -1)])
 @pytest.mark.parametrize("kv_block", [16, 64, 128])
@@ -198,10 +219,16 @@ def test_rows_that_see_no_key_give_zeros(pv_format):
     assert (causal[:, :, :4] == 0).all() and (causal[:, :, 4:] != 0).any(-1).all()
 
 
-def test_nan_stays_in_its_row():
-    inputs = _inputs((1, 2, 20, 32), (1, 2, 64, 32), "int8", 2)
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", None])
+@pytest.mark.parametrize("pv_format", ["int8", "fp16"])
+def test_nan_stays_in_its_row(mask_kind, pv_format):
+    """A NaN query scale makes its row NaN and no other: with a boolean mask (the scores may then not be finite), an
+    additive one, or none (the query scale in the exponent)."""
+    inputs = _inputs((1, 2, 20, 32), (1, 2, 64, 32), pv_format, 2)
     inputs["q_scale"][0, 1, 7] = float("nan")
-    out, _ = _compare(inputs, "int8", torch.rand(20, 64, generator=torch.Generator().manual_seed(1)) > 0.5)
+    keep = torch.rand(20, 64, generator=torch.Generator().manual_seed(1)) > 0.5
+    mask = {"bool": keep, "additive": torch.zeros(20, 64).masked_fill(~keep, float("-inf")), None: None}[mask_kind]
+    out, _ = _compare(inputs, pv_format, mask)
     assert out[0, 1, 7].isnan().all() and not out[0, 0].isnan().any() and not out[0, 1, 8:].isnan().any()
 
 
