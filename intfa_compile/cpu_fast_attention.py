@@ -183,7 +183,7 @@ def _operands(call: AttentionCall, block_n: int, int8_gemm: bool) -> _Operands:
         q=token_major(q.to(gemm_type)).contiguous(),
         q_scale=(torch.where(row_scale == 0, FP32_TINY, row_scale) if fold else row_scale).contiguous(),
         kt=kt.contiguous() if int8_gemm else kt,
-        k_scale=padded(k_scale.float(), (0, pad)).reshape(pair, 1, n_k + pad),
+        k_scale=padded(k_scale.float(), (0, pad)).reshape(pair, 1, n_k + pad).contiguous(),  # static: broadcast
         v=padded(v.float(), (0, 0, 0, pad)).reshape(pair, n_k + pad, head_dim),
         drop_or_bias=mask,
         finite_scores=finite_scores,
@@ -203,11 +203,11 @@ def _drop(scores: Tensor, dropped: Tensor, finite_scores: bool) -> None:
 
 @dataclass(frozen=True)
 class _Chunk:
-    """A chunk of rows: batch entry ``b``, KV heads [h0, h1), query positions [t0, t1), keys [lo, hi)."""
+    """A chunk of rows: (batch, KV head) pairs [p0, p1) (heads of one batch entry, or whole batch entries), query
+    positions [t0, t1), keys [lo, hi)."""
 
-    b: int
-    h0: int
-    h1: int
+    p0: int
+    p1: int
     t0: int
     t1: int
     lo: int
@@ -218,12 +218,31 @@ class _Chunk:
     @property
     def pairs(self) -> slice:
         """Its (batch, KV head) pairs in the operands' first axis."""
-        return slice(self.b * self.heads_k + self.h0, self.b * self.heads_k + self.h1)
+        return slice(self.p0, self.p1)
 
     @property
     def rows(self) -> slice:
         """Its rows of each pair (query positions times the query heads of a KV head)."""
         return slice(self.t0 * self.group, self.t1 * self.group)
+
+    @property
+    def within_one_entry(self) -> bool:
+        """Whether its pairs are heads of one batch entry (else they are whole batch entries)."""
+        return self.p1 - self.p0 <= self.heads_k - self.p0 % self.heads_k
+
+    def of_batch_and_heads(self, x: Tensor) -> Tensor:
+        """The chunk's pairs of ``x`` (batch, KV heads, …): (heads, …) of one batch entry, or (entries, KV heads,
+        …) of whole ones; a view either way, its elements in the order of the chunk's rows."""
+        b0, h0 = divmod(self.p0, self.heads_k)
+        if self.within_one_entry:
+            return x[b0, h0:h0 + self.p1 - self.p0]
+        return x[b0:self.p1 // self.heads_k]
+
+    def of_pairs(self, x: Tensor) -> Tensor:
+        """The chunk's pairs of ``x`` (batch, KV heads, …) as (pairs, …): a copy where whole batch entries' strides
+        do not merge (a mask broadcast over heads)."""
+        x = self.of_batch_and_heads(x)
+        return x if self.within_one_entry else x.flatten(0, 1)
 
 
 def _products(ops: _Operands, chunk: _Chunk) -> Tensor:
@@ -256,19 +275,18 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
     q, k, v, q_scale, k_scale, v_scale, attn_mask = call.tensors
     batch, heads_q, n_q, head_dim = q.shape
     heads_k, n_k = k.shape[1], k.shape[2]
-    group, block_n = heads_q // heads_k, call.block_n
+    group = heads_q // heads_k
     if INT8_MAX * INT8_MAX * head_dim >= 2**24:
         raise ValueError(f"head_dim {head_dim} too large for exact fp32 integer GEMMs")
     if int8_gemm is None:
         int8_gemm = group * n_q * n_k >= INT8_GEMM_MIN_SCORES and exact_int8_gemm()
+    ranges, split_keys = key_splits(n_q, n_k, batch * heads_q) if splits is None else split_keys_evenly(n_k, splits)
+    # Keys that make a single block are one block however far they are padded: to whole vectors, not to the
+    # kernel's block (26 keys would otherwise be multiplied and exponentiated as 128).
+    block_n = call.block_n if ranges > 1 or n_k > call.block_n else _round_up(max(n_k, 1), LANES)
     ops = _operands(call, block_n, int8_gemm)
     keys_padded = ops.v.shape[1]
     is_causal, offset, window_left = call.is_causal, call.causal_offset, call.window_left
-    quantized_pv = v_scale is not None
-    out5 = out.view(batch, heads_k, group, n_q, head_dim).transpose(2, 3)
-    v_scale5 = v_scale.float().view(batch, heads_k, 1, 1, head_dim) if quantized_pv else None
-
-    ranges, split_keys = key_splits(n_q, n_k, batch * heads_q) if splits is None else split_keys_evenly(n_k, splits)
     blocks_per_range = split_keys // block_n if ranges > 1 else keys_padded // block_n + 1
 
     def key_range(t0: int, t1: int) -> tuple[int, int]:
@@ -283,10 +301,16 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
         lo, hi = key_range(t0, t1)
         return heads * group * (t1 - t0) * max(hi - lo, block_n)
 
-    def chunks() -> Iterator[tuple[int, int, int, int, int]]:
-        """(batch, first head, last head + 1, first token, last token + 1) per chunk: heads of one batch entry
-        together while their whole rows fit ``SCORES_PER_CHUNK``, else one head and as many query positions as fit."""
+    def chunks() -> Iterator[tuple[int, int, int, int]]:
+        """(first pair, last pair + 1, first token, last token + 1) per chunk, pairs counted (batch, KV head): whole
+        batch entries together while their whole rows fit ``SCORES_PER_CHUNK``, else heads of one batch entry,
+        else one head and as many query positions as fit."""
         heads = max(1, min(heads_k, SCORES_PER_CHUNK // max(1, scores_of(1, 0, n_q))))
+        if heads == heads_k and not (is_causal and n_q > CAUSAL_TOKENS):
+            entries = max(1, SCORES_PER_CHUNK // max(1, scores_of(heads_k, 0, n_q)))
+            for b in range(0, batch, entries):
+                yield b * heads_k, min(batch, b + entries) * heads_k, 0, n_q
+            return
         for b in range(batch):
             for h0 in range(0, heads_k, heads):
                 t0 = 0
@@ -294,87 +318,92 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
                     tokens = min(n_q - t0, CAUSAL_TOKENS) if is_causal else n_q - t0
                     while tokens > 1 and scores_of(heads, t0, t0 + tokens) > SCORES_PER_CHUNK:
                         tokens = (tokens + 1) // 2
-                    yield b, h0, min(heads_k, h0 + heads), t0, t0 + tokens
+                    yield b * heads_k + h0, b * heads_k + min(heads_k, h0 + heads), t0, t0 + tokens
                     t0 += tokens
 
-    native = _native_p_format(call, ops)
-    for b, h0, h1, t0, t1 in chunks():
+    native = _native_p_format(call, ops, block_n)
+    out5 = out.view(batch, heads_k, group, n_q, head_dim).transpose(2, 3)  # (B, Hk, Nq, G, D): any layout of out
+    v_scale5 = v_scale.float().view(batch, heads_k, 1, 1, head_dim) if v_scale is not None else None
+    for p0, p1, t0, t1 in chunks():
         lo, hi = key_range(t0, t1)
+        chunk = _Chunk(p0, p1, t0, t1, lo, hi, heads_k, group)
+        out_rows = chunk.of_batch_and_heads(out5)[..., t0:t1, :, :]
         if hi <= lo:  # rows that see no key give zeros, as the twin's
-            out5[b, h0:h1, t0:t1].zero_()
+            out_rows.zero_()
             continue
-        chunk = _Chunk(b, h0, h1, t0, t1, lo, hi, heads_k, group)
         products = _products(ops, chunk)
         if native is not None:
             row_sum = torch.empty(products.shape[:2])
-            p = softmax_rows(products, RowLayout(h1 - h0, products.shape[1], group, t0, lo, n_k),
-                             ops.k_scale[chunk.pairs, 0, lo:hi], ops.q_scale[chunk.pairs, chunk.rows, 0],
-                             None if ops.drop_or_bias is None else ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:hi],
+            bias = None if ops.drop_or_bias is None else ops.drop_or_bias[..., t0:t1, :, lo:hi]
+            p = softmax_rows(products, RowLayout(p0, p1 - p0, heads_k, products.shape[1], group, t0, lo, n_k),
+                             ops.k_scale[chunk.pairs, 0, lo:hi], ops.q_scale[chunk.pairs, chunk.rows, 0], bias,
                              ops.fold, block_n, blocks_per_range, (offset, window_left) if is_causal else None,
                              native, row_sum)
             row_sum = row_sum.unsqueeze(-1)
         else:
-            p, row_sum = _eager_softmax_rows(products, ops, call, chunk, blocks_per_range)
+            p, row_sum = _eager_softmax_rows(products, ops, call, chunk, block_n, blocks_per_range)
         acc = torch.bmm(p, ops.v[chunk.pairs, lo:hi])
-        acc5 = acc.div_(torch.where(row_sum == 0, 1.0, row_sum)).view(h1 - h0, t1 - t0, group, head_dim)
-        if v_scale5 is not None:
-            acc5.mul_(v_scale5[b, h0:h1])
-        out5[b, h0:h1, t0:t1].copy_(acc5)
+        row_sum = torch.where(row_sum == 0, 1.0, row_sum).view(*out_rows.shape[:-1], 1)
+        acc = acc.view(out_rows.shape)
+        if v_scale5 is None:  # normalized straight into the output (no copy)
+            torch.div(acc, row_sum, out=out_rows)
+        else:
+            torch.mul(acc.div_(row_sum), chunk.of_batch_and_heads(v_scale5), out=out_rows)
     return out
 
 
-def _native_p_format(call: AttentionCall, ops: _Operands) -> object | None:
+def _native_p_format(call: AttentionCall, ops: _Operands, block_n: int) -> object | None:
     """The native pass's code for the call's P (``cpu_softmax_rows.P_FORMATS``), or None where the PyTorch passes
     run it: a float8 P, a mask applied by dropping (scores that may not be finite), a key block that is not whole
     vectors, or no native pass on this machine."""
     v_dtype = call.v.dtype
     p_format = f"int8_{call.options.p_scale}" if v_dtype == torch.int8 else v_dtype
-    if (p_format not in P_FORMATS or call.block_n % LANES
+    if (p_format not in P_FORMATS or block_n % LANES
             or (ops.drop_or_bias is not None and ops.drop_or_bias.dtype == torch.bool)):
         return None
     return p_format if native_softmax_rows() is not None else None
 
 
-def _eager_softmax_rows(products: Tensor, ops: _Operands, call: AttentionCall, chunk: _Chunk,
+def _eager_softmax_rows(products: Tensor, ops: _Operands, call: AttentionCall, chunk: _Chunk, block_n: int,
                         blocks_per_range: int) -> tuple[Tensor, Tensor]:
     """What ``cpu_softmax_rows`` computes in one native pass, as PyTorch ops: the chunk's weighted, rounded P
     (pairs, rows, keys) and its row sums (pairs, rows, 1). The path for P formats and masks the native pass does
     not take, and for machines where it cannot be built."""
-    n_k, block_n = call.k.shape[2], call.block_n
+    n_k = call.k.shape[2]
     is_causal, offset, window_left = call.is_causal, call.causal_offset, call.window_left
-    b, h0, h1, t0, t1, lo, hi = chunk.b, chunk.h0, chunk.h1, chunk.t0, chunk.t1, chunk.lo, chunk.hi
-    group = chunk.group
+    t0, t1, lo, hi, group = chunk.t0, chunk.t1, chunk.lo, chunk.hi, chunk.group
+    pairs = chunk.p1 - chunk.p0
+    mask = None if ops.drop_or_bias is None else chunk.of_pairs(ops.drop_or_bias[:, :, t0:t1, :, lo:hi])
     s = (products.float() if products.dtype == torch.int32 else products)  # a cast, then an in-place product:
     s = s.mul_(ops.k_scale[chunk.pairs, :, lo:hi])  # faster than one type-promoting product
-    s5 = s.view(h1 - h0, t1 - t0, group, hi - lo)
+    s4 = s.view(pairs, t1 - t0, group, hi - lo)
     q_scale = ops.q_scale[chunk.pairs, chunk.rows]
     real_hi = min(hi, n_k)
     if not ops.fold:  # the query scale joins the scores (in one pass with an additive mask)
-        if ops.drop_or_bias is not None and ops.drop_or_bias.dtype != torch.bool:
-            real = s5[..., : real_hi - lo]
-            torch.addcmul(ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi], real,
-                          q_scale.view(h1 - h0, t1 - t0, group, 1), out=real)
+        if mask is not None and mask.dtype != torch.bool:
+            real = s4[..., : real_hi - lo]
+            torch.addcmul(mask[..., : real_hi - lo], real, q_scale.view(pairs, t1 - t0, group, 1), out=real)
         else:
             s.mul_(q_scale)
-            if ops.drop_or_bias is not None:  # entries to drop, where a score may not be finite
-                s5[..., : real_hi - lo].masked_fill_(ops.drop_or_bias[b, h0:h1, t0:t1, :, lo:real_hi], -_INF)
+            if mask is not None:  # entries to drop, where a score may not be finite
+                s4[..., : real_hi - lo].masked_fill_(mask[..., : real_hi - lo], -_INF)
     if hi > n_k:
-        s5[..., n_k - lo:].fill_(-_INF)
+        s4[..., n_k - lo:].fill_(-_INF)
     if is_causal:
         tokens_idx = torch.arange(t0, t1).view(-1, 1, 1)
         first_dropped = t0 + offset + 1  # the first key some row of the chunk does not see
         if first_dropped < hi:
             c0 = max(first_dropped, lo)
-            _drop(s5[..., c0 - lo:], torch.arange(c0, hi) > tokens_idx + offset, ops.finite_scores)
+            _drop(s4[..., c0 - lo:], torch.arange(c0, hi) > tokens_idx + offset, ops.finite_scores)
         if window_left >= 0:
             last_dropped = t1 - 1 + offset - window_left  # keys below this are left of some row's window
             if last_dropped > lo:
                 c1 = min(last_dropped, hi)
-                _drop(s5[..., : c1 - lo], torch.arange(lo, c1) < tokens_idx + offset - window_left,
+                _drop(s4[..., : c1 - lo], torch.arange(lo, c1) < tokens_idx + offset - window_left,
                       ops.finite_scores)
 
     n_pairs, n_rows, n_blocks = s.shape[0], s.shape[1], (hi - lo) // block_n
-    s4 = s.view(n_pairs, n_rows, n_blocks, block_n)
+    s4 = s.view(n_pairs, n_rows, n_blocks, block_n)  # rows by key blocks
     block_max = s4.amax(dim=-1)
     running = _running_block_maxima(block_max, lo // block_n, blocks_per_range)
     row_max = block_max.amax(dim=-1, keepdim=True)

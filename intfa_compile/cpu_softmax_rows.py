@@ -115,9 +115,10 @@ enum PFormat { INT8_FIXED, INT8_ROW_BLOCK, FP16, BF16 };
 
 struct Chunk {
   float* scores; const float* k_scale; int64_t k_scale_pair_stride; const float* q_scale;
-  int64_t q_scale_pair_stride; const float* bias; int64_t bias_pair_stride, bias_token_stride, bias_group_stride;
-  int64_t pairs, rows_per_pair, keys, group, key0, n_k, block_n, blocks_per_range, causal, token0, offset,
-      window_left;
+  int64_t q_scale_pair_stride; const float* bias;
+  int64_t bias_batch_stride, bias_head_stride, bias_token_stride, bias_group_stride;
+  int64_t pair0, pairs, heads_k, rows_per_pair, keys, group, key0, n_k, block_n, blocks_per_range, causal, token0,
+      offset, window_left;
   float* row_sum;
 };
 
@@ -134,7 +135,11 @@ void rows(const Chunk& c, int64_t threads) {
       const int32_t* products = reinterpret_cast<const int32_t*>(s);
       const float* ks = c.k_scale + pair * c.k_scale_pair_stride;
       const float qs = c.q_scale[pair * c.q_scale_pair_stride + row];
-      const float* b = (SCORES & BIAS) ? c.bias + pair * c.bias_pair_stride + (row / c.group) * c.bias_token_stride
+      // The bias's batch entry and head: the chunk's pairs count (batch, KV head) from pair0.
+      const int64_t batch_entry = (c.pair0 + pair) / c.heads_k - c.pair0 / c.heads_k;
+      const int64_t head = (c.pair0 + pair) % c.heads_k;
+      const float* b = (SCORES & BIAS) ? c.bias + batch_entry * c.bias_batch_stride + head * c.bias_head_stride
+                                         + (row / c.group) * c.bias_token_stride
                                          + (row % c.group) * c.bias_group_stride : nullptr;
       // The keys this row sees, in chunk coordinates: [lo, hi).
       int64_t hi = c.n_k - c.key0 < c.keys ? c.n_k - c.key0 : c.keys, lo = 0;
@@ -222,14 +227,15 @@ extern "C" void intfa_softmax_rows(
     float* scores, int64_t products_are_int32,
     const float* k_scale, int64_t k_scale_pair_stride,
     const float* q_scale, int64_t q_scale_pair_stride,
-    const float* bias, int64_t bias_pair_stride, int64_t bias_token_stride, int64_t bias_group_stride,
-    int64_t fold, int64_t pairs, int64_t rows_per_pair, int64_t keys, int64_t group,
+    const float* bias, int64_t bias_batch_stride, int64_t bias_head_stride, int64_t bias_token_stride,
+    int64_t bias_group_stride, int64_t fold, int64_t pair0, int64_t pairs, int64_t heads_k, int64_t rows_per_pair,
+    int64_t keys, int64_t group,
     int64_t key0, int64_t n_k, int64_t block_n, int64_t blocks_per_range,
     int64_t causal, int64_t token0, int64_t offset, int64_t window_left,
     int64_t p_format, float* row_sum, int64_t threads) {
-  const Chunk c{scores, k_scale, k_scale_pair_stride, q_scale, q_scale_pair_stride, bias, bias_pair_stride,
-                bias_token_stride, bias_group_stride, pairs, rows_per_pair, keys, group, key0, n_k, block_n,
-                blocks_per_range, causal, token0, offset, window_left, row_sum};
+  const Chunk c{scores, k_scale, k_scale_pair_stride, q_scale, q_scale_pair_stride, bias, bias_batch_stride,
+                bias_head_stride, bias_token_stride, bias_group_stride, pair0, pairs, heads_k, rows_per_pair, keys,
+                group, key0, n_k, block_n, blocks_per_range, causal, token0, offset, window_left, row_sum};
   const int scores_kind = (products_are_int32 ? INT32_PRODUCTS : 0) | (fold ? FOLD : (bias ? BIAS : 0));
   switch (scores_kind) {
     case 0: return rows_of_format<0>(c, p_format, threads);
@@ -244,7 +250,7 @@ extern "C" void intfa_softmax_rows(
 
 _ARGUMENT_TYPES = (
     [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-     ctypes.c_void_p] + [ctypes.c_int64] * 17 + [ctypes.c_void_p, ctypes.c_int64])
+     ctypes.c_void_p] + [ctypes.c_int64] * 20 + [ctypes.c_void_p, ctypes.c_int64])
 
 
 @functools.cache
@@ -273,10 +279,13 @@ def native_softmax_rows() -> ctypes._CFuncPtr | None:
 
 @dataclass(frozen=True)
 class RowLayout:
-    """Where a chunk's rows come from: ``pairs`` (batch, KV head) pairs of ``rows_per_pair`` rows, query
-    position-major (``group`` query heads per KV head), against keys [``key0``, ``key0`` + keys) of ``n_k``."""
+    """Where a chunk's rows come from: ``pairs`` (batch, KV head) pairs from pair ``pair0`` (``heads_k`` KV heads
+    per batch entry) of ``rows_per_pair`` rows each, query position-major (``group`` query heads per KV head) from
+    position ``token0``, against keys [``key0``, ``key0`` + keys) of ``n_k``."""
 
+    pair0: int
     pairs: int
+    heads_k: int
     rows_per_pair: int
     group: int
     token0: int
@@ -287,24 +296,27 @@ class RowLayout:
 def softmax_rows(scores: Tensor, layout: RowLayout, k_scale: Tensor, q_scale: Tensor, bias: Tensor | None,
                  fold: bool, block_n: int, blocks_per_range: int, causal: tuple[int, int] | None,
                  p_format: object, row_sum: Tensor) -> Tensor:
-    """The chunk's weighted, rounded P in place of ``scores`` (fp32, or the INT32 Q·Kᵀ products, reinterpreted),
-    returned as fp32, and its row sums into ``row_sum`` (rows,).
+    """The chunk's weighted, rounded P in place of ``scores`` (pairs, rows, keys: fp32, or the INT32 Q·Kᵀ
+    products, reinterpreted), returned as fp32, and its row sums into ``row_sum`` (pairs, rows).
 
-    ``k_scale`` (pairs, keys): the key scales; ``q_scale`` (pairs, rows_per_pair): the query scales (with the
-    softmax scale in base 2); ``bias`` (pairs, tokens, group, keys) with keys contiguous: an additive mask in base
-    2, or None; ``fold``: the query scale enters the exponent (no additive mask) instead of the scores;
-    ``causal``: (offset, window_left) of a causal call; ``p_format``: a key of ``P_FORMATS``. The caller checks
-    that the pass exists (``native_softmax_rows``) and the layouts it reads."""
+    ``k_scale`` (pairs, keys): the key scales; ``q_scale`` (pairs, rows): the query scales (with the softmax scale
+    in base 2); ``bias`` (batch, KV heads, tokens, group, keys), the chunk's tokens and keys of every pair, keys
+    contiguous: an additive mask in base 2, or None; ``fold``: the query scale enters the exponent (no additive
+    mask) instead of the scores; ``causal``: (offset, window_left) of a causal call; ``p_format``: a key of
+    ``P_FORMATS``. The caller checks that the pass exists (``native_softmax_rows``)."""
     function = native_softmax_rows()
     assert function is not None, "softmax_rows needs native_softmax_rows()"
     keys = scores.shape[-1]
-    assert scores.is_contiguous() and keys % block_n == 0 and block_n % LANES == 0
-    assert k_scale.stride(-1) == 1 and q_scale.stride(-1) == 1 and (bias is None or bias.stride(-1) == 1)
+    if not (scores.is_contiguous() and keys % block_n == 0 and block_n % LANES == 0 and k_scale.stride(-1) == 1
+            and q_scale.stride(-1) == 1 and (bias is None or bias.stride(-1) == 1)):
+        raise ValueError("softmax_rows: scores must be contiguous rows of whole blocks of whole vectors, and the "
+                         "scales' and the bias's keys contiguous")
     offset, window_left = causal if causal is not None else (0, -1)
-    bias_strides = bias.stride()[:3] if bias is not None else (0, 0, 0)
+    b0 = layout.pair0 // layout.heads_k
+    bias_strides = bias.stride()[:4] if bias is not None else (0, 0, 0, 0)
     function(scores.data_ptr(), scores.dtype == torch.int32, k_scale.data_ptr(), k_scale.stride(0),
-             q_scale.data_ptr(), q_scale.stride(0), bias.data_ptr() if bias is not None else None, *bias_strides,
-             fold, layout.pairs, layout.rows_per_pair, keys, layout.group, layout.key0, layout.n_k, block_n,
-             blocks_per_range, causal is not None, layout.token0, offset, window_left, P_FORMATS[p_format],
-             row_sum.data_ptr(), torch.get_num_threads())
+             q_scale.data_ptr(), q_scale.stride(0), bias[b0].data_ptr() if bias is not None else None, *bias_strides,
+             fold, layout.pair0, layout.pairs, layout.heads_k, layout.rows_per_pair, keys, layout.group, layout.key0,
+             layout.n_k, block_n, blocks_per_range, causal is not None, layout.token0, offset, window_left,
+             P_FORMATS[p_format], row_sum.data_ptr(), torch.get_num_threads())
     return scores.view(torch.float32)

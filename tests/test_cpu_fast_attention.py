@@ -173,14 +173,35 @@ def test_decode_key_splits_restart_the_running_maximum_as_the_twin(splits):
     _compare(inputs, "int8", scale=sm_scale, splits=splits, kv_block=64)
 
 
-@pytest.mark.parametrize("budget", [1, 2000, 1 << 20])
+@pytest.mark.parametrize("budget", [1, 2000, 50_000, 1 << 20])
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_any_chunking_of_the_rows_computes_the_same(monkeypatch, budget, is_causal):
-    """Rows are independent: a chunk of one query position of one head, of several heads, or all rows at once
-    (``SCORES_PER_CHUNK``) gives the same result within the allowance."""
+@pytest.mark.parametrize("mask_kind", [None, "padding", "additive"])
+def test_any_chunking_of_the_rows_computes_the_same(monkeypatch, budget, is_causal, mask_kind):
+    """Rows are independent: a chunk of one query position of one head, of several heads, of one batch entry or of
+    all of them (``SCORES_PER_CHUNK``) gives the same result within the allowance, with a mask broadcast over heads
+    and queries or a mask of every row."""
     monkeypatch.setattr(fast, "SCORES_PER_CHUNK", budget)
     inputs = _inputs((2, 6, 50, 32), (2, 3, 90, 32), "int8", budget)
-    _compare(inputs, "int8", is_causal=is_causal, causal_offset=40 if is_causal else 0)
+    gen = torch.Generator().manual_seed(budget)
+    mask = None
+    if mask_kind == "padding":
+        mask = torch.ones(2, 1, 1, 90, dtype=torch.bool)
+        mask[1, ..., 70:] = False
+    elif mask_kind == "additive":
+        mask = torch.randn(2, 6, 50, 90, generator=gen)
+    _compare(inputs, "int8", mask, is_causal=is_causal, causal_offset=40 if is_causal else 0)
+
+
+@pytest.mark.parametrize("budget", [2000, 1 << 20])
+def test_an_output_of_any_layout_gets_the_same_values(monkeypatch, budget):
+    """The op writes into the output it is given, which Inductor may lay out as (B, N, H, D): the same bits as into
+    a contiguous one, whether a chunk is part of a batch entry or several entries."""
+    monkeypatch.setattr(fast, "SCORES_PER_CHUNK", budget)
+    inputs = _inputs((3, 4, 20, 32), (3, 2, 40, 32), "fp16", 1)
+    call = AttentionCall(*(inputs[name] for name in ("q", "k", "v", "q_scale", "k_scale", "v_scale")),
+                         sm_scale=0.2)
+    transposed = fast_int8_attention_cpu(call, torch.empty(3, 20, 4, 32).transpose(1, 2))
+    assert torch.equal(transposed, fast_int8_attention_cpu(call, torch.empty(3, 4, 20, 32)))
 
 
 @pytest.mark.skipif(not exact_int8_gemm(), reason="this CPU has no exact torch._int_mm (no INT8 dot products)")
