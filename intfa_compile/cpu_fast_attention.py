@@ -49,8 +49,8 @@ from .numerics import FP32_TINY, INT8_MAX, LOG2E, folds_query_scale
 
 SCORES_PER_CHUNK = 1 << 21
 """Scores (fp32) one chunk of query rows holds at most (8 MiB), unless a single query position's rows need more:
-small enough for the passes over them to stay mostly in cache, large enough that per-op overhead and the GEMMs'
-packing are spread (1 Mi and 4 Mi were slower on the issue's cases, ``benchmarks/bench_cpu.py``)."""
+large enough that per-op overhead and the GEMMs' packing are spread; with the native pass (one read of each row,
+reread from L1) 0.5, 1 and 2 Mi were within noise on the issue's cases (``benchmarks/bench_cpu.py``)."""
 
 CAUSAL_TOKENS = 128
 """Query positions a causal chunk holds at most: its keys end at its last row's diagonal, so the GEMMs multiply
@@ -331,17 +331,7 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
         if hi <= lo:  # rows that see no key give zeros, as the twin's
             out_rows.zero_()
             continue
-        products = _products(ops, chunk)
-        if native is not None:
-            row_sum = torch.empty(products.shape[:2])
-            bias = None if ops.drop_or_bias is None else ops.drop_or_bias[..., t0:t1, :, lo:hi]
-            p = softmax_rows(products, RowLayout(p0, p1 - p0, heads_k, products.shape[1], group, t0, lo, n_k),
-                             ops.k_scale[chunk.pairs, 0, lo:hi], ops.q_scale[chunk.pairs, chunk.rows, 0], bias,
-                             ops.fold, block_n, blocks_per_range, (offset, window_left) if is_causal else None,
-                             native, row_sum)
-            row_sum = row_sum.unsqueeze(-1)
-        else:
-            p, row_sum = _eager_softmax_rows(products, ops, call, chunk, block_n, blocks_per_range)
+        p, row_sum = _chunk_softmax_rows(_products(ops, chunk), ops, call, chunk, block_n, blocks_per_range, native)
         acc = torch.bmm(p, ops.v[chunk.pairs, lo:hi])
         row_sum = torch.where(row_sum == 0, 1.0, row_sum).view(*out_rows.shape[:-1], 1)
         acc = acc.view(out_rows.shape)
@@ -350,6 +340,23 @@ def fast_int8_attention_cpu(call: AttentionCall, out: Tensor, splits: int | None
         else:
             torch.mul(acc.div_(row_sum), chunk.of_batch_and_heads(v_scale5), out=out_rows)
     return out
+
+
+def _chunk_softmax_rows(products: Tensor, ops: _Operands, call: AttentionCall, chunk: _Chunk, block_n: int,
+                        blocks_per_range: int, native: object | None) -> tuple[Tensor, Tensor]:
+    """The chunk's weighted, rounded P (pairs, rows, keys) and row sums (pairs, rows, 1) from its Q·Kᵀ products (in
+    place): by the native pass where ``native`` names its P format (``_native_p_format``), else by PyTorch ops."""
+    if native is None:
+        return _eager_softmax_rows(products, ops, call, chunk, block_n, blocks_per_range)
+    t0, lo, hi = chunk.t0, chunk.lo, chunk.hi
+    row_sum = torch.empty(products.shape[:2])
+    bias = None if ops.drop_or_bias is None else ops.drop_or_bias[..., t0:chunk.t1, :, lo:hi]
+    layout = RowLayout(chunk.p0, chunk.p1 - chunk.p0, chunk.heads_k, products.shape[1], chunk.group, t0, lo,
+                       call.k.shape[2])
+    causal = (call.causal_offset, call.window_left) if call.is_causal else None
+    p = softmax_rows(products, layout, ops.k_scale[chunk.pairs, 0, lo:hi], ops.q_scale[chunk.pairs, chunk.rows, 0],
+                     bias, ops.fold, block_n, blocks_per_range, causal, native, row_sum)
+    return p, row_sum.unsqueeze(-1)
 
 
 def _native_p_format(call: AttentionCall, ops: _Operands, block_n: int) -> object | None:

@@ -5,18 +5,20 @@ turns the scores into the P·V GEMM's left operand: the scales, the masks, the b
 maximum, exp2, P rounded as the kernel rounds it and weighted by the online softmax's rescalings, and the row sums.
 As PyTorch ops that is a dozen passes over a chunk larger than the L2 cache (most of the CPU path's time beyond the
 GEMMs, ``benchmarks/bench_cpu.py``). Here it is one pass per row, while the row is in L1: the same arithmetic in
-the same order, each step rounded to fp32 as the PyTorch op rounds it, except
+the same order, each step rounded to fp32 as the PyTorch op rounds it. On x86 with AVX2 or AVX-512 that includes
+exp2, which is the SLEEF function ATen's vectorized exp2 calls (exported by libtorch_cpu), and the masked scores'
+fused multiply-add (ATen's addcmul): P is then the PyTorch passes' bit for bit, and only the row sums differ, added
+in another order (``tests/test_cpu_softmax_rows.py``). Elsewhere exp2 is a degree-7 polynomial on [−½, ½] times a
+power of two (Taylor coefficients of 2^f: truncation below 10⁻⁸ relative, plus Horner's fp32 roundings, within 2
+ulps; 0 below 2⁻¹²⁶, where each row's sum of at least 1 cannot see it), which is fp32 rounding as the allowance
+``tests/test_cpu_fast_attention.py`` holds the fast path to against the twin takes it (a P entry at a rounding
+midpoint may land on the other side).
 
-- exp2, a degree-7 polynomial on [−½, ½] times a power of two (Taylor coefficients of 2^f; truncation below 10⁻⁸
-  relative, plus Horner's fp32 roundings: a few ulps, as the libm's it replaces differs from the GPU's ``ex2``);
-  below 2⁻¹²⁶ it gives 0 (P and the row sums are at least 1 per row there, so that is below fp32's resolution);
-- the row sums are added in another order.
-
-Both are fp32 rounding, the allowance ``tests/test_cpu_fast_attention.py`` holds the fast path to against the twin.
-The source is plain C++ with GCC/Clang vector extensions (16 fp32 lanes, which the compiler maps to AVX-512, AVX2
-or NEON registers) and OpenMP over the rows, compiled by ``torch._inductor.codecache.CppCodeCache`` with the
-compiler, ISA flags and cache Inductor already uses on this CPU (the one C++ toolchain ``torch.compile`` needs;
-nothing to install). If it cannot be built the caller runs the PyTorch passes instead, and the reason is logged once.
+The source is plain C++ with vector extensions (GCC 12 or Clang: 16 fp32 lanes, which the compiler maps to AVX-512,
+AVX2 or NEON registers) and OpenMP over the rows, compiled by
+``torch._inductor.codecache.CppCodeCache`` with the compiler, ISA flags and cache Inductor already uses on this CPU
+(the one C++ toolchain ``torch.compile`` needs; nothing to install). If it cannot be built the caller runs the
+PyTorch passes instead, and the reason is logged once.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ inline float lanes_sum(vf v) {
 
 // 2^x for x <= 128: 2^n times a degree-7 polynomial of f = x - n in [-1/2, 1/2] (Taylor coefficients
 // (ln 2)^k / k!); 0 below -126 (where n's bits are garbage, -inf included); NaN stays NaN (f and p are NaN).
-inline vf exp2v(vf x) {
+inline vf exp2_polynomial(vf x) {
   vf n = round_even(x);
   vf f = x - n;
   vf p = splat(1.5252733804059841e-05f);
@@ -93,7 +95,64 @@ inline vf exp2v(vf x) {
   vf r = (vf)((vi)p + (__builtin_convertvector(n, vi) << 23));
   return x < -126.0f ? splat(0.0f) : r;
 }
+}  // namespace
 
+// On x86 with AVX-512 or AVX2, exp2 is the function ATen's vectorized exp2 calls (SLEEF's, exported by
+// libtorch_cpu, which Inductor's builds link): P is then the PyTorch passes' bit for bit. Elsewhere the polynomial.
+#if defined(__AVX512F__)
+extern "C" vf Sleef_exp2f16_u10(vf);
+namespace {
+constexpr bool EXP2_IS_ATENS = true;
+inline vf exp2v(vf x) { return Sleef_exp2f16_u10(x); }
+}  // namespace
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef float vf8 __attribute__((vector_size(32)));
+extern "C" vf8 Sleef_exp2f8_u10(vf8);
+namespace {
+constexpr bool EXP2_IS_ATENS = true;
+inline vf exp2v(vf x) {
+  vf8 half[2];
+  std::memcpy(half, &x, sizeof x);
+  half[0] = Sleef_exp2f8_u10(half[0]);
+  half[1] = Sleef_exp2f8_u10(half[1]);
+  std::memcpy(&x, half, sizeof x);
+  return x;
+}
+}  // namespace
+#else
+namespace {
+constexpr bool EXP2_IS_ATENS = false;
+inline vf exp2v(vf x) { return exp2_polynomial(x); }
+}  // namespace
+#endif
+
+// a·b + c with one rounding where the CPU has FMA, as ATen's addcmul computes the masked scores (its vectorized
+// kernels are built with FMA), so they are the PyTorch passes' bit for bit.
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+namespace {
+inline vf fmadd(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#else
+  __m256 x[2], y[2], z[2];
+  std::memcpy(x, &a, sizeof a);
+  std::memcpy(y, &b, sizeof b);
+  std::memcpy(z, &c, sizeof c);
+  x[0] = _mm256_fmadd_ps(x[0], y[0], z[0]);
+  x[1] = _mm256_fmadd_ps(x[1], y[1], z[1]);
+  std::memcpy(&a, x, sizeof a);
+  return a;
+#endif
+}
+}  // namespace
+#else
+namespace {
+inline vf fmadd(vf a, vf b, vf c) { return a * b + c; }
+}  // namespace
+#endif
+
+namespace {
 // Round to fp16 (nearest, ties to even; subnormals on fp16's grid of 2^-24) and back, for 0 <= x <= 1.
 inline vf round_fp16(vf x) {
   vu u = (vu)x;
@@ -127,7 +186,7 @@ void rows(const Chunk& c, int64_t threads) {
   const int64_t rows = c.pairs * c.rows_per_pair, blocks = c.keys / c.block_n, first_block = c.key0 / c.block_n;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> running(blocks);
+    std::vector<float> running(blocks), weights((blocks + W - 1) / W * W);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t pair = r / c.rows_per_pair, row = r % c.rows_per_pair, token = c.token0 + row / c.group;
@@ -155,7 +214,7 @@ void rows(const Chunk& c, int64_t threads) {
         for (int64_t i = j * c.block_n; i < (j + 1) * c.block_n; i += W) {
           vf x = (SCORES & INT32_PRODUCTS) ? load_int(products + i) : load(s + i);
           x = x * load(ks + i);
-          if (!(SCORES & FOLD)) x = (SCORES & BIAS) ? x * qs + load(b + i) : x * qs;
+          if (!(SCORES & FOLD)) x = (SCORES & BIAS) ? fmadd(x, splat(qs), load(b + i)) : x * qs;
           if (i < lo || i + W > hi) {
             vi index = vi{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} + (int32_t)i;
             x = (index >= (int32_t)lo) & (index < (int32_t)hi) ? x : splat(-INFINITY);
@@ -169,11 +228,14 @@ void rows(const Chunk& c, int64_t threads) {
         row_max = nan_max(row_max, block_max);
       }
       if (row_max == -INFINITY) row_max = 0.0f;
-      // Pass 2: P against each block's running maximum, rounded, weighted by the rescalings after it.
+      // Each block's weight: the rescalings after it, 2^(m_j - m_last) (times the query scale when it is folded).
+      for (int64_t j = 0; j < blocks; ++j)
+        weights[j] = (SCORES & FOLD) ? (running[j] - row_max) * qs : running[j] - row_max;
+      for (int64_t j = 0; j < blocks; j += W) store(weights.data() + j, exp2v(load(weights.data() + j)));
+      // Pass 2: P against each block's running maximum, rounded, weighted.
       float sum = 0.0f;
       for (int64_t j = 0; j < blocks; ++j) {
-        const float m = running[j], base = m == -INFINITY ? 0.0f : m;
-        const float weight = std::exp2((SCORES & FOLD) ? (m - row_max) * qs : m - row_max);
+        const float m = running[j], base = m == -INFINITY ? 0.0f : m, weight = weights[j];
         const float dequant_fixed = weight / 127.0f;
         vf block_sum = {}, p_max = splat(-INFINITY);
         const int64_t i0 = j * c.block_n, i1 = (j + 1) * c.block_n;
@@ -215,6 +277,10 @@ void rows_of_format(const Chunk& c, int64_t p_format, int64_t threads) {
 extern "C" void intfa_exp2(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i += W) store(y + i, exp2v(load(x + i)));
 }
+extern "C" void intfa_exp2_polynomial(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += W) store(y + i, exp2_polynomial(load(x + i)));
+}
+extern "C" int64_t intfa_exp2_is_atens() { return EXP2_IS_ATENS; }
 extern "C" void intfa_round_p(const float* x, float* y, int64_t n, int64_t p_format) {
   for (int64_t i = 0; i < n; i += W) {
     const vf v = load(x + i);
